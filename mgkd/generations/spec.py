@@ -1,0 +1,97 @@
+"""What one generation is, and the schedule that turns a config into generations."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from mgkd.config import EvalConfig, ExperimentConfig, GenerationOverride, LossTerm, ModelConfig, TrainConfig
+from mgkd.errors import MgkdError
+from mgkd.losses import Criterion
+from mgkd.models import check_arch
+
+
+@dataclass(frozen=True)
+class GenerationSpec:
+    """Everything that decides how generation `index` is trained (plain values, picklable)."""
+
+    index: int
+    model: ModelConfig
+    train: TrainConfig
+    losses: list[LossTerm]
+    eval: EvalConfig
+    init: str  # "scratch" | "teacher"
+    teacher_signal: str  # "online"
+    seed: int
+
+    @property
+    def has_teacher(self) -> bool:
+        return self.index > 0
+
+    def as_params(self) -> dict[str, Any]:
+        """Flat key -> value view for MLflow params."""
+        flat: dict[str, Any] = {"generation": self.index, "init": self.init, "teacher_signal": self.teacher_signal, "seed": self.seed}
+        for section in ("model", "train", "eval"):
+            for k, v in getattr(self, section).model_dump().items():
+                flat[f"{section}.{k}"] = v
+        for t in self.losses:
+            flat[f"loss.{t.name}.weight"] = t.weight
+            for k, v in t.params.items():
+                flat[f"loss.{t.name}.{k}"] = v
+        return flat
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["model"], d["train"], d["eval"] = self.model.model_dump(), self.train.model_dump(mode="json"), self.eval.model_dump()
+        d["losses"] = [t.model_dump() for t in self.losses]
+        return d
+
+
+def _apply(cfg: ExperimentConfig, base: GenerationSpec | None, ov: GenerationOverride, index: int) -> GenerationSpec:
+    model = ModelConfig.model_validate({**(base.model if base else cfg.model).model_dump(), **ov.model})
+    train = TrainConfig.model_validate({**(base.train if base else cfg.train).model_dump(), **ov.train})
+    return GenerationSpec(
+        index=index,
+        model=model,
+        train=train,
+        losses=list(ov.losses if ov.losses is not None else (base.losses if base else [])),
+        eval=cfg.eval,
+        init=ov.init or (base.init if base else "scratch"),
+        teacher_signal=ov.teacher_signal or (base.teacher_signal if base else "online"),
+        seed=cfg.seed + index,
+    )
+
+
+def build_schedule(cfg: ExperimentConfig) -> list[GenerationSpec]:
+    """Generation 0 (the teacher) and generations 1..count, each checked before anything trains.
+
+    born_again: every student has the teacher's architecture unless
+    `generations.student.model` or `generations.per_generation.K.model` change it.
+    """
+    g = cfg.generations
+    teacher = _apply(cfg, None, g.teacher, 0)
+    student_defaults = _apply(cfg, None, g.student, 1)
+    specs = [teacher]
+    for k in range(1, g.count + 1):
+        ov = g.per_generation.get(k)
+        specs.append(_apply(cfg, student_defaults, ov, k) if ov else _apply(cfg, student_defaults, GenerationOverride(), k))
+    for spec in specs:
+        _check(spec, specs[spec.index - 1] if spec.index else None)
+    return specs
+
+
+def _check(spec: GenerationSpec, teacher: GenerationSpec | None) -> None:
+    where = "generations.teacher" if spec.index == 0 else f"generation {spec.index}"
+    check_arch(spec.model.arch)
+    try:
+        criterion = Criterion(spec.losses)
+    except MgkdError as e:
+        raise MgkdError(f"{where}: {e}") from None
+    if teacher is None and criterion.teacher_needs.any:
+        names = [n for n, _, p in criterion.terms if p.teacher_needs.any]
+        raise MgkdError(f"{where}: loss(es) {', '.join(names)} need a teacher, but generation 0 has none; use label_smoothing")
+    if spec.init == "teacher" and teacher is not None and spec.model != teacher.model:
+        raise MgkdError(
+            f"{where}: init 'teacher' copies the teacher's tensors, so the student needs the same model "
+            f"config; set init: scratch or drop the model change"
+        )

@@ -1,0 +1,240 @@
+"""Train one generation: plain PyTorch, with or without Ray around it.
+
+`train_generation` loads the frozen teacher (if any), builds a new student,
+trains it on the weighted loss terms, keeps the checkpoint that is best on the
+validation split, and decodes the test split with it. It reports progress
+through `events` (a callable taking dicts) and touches neither Ray nor MLflow:
+the orchestration layer decides where it runs and what is recorded.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from mgkd.errors import MgkdError
+from mgkd.generations.checkpoint import load_checkpoint, parameter_hash, save_checkpoint
+from mgkd.generations.spec import GenerationSpec
+from mgkd.losses import Criterion
+from mgkd.models import build_model, count_parameters
+from mgkd.models.decoding import translate
+from mgkd.tasks.translation import PAD, Batch, PreparedData, batch_indices, collate, iterate_batches, score_translations
+
+Events = Callable[[dict[str, Any]], None]
+
+
+@dataclass
+class GenerationResult:
+    index: int
+    checkpoint: str
+    checkpoint_sha256: str
+    parameters: int
+    metrics: dict[str, float]
+    # The teacher's parameter hash before and after training: equal, or training raised.
+    teacher_hash: str | None = None
+    translations: str | None = None  # TSV of the test split: id, source, reference, hypothesis
+    samples: list[dict[str, str]] = field(default_factory=list)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise MgkdError("train.device is 'cuda' but no CUDA device is visible; use 'auto' or 'cpu'")
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def lr_at(step: int, total: int, warmup: int, peak: float) -> float:
+    """Linear warm-up, then cosine decay to a tenth of the peak at the last step."""
+    if warmup and step < warmup:
+        return peak * (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+@torch.no_grad()
+def validation_loss(model: torch.nn.Module, data: PreparedData, max_tokens: int, device: torch.device) -> float:
+    """Token-mean cross-entropy (no smoothing) of the gold valid targets."""
+    was = model.training
+    model.eval()
+    total, tokens = 0.0, 0
+    for batch in iterate_batches(data.splits["valid"], max_tokens, shuffle=False):
+        b = batch.to(device)
+        logits = model(b.src, b.tgt_in).logits
+        total += float(F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), b.tgt_out.reshape(-1), ignore_index=PAD, reduction="sum"))
+        tokens += b.target_tokens
+    model.train(was)
+    return total / max(1, tokens)
+
+
+def decode_split(model: torch.nn.Module, data: PreparedData, split: str, spec: GenerationSpec, device: torch.device,
+                 limit: int | None = None, beam_size: int | None = None, events: Events | None = None) -> tuple[list[str], float]:
+    """Detokenized outputs for a split (or its first `limit` sentences) and sentences/second."""
+    s = data.splits[split]
+    n = len(s) if limit is None else min(limit, len(s))
+    t0 = time.perf_counter()
+    done = [0]
+
+    def on_batch(k: int) -> None:
+        done[0] += k
+        if events:
+            events({"type": "decode", "split": split, "done": done[0], "total": n})
+
+    hyps = translate(
+        model, s.src[:n], data.tokenizer.decode, spec.eval.max_len_a, spec.eval.max_len_b,
+        spec.eval.decode_batch_size, beam_size or spec.eval.beam_size, spec.eval.length_penalty, device, on_batch,
+    )  # fmt: skip
+    return hyps, n / max(1e-9, time.perf_counter() - t0)
+
+
+def train_generation(
+    spec: GenerationSpec,
+    data: PreparedData,
+    out_dir: Path,
+    teacher_checkpoint: str | None = None,
+    teacher_sha256: str | None = None,
+    events: Events = lambda _: None,
+) -> GenerationResult:
+    """Train generation `spec.index` and return its selected checkpoint and metrics."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if spec.train.threads:
+        torch.set_num_threads(spec.train.threads)
+    device = resolve_device(spec.train.device)
+    seed_everything(spec.seed)
+    criterion = Criterion(spec.losses)
+
+    teacher = None
+    teacher_hash = None
+    if spec.has_teacher:
+        if teacher_checkpoint is None:
+            raise ValueError(f"generation {spec.index} needs its teacher's checkpoint")
+        teacher, _ = load_checkpoint(Path(teacher_checkpoint), teacher_sha256)
+        teacher.to(device).eval()
+        teacher.requires_grad_(False)
+        teacher_hash = parameter_hash(teacher)
+
+    student = build_model(spec.model, data.vocab_size).to(device)
+    if spec.init == "teacher" and teacher is not None:
+        # load_state_dict copies into the student's own tensors: nothing is shared.
+        student.load_state_dict(teacher.state_dict())
+    n_params = count_parameters(student)
+
+    train = data.splits["train"]
+    steps_per_epoch = len(batch_indices(train, spec.train.max_tokens, shuffle=False))
+    total_steps = spec.train.max_epochs * steps_per_epoch
+    if spec.train.max_steps is not None:
+        total_steps = min(total_steps, spec.train.max_steps)
+    optimizer = torch.optim.AdamW(student.parameters(), lr=spec.train.lr, betas=(0.9, 0.98), eps=1e-9, weight_decay=spec.train.weight_decay)
+    events({"type": "start", "generation": spec.index, "total_steps": total_steps, "parameters": n_params})
+
+    need_hidden = criterion.teacher_needs.hidden or criterion.student_needs.hidden
+    need_attn = criterion.teacher_needs.attention or criterion.student_needs.attention
+    best: dict[str, Any] = {"score": math.inf, "state": None, "epoch": 0, "metrics": {}}
+    step, tokens_seen, t_start = 0, 0, time.perf_counter()
+    window_loss: dict[str, float] = {}
+    window_n, window_tokens, window_t0 = 0, 0, time.perf_counter()
+    epoch = 0
+    student.train()
+    while step < total_steps:
+        epoch += 1
+        for idx in batch_indices(train, spec.train.max_tokens, shuffle=True, seed=spec.seed * 100_003 + epoch):
+            if step >= total_steps:
+                break
+            batch: Batch = collate(train, idx).to(device)
+            for group in optimizer.param_groups:
+                group["lr"] = lr_at(step, total_steps, spec.train.warmup_steps, spec.train.lr)
+            out = student(batch.src, batch.tgt_in, return_hidden=need_hidden, return_attention=need_attn)
+            t_out = None
+            if teacher is not None and criterion.teacher_needs.any:
+                with torch.no_grad():
+                    t_out = teacher(batch.src, batch.tgt_in, return_hidden=need_hidden, return_attention=need_attn)
+            loss, parts = criterion(out, t_out, batch)
+            if not torch.isfinite(loss):
+                bad = [n for n, v in parts.items() if not torch.isfinite(v)] or ["total"]
+                raise MgkdError(
+                    f"generation {spec.index}: loss is not finite at step {step + 1} (term(s): {', '.join(bad)}); "
+                    "lower train.lr or check the loss weights"
+                )
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if spec.train.clip_norm:
+                torch.nn.utils.clip_grad_norm_(student.parameters(), spec.train.clip_norm)
+            optimizer.step()
+            step += 1
+            ntok = batch.target_tokens
+            tokens_seen += ntok
+            window_tokens += ntok
+            window_n += 1
+            window_loss["loss"] = window_loss.get("loss", 0.0) + float(loss.detach())
+            for name, v in parts.items():
+                window_loss[f"loss.{name}"] = window_loss.get(f"loss.{name}", 0.0) + float(v.detach())
+            if step % spec.train.log_every_steps == 0 or step == total_steps:
+                dt = time.perf_counter() - window_t0
+                metrics = {k: v / window_n for k, v in window_loss.items()}
+                metrics["lr"] = optimizer.param_groups[0]["lr"]
+                metrics["train_tokens_per_s"] = window_tokens / max(dt, 1e-9)
+                events({"type": "step", "step": step, "epoch": epoch, "metrics": metrics})
+                window_loss, window_n, window_tokens, window_t0 = {}, 0, 0, time.perf_counter()
+        last_epoch = step >= total_steps
+        if epoch % spec.train.eval_every_epochs == 0 or last_epoch:
+            m = {"valid_loss": validation_loss(student, data, spec.train.max_tokens, device)}
+            if spec.eval.valid_bleu_sentences:
+                hyps, _ = decode_split(student, data, "valid", spec, device, spec.eval.valid_bleu_sentences, beam_size=1)
+                refs = data.splits["valid"].targets[: len(hyps)]
+                scores = score_translations(hyps, refs)
+                m["valid_bleu"], m["valid_chrf"] = scores["bleu"], scores["chrf"]
+            score = m["valid_loss"] if spec.eval.select_by == "valid_loss" else -m["valid_bleu"]
+            if score < best["score"]:
+                best = {"score": score, "epoch": epoch, "metrics": dict(m),
+                        "state": {k: v.detach().clone() for k, v in student.state_dict().items()}}  # fmt: skip
+            events({"type": "epoch", "step": step, "epoch": epoch, "metrics": m})
+    train_time = time.perf_counter() - t_start
+
+    # The selected (best on valid) weights become this generation's model.
+    student.load_state_dict(best["state"])
+    ckpt = out_dir / "checkpoint.pt"
+    sha = save_checkpoint(ckpt, student, data.vocab_size, generation=spec.index, epoch=best["epoch"], step=step,
+                          data_hash=data.data_hash, spec=spec.to_dict())  # fmt: skip
+
+    hyps, sents_per_s = decode_split(student, data, "test", spec, device, events=events)
+    test = data.splits["test"]
+    scores = score_translations(hyps, test.targets)
+    translations = out_dir / "test_translations.tsv"
+    rows = ["id\tsource\treference\thypothesis"] + [
+        "\t".join(x.replace("\t", " ") for x in row) for row in zip(test.ids, test.sources, test.targets, hyps)
+    ]
+    translations.write_text("\n".join(rows) + "\n", encoding="utf-8")
+
+    if teacher is not None and parameter_hash(teacher) != teacher_hash:
+        raise RuntimeError(f"generation {spec.index}: the teacher's parameters changed during training (bug)")
+
+    metrics = {
+        **{f"best_{k}": v for k, v in best["metrics"].items()},
+        "best_epoch": float(best["epoch"]),
+        "steps": float(step),
+        "epochs": float(epoch),
+        "train_time_s": train_time,
+        "train_tokens_per_s": tokens_seen / max(train_time, 1e-9),
+        "test_bleu": scores["bleu"],
+        "test_chrf": scores["chrf"],
+        "decode_sentences_per_s": sents_per_s,
+        "parameters": float(n_params),
+    }
+    samples = [{"source": s, "reference": r, "hypothesis": h} for s, r, h in zip(test.sources[:5], test.targets[:5], hyps[:5])]
+    return GenerationResult(spec.index, str(ckpt), sha, n_params, metrics, teacher_hash, str(translations), samples)

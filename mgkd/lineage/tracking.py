@@ -1,0 +1,195 @@
+"""MLflow: one parent run per lineage, one child run per generation, and reading it back.
+
+Only the driver talks to MLflow (workers send events), so a Ray worker never
+needs network access to the tracking server. Everything goes through an
+explicit `MlflowClient`: no fluent global "active run".
+
+Tags that make the lineage (on each generation's run):
+  mgkd.lineage_id                  the parent run's id
+  mgkd.generation                  0 for the teacher, k for the k-th student
+  mgkd.teacher_run_id              generation k-1's run id (absent on generation 0)
+  mgkd.teacher_checkpoint_sha256   sha256 of the checkpoint this generation learned from
+  mgkd.checkpoint_sha256           sha256 of this generation's selected checkpoint
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from mgkd.errors import MgkdError
+
+TAG_LINEAGE = "mgkd.lineage_id"
+TAG_GENERATION = "mgkd.generation"
+TAG_TEACHER_RUN = "mgkd.teacher_run_id"
+TAG_TEACHER_SHA = "mgkd.teacher_checkpoint_sha256"
+TAG_CHECKPOINT_SHA = "mgkd.checkpoint_sha256"
+TAG_KIND = "mgkd.kind"  # "lineage" | "generation"
+
+
+def default_tracking_uri(output_dir: Path) -> str:
+    return f"sqlite:///{(Path(output_dir) / 'mlflow.db').resolve()}"
+
+
+def check_tracking_uri(uri: str) -> None:
+    """Fail early, with one clear message, when the store cannot be used."""
+    if uri.startswith(("http://", "https://")):
+        try:
+            with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=10) as r:
+                if r.status != 200:
+                    raise MgkdError(f"MLflow server {uri} answered /health with HTTP {r.status}; check the server")
+        except (urllib.error.URLError, OSError) as e:
+            raise MgkdError(
+                f"MLflow tracking server {uri} is unreachable ({getattr(e, 'reason', e)}); start it "
+                "(mlflow server --host 127.0.0.1 --port 5000) or fix --tracking-uri / tracking.uri"
+            ) from None
+    elif uri.startswith("sqlite:///"):
+        db = Path(uri.removeprefix("sqlite:///"))
+        try:
+            db.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise MgkdError(f"cannot create the folder of the MLflow store {db}: {e}") from None
+        if not os.access(db.parent, os.W_OK) or (db.exists() and not os.access(db, os.W_OK)):
+            raise MgkdError(f"the MLflow store {db} is not writable; choose another output_dir or tracking.uri")
+    elif "://" not in uri or uri.startswith("file:"):
+        raise MgkdError(
+            f"tracking URI {uri!r}: MLflow's file store is deprecated; use sqlite:///path/to/mlflow.db "
+            "or an http(s):// tracking server"
+        )
+
+
+def _client(uri: str) -> Any:
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, str]:
+    out: dict[str, str] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and v:
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = json.dumps(v) if isinstance(v, (list, dict)) else str(v)
+    return out
+
+
+class LineageRecorder:
+    """Writes one lineage into an MLflow tracking store."""
+
+    def __init__(self, tracking_uri: str, experiment: str, artifact_root: Path | None = None) -> None:
+        check_tracking_uri(tracking_uri)
+        self.uri = tracking_uri
+        self.client = _client(tracking_uri)
+        exp = self.client.get_experiment_by_name(experiment)
+        if exp is None:
+            location = Path(artifact_root).resolve().as_uri() if artifact_root else None
+            self.experiment_id = self.client.create_experiment(experiment, artifact_location=location)
+        else:
+            self.experiment_id = exp.experiment_id
+
+    # -- runs ------------------------------------------------------------------------
+
+    def start_lineage(self, name: str, config: dict[str, Any], tags: dict[str, str]) -> str:
+        run = self.client.create_run(self.experiment_id, run_name=f"{name}-lineage", tags={TAG_KIND: "lineage", **tags})
+        run_id = run.info.run_id
+        self.client.set_tag(run_id, TAG_LINEAGE, run_id)
+        self._log_params(run_id, flatten(config))
+        return run_id
+
+    def start_generation(self, lineage_id: str, index: int, params: dict[str, Any], teacher_run_id: str | None,
+                         teacher_sha256: str | None) -> str:  # fmt: skip
+        tags = {
+            "mlflow.parentRunId": lineage_id,
+            TAG_KIND: "generation",
+            TAG_LINEAGE: lineage_id,
+            TAG_GENERATION: str(index),
+        }
+        if teacher_run_id:
+            tags[TAG_TEACHER_RUN] = teacher_run_id
+            tags[TAG_TEACHER_SHA] = teacher_sha256 or ""
+        run_name = "gen-0-teacher" if index == 0 else f"gen-{index}"
+        run = self.client.create_run(self.experiment_id, run_name=run_name, tags=tags)
+        self._log_params(run.info.run_id, {k: str(v) for k, v in params.items()})
+        return run.info.run_id
+
+    def _log_params(self, run_id: str, params: dict[str, str]) -> None:
+        from mlflow.entities import Param
+
+        items = [Param(k, v[:6000]) for k, v in params.items()]
+        for i in range(0, len(items), 100):
+            self.client.log_batch(run_id, params=items[i : i + 100])
+
+    def log_metrics(self, run_id: str, metrics: dict[str, float], step: int) -> None:
+        from mlflow.entities import Metric
+
+        ts = int(time.time() * 1000)
+        self.client.log_batch(run_id, metrics=[Metric(k, float(v), ts, step) for k, v in metrics.items()])
+
+    def log_artifact(self, run_id: str, path: Path | str, artifact_path: str | None = None) -> None:
+        self.client.log_artifact(run_id, str(path), artifact_path)
+
+    def set_tags(self, run_id: str, tags: dict[str, str]) -> None:
+        for k, v in tags.items():
+            self.client.set_tag(run_id, k, v)
+
+    def end(self, run_id: str, status: str = "FINISHED") -> None:
+        self.client.set_terminated(run_id, status)
+
+
+# -- reading a lineage back -----------------------------------------------------------
+
+
+def read_lineage(tracking_uri: str, lineage_id: str | None = None, experiment: str | None = None) -> dict[str, Any]:
+    """The lineage as plain data: its parent run and generations in order, with tags and metrics.
+
+    `lineage_id` is the parent run's id; without it, the newest lineage of `experiment`.
+    """
+    client = _client(tracking_uri)
+    if lineage_id is None:
+        if experiment is None:
+            raise MgkdError("give a lineage id (the parent run id) or --experiment NAME")
+        exp = client.get_experiment_by_name(experiment)
+        if exp is None:
+            raise MgkdError(f"no experiment {experiment!r} in {tracking_uri}")
+        parents = client.search_runs([exp.experiment_id], filter_string=f"tags.`{TAG_KIND}` = 'lineage'",
+                                     order_by=["attributes.start_time DESC"], max_results=1)  # fmt: skip
+        if not parents:
+            raise MgkdError(f"experiment {experiment!r} in {tracking_uri} holds no mgkd lineage")
+        parent = parents[0]
+    else:
+        try:
+            parent = client.get_run(lineage_id)
+        except Exception:
+            raise MgkdError(f"no lineage run {lineage_id!r} in {tracking_uri}") from None
+    lid = parent.info.run_id
+    children = client.search_runs([parent.info.experiment_id], filter_string=f"tags.`{TAG_LINEAGE}` = '{lid}' and tags.`{TAG_KIND}` = 'generation'")
+    gens = sorted(children, key=lambda r: int(r.data.tags[TAG_GENERATION]))
+    return {
+        "lineage_id": lid,
+        "experiment_id": parent.info.experiment_id,
+        "status": parent.info.status,
+        "tags": dict(parent.data.tags),
+        "generations": [
+            {
+                "generation": int(r.data.tags[TAG_GENERATION]),
+                "run_id": r.info.run_id,
+                "run_name": r.info.run_name,
+                "status": r.info.status,
+                "teacher_run_id": r.data.tags.get(TAG_TEACHER_RUN),
+                "teacher_checkpoint_sha256": r.data.tags.get(TAG_TEACHER_SHA),
+                "checkpoint_sha256": r.data.tags.get(TAG_CHECKPOINT_SHA),
+                "arch": r.data.params.get("model.arch"),
+                "metrics": dict(r.data.metrics),
+                "params": dict(r.data.params),
+            }
+            for r in gens
+        ],
+    }

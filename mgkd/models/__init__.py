@@ -1,0 +1,30 @@
+"""Architectures by registry name, and how a config becomes a model."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from mgkd.config import ModelConfig
+from mgkd.errors import MgkdError
+from mgkd.models.transformer import Seq2SeqOutput, TransformerSeq2Seq
+
+MODELS: dict[str, type[nn.Module]] = {
+    "transformer": TransformerSeq2Seq,
+}
+
+
+def check_arch(name: str) -> None:
+    if name not in MODELS:
+        raise MgkdError(f"unknown model arch {name!r}; known architectures: {', '.join(sorted(MODELS))}")
+
+
+def build_model(cfg: ModelConfig, vocab_size: int) -> nn.Module:
+    check_arch(cfg.arch)
+    return MODELS[cfg.arch](cfg, vocab_size)
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+__all__ = ["MODELS", "Seq2SeqOutput", "build_model", "check_arch", "count_parameters"]

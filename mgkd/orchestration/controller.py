@@ -1,0 +1,132 @@
+"""The controller: one lineage, generation after generation.
+
+It prepares the task once, opens the lineage in MLflow, and for each
+generation of the schedule starts a child run, hands the generation to a
+runner (Ray or in-process), records what comes back, and makes the result the
+next generation's teacher. It coordinates; the runners train.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+from rich.console import Console
+
+from mgkd.config import ExperimentConfig
+from mgkd.errors import MgkdError
+from mgkd.generations import GenerationResult, GenerationSpec, build_schedule
+from mgkd.lineage.tracking import TAG_CHECKPOINT_SHA, LineageRecorder, check_tracking_uri, default_tracking_uri
+from mgkd.orchestration.display import GenerationProgress, lineage_table
+from mgkd.orchestration.runners import LocalRunner, RayRunner
+from mgkd.tasks.translation import prepare
+
+
+@dataclass
+class LineageOutcome:
+    lineage_id: str
+    tracking_uri: str
+    experiment: str
+    output_dir: Path
+    specs: list[GenerationSpec]
+    results: list[GenerationResult]
+    run_ids: list[str]
+    wall_time_s: float
+
+
+def _artifact_root(cfg: ExperimentConfig, tracking_uri: str) -> Path | None:
+    # A local sqlite store keeps its artifacts beside it; a server decides its own.
+    return Path(cfg.output_dir).resolve() / "mlartifacts" if tracking_uri.startswith("sqlite:") else None
+
+
+def run_lineage(cfg: ExperimentConfig, console: Console | None = None) -> LineageOutcome:
+    """Train and record the whole lineage the config describes."""
+    console = console or Console()
+    t0 = time.perf_counter()
+    specs = build_schedule(cfg)  # every generation checked before anything runs
+    output_dir = Path(cfg.output_dir).resolve()
+    tracking_uri = cfg.tracking.uri or default_tracking_uri(output_dir)
+    check_tracking_uri(tracking_uri)
+
+    data = prepare(cfg, console.log)
+    recorder = LineageRecorder(tracking_uri, cfg.experiment_name, _artifact_root(cfg, tracking_uri))
+    runner: LocalRunner | RayRunner = RayRunner(cfg.ray, data) if cfg.ray.enabled else LocalRunner(data)
+    console.log(f"runner: {runner.description}")
+
+    lineage_id = recorder.start_lineage(
+        cfg.name, cfg.model_dump(mode="json"), {"mgkd.data_hash": data.data_hash, "mgkd.config_name": cfg.name}
+    )
+    lineage_dir = output_dir / "lineages" / lineage_id
+    lineage_dir.mkdir(parents=True, exist_ok=True)
+    config_file = lineage_dir / "config.yaml"
+    config_file.write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False), encoding="utf-8")
+    recorder.log_artifact(lineage_id, config_file)
+    recorder.log_artifact(lineage_id, data.cache_dir / "spm.model", "tokenizer")
+    for split in ("train", "valid", "test"):
+        recorder.log_artifact(lineage_id, data.cache_dir / f"{split}.jsonl", "data")
+    recorder.log_metrics(lineage_id, {k: float(v) for k, v in data.summary().items() if k != "data_hash"}, 0)
+    (output_dir / "last_lineage.json").write_text(
+        json.dumps({"lineage_id": lineage_id, "tracking_uri": tracking_uri, "experiment": cfg.experiment_name}), encoding="utf-8"
+    )
+    console.log(f"lineage {lineage_id} in {tracking_uri} (experiment {cfg.experiment_name!r})")
+
+    results: list[GenerationResult] = []
+    run_ids: list[str] = []
+    teacher: GenerationResult | None = None
+    status = "FAILED"
+    run_id = None
+    try:
+        for spec in specs:
+            run_id = recorder.start_generation(
+                lineage_id, spec.index, spec.as_params(),
+                run_ids[-1] if run_ids else None, teacher.checkpoint_sha256 if teacher else None,
+            )  # fmt: skip
+
+            with GenerationProgress(console, spec) as progress:
+
+                def events(event: dict, run_id: str = run_id, progress: GenerationProgress = progress) -> None:
+                    if event["type"] in ("step", "epoch"):
+                        recorder.log_metrics(run_id, event["metrics"], event["step"])
+                    progress(event)
+
+                result = runner.run(spec, lineage_dir / f"gen-{spec.index}", teacher, events)
+            recorder.log_metrics(run_id, result.metrics, int(result.metrics["steps"]))
+            recorder.set_tags(run_id, {TAG_CHECKPOINT_SHA: result.checkpoint_sha256})
+            recorder.log_artifact(run_id, result.checkpoint, "checkpoint")
+            recorder.log_artifact(run_id, data.cache_dir / "spm.model", "tokenizer")
+            if result.translations:
+                recorder.log_artifact(run_id, result.translations)
+            recorder.end(run_id, "FINISHED")
+            results.append(result)
+            run_ids.append(run_id)
+            teacher = result
+            console.print(lineage_table(specs, results, f"after generation {spec.index}"))
+            for s in result.samples[:2]:
+                console.print(f"  [dim]src[/]  {s['source']}\n  [dim]ref[/]  {s['reference']}\n  [dim]hyp[/]  {s['hypothesis']}")
+        status = "FINISHED"
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
+    finally:
+        if status != "FINISHED" and run_id is not None and run_id not in run_ids:
+            recorder.end(run_id, status)
+        recorder.end(lineage_id, status)
+        runner.close()
+
+    wall = time.perf_counter() - t0
+    recorder.log_metrics(lineage_id, {"wall_time_s": wall, "final_test_bleu": results[-1].metrics["test_bleu"]}, 0)
+    console.print(lineage_table(specs, results, f"lineage {lineage_id} ({wall / 60:.1f} min)"))
+    return LineageOutcome(lineage_id, tracking_uri, cfg.experiment_name, output_dir, specs, results, run_ids, wall)
+
+
+def ui_command(outcome: LineageOutcome) -> str:
+    """The command that opens the MLflow UI on this lineage's store."""
+    if outcome.tracking_uri.startswith("sqlite:"):
+        return f"mgkd ui --output-dir {outcome.output_dir}"
+    return f"open {outcome.tracking_uri}"
+
+
+__all__ = ["LineageOutcome", "MgkdError", "run_lineage", "ui_command"]

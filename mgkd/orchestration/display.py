@@ -1,0 +1,68 @@
+"""The console: rich progress while a generation trains, a table per generation and at the end."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from mgkd.generations import GenerationResult, GenerationSpec
+
+
+class GenerationProgress:
+    """Turns a generation's events into a progress bar (train steps, then decoding)."""
+
+    def __init__(self, console: Console, spec: GenerationSpec) -> None:
+        self.console = console
+        self.spec = spec
+        self.progress = Progress(
+            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(),
+            console=console, transient=False,
+        )  # fmt: skip
+        self.train_task: Any = None
+        self.decode_task: Any = None
+
+    def __enter__(self) -> GenerationProgress:
+        self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.__exit__(*exc)  # type: ignore[arg-type]
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        kind = event["type"]
+        name = "teacher" if self.spec.index == 0 else f"gen {self.spec.index}"
+        if kind == "start":
+            self.train_task = self.progress.add_task(f"{name} train", total=event["total_steps"], info="")
+        elif kind == "step" and self.train_task is not None:
+            m = event["metrics"]
+            info = f"loss {m['loss']:.3f}  {m['train_tokens_per_s']:.0f} tok/s  epoch {event['epoch']}"
+            self.progress.update(self.train_task, completed=event["step"], info=info)
+        elif kind == "epoch":
+            m = event["metrics"]
+            parts = [f"epoch {event['epoch']}: valid loss {m['valid_loss']:.3f}"]
+            if "valid_bleu" in m:
+                parts.append(f"valid BLEU {m['valid_bleu']:.2f}")
+            self.console.log(f"{name} " + ", ".join(parts))
+        elif kind == "decode" and event["split"] == "test":
+            if self.decode_task is None:
+                self.decode_task = self.progress.add_task(f"{name} decode test", total=event["total"], info="")
+            self.progress.update(self.decode_task, completed=event["done"])
+
+
+def lineage_table(specs: list[GenerationSpec], results: list[GenerationResult], title: str) -> Table:
+    table = Table(title=title)
+    for col in ("gen", "architecture", "params", "valid loss", "test BLEU", "test chrF", "train time", "teacher"):
+        table.add_column(col, justify="right" if col not in ("architecture", "teacher") else "left")
+    for spec, r in zip(specs, results):
+        m = spec.model
+        arch = f"{m.arch} d{m.d_model} {m.encoder_layers}+{m.decoder_layers}"
+        teacher = "-" if spec.index == 0 else f"gen {spec.index - 1} ({spec.init} init)"
+        table.add_row(
+            str(spec.index), arch, f"{r.parameters / 1e6:.2f}M", f"{r.metrics.get('best_valid_loss', float('nan')):.3f}",
+            f"{r.metrics['test_bleu']:.2f}", f"{r.metrics['test_chrf']:.2f}", f"{r.metrics['train_time_s']:.0f}s", teacher,
+        )  # fmt: skip
+    return table

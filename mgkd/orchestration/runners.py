@@ -1,0 +1,130 @@
+"""Where a generation's training function runs: in this process, or as Ray work.
+
+Ray enters here and nowhere below: `train_generation` is plain PyTorch. In
+Ray mode each generation is one Ray task with the CPUs/GPUs the config asks
+for; the prepared data goes to the object store once per lineage, and the
+worker streams progress events back through a Ray queue, so the driver renders
+progress and writes MLflow while the worker only trains.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from mgkd.config import RayConfig
+from mgkd.errors import MgkdError
+from mgkd.generations import GenerationResult, GenerationSpec, train_generation
+from mgkd.generations.training import Events
+from mgkd.tasks.translation import PreparedData
+
+
+class LocalRunner:
+    """Runs generations in the driver's process (`--no-ray`): for debugging and tests."""
+
+    description = "in-process (no Ray)"
+
+    def __init__(self, data: PreparedData) -> None:
+        self.data = data
+
+    def run(self, spec: GenerationSpec, out_dir: Path, teacher: GenerationResult | None, events: Events) -> GenerationResult:
+        return train_generation(
+            spec, self.data, out_dir,
+            teacher.checkpoint if teacher else None, teacher.checkpoint_sha256 if teacher else None, events,
+        )  # fmt: skip
+
+    def close(self) -> None:
+        pass
+
+
+def _train_in_worker(spec: GenerationSpec, data: PreparedData, out_dir: str, teacher_checkpoint: str | None,
+                     teacher_sha256: str | None, queue: Any, cpus: float) -> GenerationResult:  # fmt: skip
+    import torch
+
+    if spec.train.threads is None:
+        torch.set_num_threads(max(1, int(cpus)))
+    return train_generation(spec, data, Path(out_dir), teacher_checkpoint, teacher_sha256, queue.put)
+
+
+class RayRunner:
+    """Runs each generation as a Ray task on a local Ray or a cluster."""
+
+    def __init__(self, cfg: RayConfig, data: PreparedData) -> None:
+        import ray
+
+        self.cfg = cfg
+        self._started_ray = False
+        address = cfg.address or os.environ.get("RAY_ADDRESS")
+        if not ray.is_initialized():
+            kwargs: dict[str, Any] = {"include_dashboard": False, "logging_level": logging.WARNING, "log_to_driver": True}
+            if address:
+                kwargs["address"] = address
+            else:
+                kwargs["num_cpus"] = cfg.num_cpus
+            try:
+                ray.init(**kwargs)
+            except (ConnectionError, TimeoutError, ValueError, RuntimeError) as e:
+                raise MgkdError(
+                    f"cannot connect to Ray at {address!r}: {e}. Start the cluster (ray start --head) or fix "
+                    "--ray-address / ray.address / RAY_ADDRESS; --no-ray runs without Ray"
+                ) from None
+            self._started_ray = True
+        total = ray.cluster_resources()
+        if total.get("CPU", 0) < cfg.cpus_per_generation:
+            raise MgkdError(
+                f"ray.cpus_per_generation={cfg.cpus_per_generation} but the Ray cluster has {total.get('CPU', 0)} CPUs; "
+                "lower ray.cpus_per_generation"
+            )
+        if cfg.gpus_per_generation and total.get("GPU", 0) < cfg.gpus_per_generation:
+            raise MgkdError(
+                f"ray.gpus_per_generation={cfg.gpus_per_generation} but the Ray cluster has {total.get('GPU', 0)} GPUs"
+            )
+        self.description = f"Ray {ray.__version__} ({'cluster ' + address if address else 'local'}, {total.get('CPU', 0):g} CPUs)"
+        self.data_ref = ray.put(data)
+        self.remote = ray.remote(_train_in_worker).options(
+            num_cpus=cfg.cpus_per_generation, num_gpus=cfg.gpus_per_generation, max_retries=0
+        )
+
+    def run(self, spec: GenerationSpec, out_dir: Path, teacher: GenerationResult | None, events: Events) -> GenerationResult:
+        import ray
+        from ray.exceptions import RayTaskError
+        from ray.util.queue import Empty, Queue
+
+        queue = Queue(actor_options={"num_cpus": 0})
+
+        def drain() -> None:
+            while True:
+                try:
+                    events(queue.get_nowait())
+                except Empty:
+                    return
+
+        ref = self.remote.remote(
+            spec, self.data_ref, str(Path(out_dir).resolve()),
+            teacher.checkpoint if teacher else None, teacher.checkpoint_sha256 if teacher else None,
+            queue, self.cfg.cpus_per_generation,
+        )  # fmt: skip
+        try:
+            while True:
+                ready, _ = ray.wait([ref], timeout=0.25)
+                drain()
+                if ready:
+                    break
+            return ray.get(ref)
+        except RayTaskError as e:
+            if isinstance(e.cause, MgkdError):
+                raise MgkdError(str(e.cause)) from None
+            raise
+        except KeyboardInterrupt:
+            ray.cancel(ref, force=True)
+            raise
+        finally:
+            ray.kill(queue.actor)
+
+    def close(self) -> None:
+        import ray
+
+        if self._started_ray:
+            ray.shutdown()

@@ -1,0 +1,311 @@
+"""Machine translation: corpus -> deterministic splits -> sentencepiece -> batches -> BLEU/chrF.
+
+`prepare` runs once per lineage on the driver; its result (`PreparedData`) is
+plain data (arrays, strings, the sentencepiece model as bytes) that Ray ships to
+whichever worker trains a generation.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import random
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import sacrebleu
+import sentencepiece as spm
+import torch
+
+from mgkd.config import ExperimentConfig, SplitConfig, TokenizerConfig
+from mgkd.errors import MgkdError
+from mgkd.tasks.corpus import Pair, read_corpus
+
+PAD, UNK, BOS, EOS = 0, 1, 2, 3
+SPLITS = ("train", "valid", "test")
+
+
+@dataclass
+class SplitData:
+    ids: list[str]
+    sources: list[str]
+    targets: list[str]
+    # Token ids without BOS/EOS; the source gets EOS appended at batching time.
+    src: list[np.ndarray]
+    tgt: list[np.ndarray]
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+@dataclass
+class PreparedData:
+    """Everything a generation needs from the task, ready to ship to a worker."""
+
+    spm_model: bytes
+    data_hash: str
+    splits: dict[str, SplitData]
+    cache_dir: Path
+    _processor: spm.SentencePieceProcessor | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def tokenizer(self) -> spm.SentencePieceProcessor:
+        if self._processor is None:
+            self._processor = spm.SentencePieceProcessor(model_proto=self.spm_model)
+        return self._processor
+
+    @property
+    def vocab_size(self) -> int:
+        return self.tokenizer.get_piece_size()
+
+    def __getstate__(self) -> dict:
+        # The processor is a SWIG object: rebuild it from the bytes after unpickling.
+        state = self.__dict__.copy()
+        state["_processor"] = None
+        return state
+
+    def summary(self) -> dict[str, int | str]:
+        out: dict[str, int | str] = {"data_hash": self.data_hash, "vocab_size": self.vocab_size}
+        for name, s in self.splits.items():
+            out[f"{name}_pairs"] = len(s)
+            out[f"{name}_target_tokens"] = int(sum(len(t) + 1 for t in s.tgt))
+        return out
+
+
+# --- splits ------------------------------------------------------------------
+
+
+def _unit_hash(salt: str, example_id: str) -> float:
+    digest = hashlib.sha256(f"{salt}\0{example_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
+def split_pairs(pairs: list[Pair], cfg: SplitConfig, max_pairs: int | None = None) -> dict[str, list[Pair]]:
+    """Assign each pair to train/valid/test by a hash of its id alone.
+
+    The same id lands in the same split whatever else is in the corpus; the
+    valid/test caps keep the first pairs by hash and send the rest to train.
+    """
+    keyed = sorted(((_unit_hash(cfg.salt, p.id), p) for p in pairs), key=lambda x: x[0])
+    if max_pairs is not None:
+        keyed = keyed[:max_pairs]
+    out: dict[str, list[Pair]] = {name: [] for name in SPLITS}
+    caps = {"valid": cfg.max_valid, "test": cfg.max_test}
+    for h, p in keyed:
+        # Re-hash with another salt so max_pairs (which keeps low hashes) does not bias the split.
+        u = _unit_hash(cfg.salt + ":split", p.id)
+        name = "test" if u < cfg.test_fraction else "valid" if u < cfg.test_fraction + cfg.valid_fraction else "train"
+        if name != "train" and caps[name] is not None and len(out[name]) >= caps[name]:
+            name = "train"
+        out[name].append(p)
+    for name in SPLITS:
+        if not out[name]:
+            raise MgkdError(
+                f"the {name} split is empty ({len(keyed)} pairs in all); use a larger corpus "
+                "or raise split.valid_fraction / split.test_fraction"
+            )
+    return out
+
+
+# --- tokenizer -----------------------------------------------------------------
+
+
+def train_sentencepiece(texts: list[str], cfg: TokenizerConfig, seed: int) -> bytes:
+    model = io.BytesIO()
+    try:
+        spm.SentencePieceTrainer.train(
+            sentence_iterator=iter(texts),
+            model_writer=model,
+            vocab_size=cfg.vocab_size,
+            model_type=cfg.model_type,
+            character_coverage=cfg.character_coverage,
+            pad_id=PAD,
+            unk_id=UNK,
+            bos_id=BOS,
+            eos_id=EOS,
+            num_threads=1,  # one thread: the same model on every run
+            shuffle_input_sentence=False,
+            minloglevel=2,
+        )
+    except RuntimeError as e:
+        msg = str(e)
+        if "Vocabulary size" in msg:
+            raise MgkdError(
+                f"tokenizer.vocab_size={cfg.vocab_size} is too large for this training text: {msg.strip()} "
+                "Lower tokenizer.vocab_size."
+            ) from None
+        raise MgkdError(f"sentencepiece could not train on the corpus: {msg.strip()}") from None
+    return model.getvalue()
+
+
+# --- prepare -------------------------------------------------------------------
+
+
+def _content_hash(cfg: ExperimentConfig, splits: dict[str, list[Pair]]) -> str:
+    h = hashlib.sha256()
+    h.update(json.dumps(cfg.tokenizer.model_dump(), sort_keys=True).encode())
+    h.update(str(cfg.seed).encode())
+    for name in SPLITS:
+        h.update(f"\0{name}\0".encode())
+        for p in splits[name]:
+            h.update(f"{p.id}\t{p.source}\t{p.target}\n".encode())
+    return h.hexdigest()
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def _tokenize(sp: spm.SentencePieceProcessor, texts: list[str]) -> list[np.ndarray]:
+    return [np.asarray(ids, dtype=np.int32) for ids in sp.encode(texts)]
+
+
+def prepare(cfg: ExperimentConfig, log: Callable[[str], None] = lambda _: None) -> PreparedData:
+    """Corpus -> splits -> sentencepiece (cached by content hash) -> token arrays on disk."""
+    t0 = time.perf_counter()
+    pairs = read_corpus(cfg.corpus)
+    splits = split_pairs(pairs, cfg.split, cfg.corpus.max_pairs)
+    data_hash = _content_hash(cfg, splits)
+    cache = Path(cfg.output_dir) / "cache" / f"data-{data_hash[:16]}"
+    cache.mkdir(parents=True, exist_ok=True)
+    model_path = cache / "spm.model"
+    if model_path.is_file():
+        spm_model = model_path.read_bytes()
+        log(f"tokenizer: cached sentencepiece model {model_path}")
+    else:
+        train_text = [t for p in splits["train"] for t in (p.source, p.target)]
+        spm_model = train_sentencepiece(train_text, cfg.tokenizer, cfg.seed)
+        _write_atomic(model_path, spm_model)
+        log(f"tokenizer: trained sentencepiece ({cfg.tokenizer.vocab_size} pieces) on {len(train_text)} sentences")
+    sp = spm.SentencePieceProcessor(model_proto=spm_model)
+    data = PreparedData(spm_model=spm_model, data_hash=data_hash, splits={}, cache_dir=cache)
+    for name in SPLITS:
+        ps = splits[name]
+        data.splits[name] = SplitData(
+            ids=[p.id for p in ps],
+            sources=[p.source for p in ps],
+            targets=[p.target for p in ps],
+            src=_tokenize(sp, [p.source for p in ps]),
+            tgt=_tokenize(sp, [p.target for p in ps]),
+        )
+    _write_arrays(cache, data)
+    log(
+        f"data: {len(pairs)} pairs -> train {len(splits['train'])}, valid {len(splits['valid'])}, "
+        f"test {len(splits['test'])} ({time.perf_counter() - t0:.1f}s)"
+    )
+    return data
+
+
+def _write_arrays(cache: Path, data: PreparedData) -> None:
+    """The tokenized splits as flat arrays + offsets (npz) and their texts (jsonl)."""
+    for name, s in data.splits.items():
+        npz = cache / f"{name}.npz"
+        if npz.is_file():
+            continue
+        buf = io.BytesIO()
+        np.savez(
+            buf,
+            src=np.concatenate(s.src) if s.src else np.zeros(0, np.int32),
+            src_offsets=np.cumsum([0] + [len(a) for a in s.src]),
+            tgt=np.concatenate(s.tgt) if s.tgt else np.zeros(0, np.int32),
+            tgt_offsets=np.cumsum([0] + [len(a) for a in s.tgt]),
+        )
+        lines = "".join(
+            json.dumps({"id": i, "source": a, "target": b}, ensure_ascii=False) + "\n"
+            for i, a, b in zip(s.ids, s.sources, s.targets)
+        )
+        _write_atomic(cache / f"{name}.jsonl", lines.encode("utf-8"))
+        _write_atomic(npz, buf.getvalue())
+
+
+# --- batches -------------------------------------------------------------------
+
+
+@dataclass
+class Batch:
+    indices: list[int]
+    src: torch.Tensor  # (B, S) with EOS, PAD-padded
+    tgt_in: torch.Tensor  # (B, T): BOS + target
+    tgt_out: torch.Tensor  # (B, T): target + EOS; PAD where there is no token
+
+    def to(self, device: torch.device | str) -> Batch:
+        return Batch(self.indices, self.src.to(device), self.tgt_in.to(device), self.tgt_out.to(device))
+
+    @property
+    def target_tokens(self) -> int:
+        return int((self.tgt_out != PAD).sum())
+
+
+def pad_sources(src: list[np.ndarray]) -> torch.Tensor:
+    width = max(len(a) for a in src) + 1
+    out = torch.full((len(src), width), PAD, dtype=torch.long)
+    for i, a in enumerate(src):
+        out[i, : len(a)] = torch.from_numpy(a.astype(np.int64))
+        out[i, len(a)] = EOS
+    return out
+
+
+def collate(split: SplitData, indices: list[int]) -> Batch:
+    tgt = [split.tgt[i] for i in indices]
+    width = max(len(a) for a in tgt) + 1
+    tgt_in = torch.full((len(indices), width), PAD, dtype=torch.long)
+    tgt_out = torch.full((len(indices), width), PAD, dtype=torch.long)
+    for row, a in enumerate(tgt):
+        t = torch.from_numpy(a.astype(np.int64))
+        tgt_in[row, 0] = BOS
+        tgt_in[row, 1 : len(a) + 1] = t
+        tgt_out[row, : len(a)] = t
+        tgt_out[row, len(a)] = EOS
+    return Batch(list(indices), pad_sources([split.src[i] for i in indices]), tgt_in, tgt_out)
+
+
+def batch_indices(split: SplitData, max_tokens: int, shuffle: bool, seed: int = 0) -> list[list[int]]:
+    """Token-budget batches of similar lengths: padded tokens per batch <= max_tokens.
+
+    Sorting by length (ties broken by a seeded shuffle) keeps padding low; the
+    batch order is shuffled too, so each epoch sees a different sequence.
+    """
+    rng = random.Random(seed)
+    order = list(range(len(split)))
+    if shuffle:
+        rng.shuffle(order)
+    order.sort(key=lambda i: (len(split.tgt[i]), len(split.src[i])))
+    batches: list[list[int]] = []
+    cur: list[int] = []
+    width = 0
+    for i in order:
+        w = max(len(split.tgt[i]), len(split.src[i])) + 1
+        if cur and max(width, w) * (len(cur) + 1) > max_tokens:
+            batches.append(cur)
+            cur, width = [], 0
+        cur.append(i)
+        width = max(width, w)
+    if cur:
+        batches.append(cur)
+    if shuffle:
+        rng.shuffle(batches)
+    return batches
+
+
+def iterate_batches(split: SplitData, max_tokens: int, shuffle: bool, seed: int = 0) -> Iterator[Batch]:
+    for idx in batch_indices(split, max_tokens, shuffle, seed):
+        yield collate(split, idx)
+
+
+# --- evaluation ----------------------------------------------------------------
+
+
+def score_translations(hypotheses: list[str], references: list[str]) -> dict[str, float]:
+    """Corpus BLEU and chrF (sacrebleu defaults) on detokenized text."""
+    return {
+        "bleu": float(sacrebleu.corpus_bleu(hypotheses, [references]).score),
+        "chrf": float(sacrebleu.corpus_chrf(hypotheses, [references]).score),
+    }
+
