@@ -170,6 +170,8 @@ def ui(
 
 def main() -> None:
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    # MLflow announces its sqlite schema migrations at INFO; the run's own log says where the store is.
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
     app()
 
 

@@ -330,11 +330,24 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
             if not isinstance(nxt, dict):
                 raise MgkdError(f"--set {item!r}: {'.'.join(parts[: i + 1])} is not a section")
             node = nxt
-        try:
-            node[parts[-1]] = yaml.safe_load(value) if value.strip() else None
-        except yaml.YAMLError:
-            node[parts[-1]] = value
+        node[parts[-1]] = _parse_value(value)
     return out
+
+
+def _parse_value(text: str) -> Any:
+    """YAML scalars and flow collections; YAML 1.1 reads 1e-4 as a string, so numbers get a second try."""
+    if not text.strip():
+        return None
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
 
 
 def format_validation_error(e: ValidationError) -> str:

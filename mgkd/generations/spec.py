@@ -90,7 +90,8 @@ def _check(spec: GenerationSpec, teacher: GenerationSpec | None) -> None:
     if teacher is None and criterion.teacher_needs.any:
         names = [n for n, _, p in criterion.terms if p.teacher_needs.any]
         raise MgkdError(f"{where}: loss(es) {', '.join(names)} need a teacher, but generation 0 has none; use label_smoothing")
-    if spec.init == "teacher" and teacher is not None and spec.model != teacher.model:
+    shape = lambda m: m.model_dump(exclude={"dropout"})  # noqa: E731
+    if spec.init == "teacher" and teacher is not None and shape(spec.model) != shape(teacher.model):
         raise MgkdError(
             f"{where}: init 'teacher' copies the teacher's tensors, so the student needs the same model "
             f"config; set init: scratch or drop the model change"

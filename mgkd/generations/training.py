@@ -102,6 +102,15 @@ def decode_split(model: torch.nn.Module, data: PreparedData, split: str, spec: G
     return hyps, n / max(1e-9, time.perf_counter() - t0)
 
 
+def build_student(spec: GenerationSpec, vocab_size: int, teacher: torch.nn.Module | None) -> torch.nn.Module:
+    """A new model object; with init 'teacher' its tensors are copies of the teacher's, never shared."""
+    student = build_model(spec.model, vocab_size)
+    if spec.init == "teacher" and teacher is not None:
+        # load_state_dict copies into the student's own storage.
+        student.load_state_dict(teacher.state_dict())
+    return student
+
+
 def train_generation(
     spec: GenerationSpec,
     data: PreparedData,
@@ -129,10 +138,7 @@ def train_generation(
         teacher.requires_grad_(False)
         teacher_hash = parameter_hash(teacher)
 
-    student = build_model(spec.model, data.vocab_size).to(device)
-    if spec.init == "teacher" and teacher is not None:
-        # load_state_dict copies into the student's own tensors: nothing is shared.
-        student.load_state_dict(teacher.state_dict())
+    student = build_student(spec, data.vocab_size, teacher).to(device)
     n_params = count_parameters(student)
 
     train = data.splits["train"]

@@ -51,7 +51,8 @@ def beam_decode(
     """Best hypothesis per sentence by log-probability / length**length_penalty.
 
     A sentence is finished when it holds `beam_size` ended hypotheses (an EOS
-    among the top candidates, as in fairseq) or reaches its maximum length.
+    among the top candidates, as in fairseq), when its best ended hypothesis
+    scores at least as well as its best live one, or at its maximum length.
     """
     if beam_size == 1:
         return greedy_decode(model, src, max_lens)
@@ -82,11 +83,16 @@ def beam_decode(
             if len(finished[s]) < k:
                 seq = history[i * k + int(beam[i, j])].tolist()
                 finished[s].append((float(top_s[i, j]) / (len(seq) + 1) ** length_penalty, seq))
-        done = torch.tensor([len(finished[int(s)]) >= k for s in sent], device=dev) | at_limit
+        # The best k candidates that did not end continue.
+        sel_s, sel_j = top_s.masked_fill(ended, float("-inf")).topk(k, dim=1)
+        best_alive = (sel_s[:, 0] / (step + 1) ** length_penalty).tolist()
+        done = at_limit | torch.tensor(
+            [bool(f) and (len(f) >= k or max(x[0] for x in f) >= a) for f, a in ((finished[int(s)], a) for s, a in zip(sent, best_alive))],
+            dtype=torch.bool, device=dev,
+        )  # fmt: skip
         if done.all():
             break
-        # The best k candidates that did not end continue; finished sentences leave the batch.
-        sel_s, sel_j = top_s.masked_fill(ended, float("-inf")).topk(k, dim=1)
+        # Finished sentences leave the batch.
         keep = (~done).nonzero().squeeze(1)
         sel_s, sel_j, beam, tok = sel_s[keep], sel_j[keep], beam[keep], tok[keep]
         rows = (keep * k).unsqueeze(1) + beam.gather(1, sel_j)

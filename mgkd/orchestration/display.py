@@ -20,7 +20,7 @@ class GenerationProgress:
         self.progress = Progress(
             TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
             TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(),
-            console=console, transient=False,
+            console=console, transient=False, refresh_per_second=2,
         )  # fmt: skip
         self.train_task: Any = None
         self.decode_task: Any = None

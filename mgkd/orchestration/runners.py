@@ -108,7 +108,7 @@ class RayRunner:
         )  # fmt: skip
         try:
             while True:
-                ready, _ = ray.wait([ref], timeout=0.25)
+                ready, _ = ray.wait([ref], timeout=1.0)
                 drain()
                 if ready:
                     break
