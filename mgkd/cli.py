@@ -20,7 +20,7 @@ from rich.table import Table
 from mgkd.errors import MgkdError
 
 app = typer.Typer(
-    help="mgkd: multi-generation knowledge distillation (teacher -> student -> student ...), run by Ray, recorded in MLflow.",
+    help="mgkd: multi-generation knowledge distillation (teacher -> student -> ...), run by Ray, recorded in MLflow.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -42,21 +42,36 @@ def user_errors() -> Iterator[None]:
 def _tracking_from_output(output_dir: Path) -> dict[str, Any]:
     marker = output_dir / "last_lineage.json"
     if not marker.is_file():
-        raise MgkdError(f"{output_dir} holds no mgkd run (no {marker.name}); give --output-dir of a run or --tracking-uri")
+        raise MgkdError(
+            f"{output_dir} holds no mgkd run (no {marker.name}); give --output-dir of a run or --tracking-uri"
+        )
     return json.loads(marker.read_text(encoding="utf-8"))
 
 
 @app.command()
 def run(
     config: Annotated[Path | None, typer.Option("--config", "-c", help="YAML experiment file (see configs/).")] = None,
-    preset: Annotated[str | None, typer.Option("--preset", "-p", help="Built-in experiment by name (default: demo).")] = None,
-    overrides: Annotated[
-        list[str] | None, typer.Option("--set", "-s", help="Override a config key: --set train.max_epochs=3 (repeatable).")
+    preset: Annotated[
+        str | None, typer.Option("--preset", "-p", help="Built-in experiment by name (default: demo).")
     ] = None,
-    generations: Annotated[int | None, typer.Option("--generations", "-g", help="Distilled generations after the teacher (generations.count).")] = None,
-    output_dir: Annotated[Path | None, typer.Option(help="Folder for the MLflow store, caches and checkpoints (output_dir).")] = None,
-    tracking_uri: Annotated[str | None, typer.Option(help="MLflow tracking URI (default: sqlite under --output-dir; env MLFLOW_TRACKING_URI).")] = None,
-    ray_address: Annotated[str | None, typer.Option(help="Ray cluster address (default: RAY_ADDRESS, else a local Ray).")] = None,
+    overrides: Annotated[
+        list[str] | None,
+        typer.Option("--set", "-s", help="Override a config key: --set train.max_epochs=3 (repeatable)."),
+    ] = None,
+    generations: Annotated[
+        int | None,
+        typer.Option("--generations", "-g", help="Distilled generations after the teacher (generations.count)."),
+    ] = None,
+    output_dir: Annotated[
+        Path | None, typer.Option(help="Folder for the MLflow store, caches and checkpoints (output_dir).")
+    ] = None,
+    tracking_uri: Annotated[
+        str | None,
+        typer.Option(help="MLflow tracking URI (default: sqlite under --output-dir; env MLFLOW_TRACKING_URI)."),
+    ] = None,
+    ray_address: Annotated[
+        str | None, typer.Option(help="Ray cluster address (default: RAY_ADDRESS, else a local Ray).")
+    ] = None,
     no_ray: Annotated[bool, typer.Option("--no-ray", help="Train in this process without Ray (debugging).")] = False,
     seed: Annotated[int | None, typer.Option(help="Random seed (seed).")] = None,
 ) -> None:
@@ -113,7 +128,9 @@ def losses() -> None:
 def lineage(
     lineage_id: Annotated[str | None, typer.Argument(help="The lineage's parent run id (default: the newest).")] = None,
     experiment: Annotated[str | None, typer.Option(help="Experiment name (default: the last run's).")] = None,
-    tracking_uri: Annotated[str | None, typer.Option(help="MLflow tracking URI (default: the store under --output-dir).")] = None,
+    tracking_uri: Annotated[
+        str | None, typer.Option(help="MLflow tracking URI (default: the store under --output-dir).")
+    ] = None,
     output_dir: Annotated[Path, typer.Option(help="Output folder of a run.")] = Path("mgkd-runs"),
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
@@ -130,22 +147,28 @@ def lineage(
         if as_json:
             print(json.dumps(info, indent=2))
             return
-        table = Table(title=f"lineage {info['lineage_id']} ({info['status']})")
-        for col in ("gen", "arch", "params", "test BLEU", "test chrF", "run id", "teacher run", "checkpoint sha256"):
-            table.add_column(col)
+        # One block per generation, ids in full (soft wrap: nothing cropped on narrow terminals).
+        lines = [f"[bold]lineage {info['lineage_id']}[/] ({info['status']}, experiment id {info['experiment_id']})"]
         for g in info["generations"]:
-            m = g["metrics"]
-            table.add_row(
-                str(g["generation"]), g["arch"] or "?", f"{m.get('parameters', 0) / 1e6:.2f}M",
-                f"{m.get('test_bleu', float('nan')):.2f}", f"{m.get('test_chrf', float('nan')):.2f}",
-                g["run_id"], g["teacher_run_id"] or "-", (g["checkpoint_sha256"] or "")[:12],
-            )  # fmt: skip
-        console.print(table)
+            m, p = g["metrics"], g["params"]
+            teacher = f"teacher gen {g['generation'] - 1}" if g["teacher_run_id"] else "teacher (generation 0)"
+            lines.append(
+                f"[bold]gen {g['generation']}[/]  {g['arch'] or '?'} d{p.get('model.d_model', '?')} "
+                f"{p.get('model.encoder_layers', '?')}+{p.get('model.decoder_layers', '?')}  "
+                f"{m.get('parameters', 0) / 1e6:.2f}M params  test BLEU {m.get('test_bleu', float('nan')):.2f}  "
+                f"chrF {m.get('test_chrf', float('nan')):.2f}  {teacher}  {g['status']}"
+            )
+            lines.append(f"       run {g['run_id']}  checkpoint sha256 {g['checkpoint_sha256'] or '-'}")
+            if g["teacher_run_id"]:
+                lines.append(f"       teacher run {g['teacher_run_id']}  sha256 {g['teacher_checkpoint_sha256']}")
+        console.print("\n".join(lines), soft_wrap=True, highlight=False)
 
 
 @app.command()
 def ui(
-    output_dir: Annotated[Path, typer.Option(help="Output folder of a run (its sqlite store is served).")] = Path("mgkd-runs"),
+    output_dir: Annotated[Path, typer.Option(help="Output folder of a run (its sqlite store is served).")] = Path(
+        "mgkd-runs"
+    ),
     host: Annotated[str, typer.Option(help="Interface to bind; 127.0.0.1 keeps it private.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port of the UI.")] = 5000,
 ) -> None:

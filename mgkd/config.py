@@ -278,7 +278,9 @@ class ExperimentConfig(_Strict):
 
 
 def preset_names() -> list[str]:
-    return sorted(p.name[: -len(".yaml")] for p in resources.files("mgkd.configs").iterdir() if p.name.endswith(".yaml"))
+    return sorted(
+        p.name[: -len(".yaml")] for p in resources.files("mgkd.configs").iterdir() if p.name.endswith(".yaml")
+    )
 
 
 def _read_yaml(text: str, where: str) -> dict[str, Any]:
@@ -298,7 +300,9 @@ def load_raw(config: Path | None = None, preset: str | None = None) -> dict[str,
     if config is not None:
         path = Path(config)
         if not path.is_file():
-            raise MgkdError(f"config file {path} does not exist; give a YAML file or use --preset ({', '.join(preset_names())})")
+            raise MgkdError(
+                f"config file {path} does not exist; give a YAML file or use --preset ({', '.join(preset_names())})"
+            )
         raw = _read_yaml(path.read_text(encoding="utf-8"), str(path))
         # Relative corpus paths in a config file are relative to that file.
         corpus = raw.get("corpus")

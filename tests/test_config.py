@@ -27,7 +27,9 @@ def test_overrides_are_typed():
 
 
 def test_per_generation_override_changes_one_generation():
-    cfg = build_config(overrides=["generations.count=2", "generations.per_generation={2: {model: {d_model: 64}, init: scratch}}"])
+    cfg = build_config(
+        overrides=["generations.count=2", "generations.per_generation={2: {model: {d_model: 64}, init: scratch}}"]
+    )
     specs = build_schedule(cfg)
     assert [s.model.d_model for s in specs] == [128, 128, 64]
     assert [s.init for s in specs[1:]] == ["teacher", "scratch"]

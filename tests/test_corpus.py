@@ -30,7 +30,10 @@ def test_length_filter():
 
 
 def test_clean_verse():
-    assert clean_verse("(9:1) Au chef des chantres. Sur [Meurs pour le fils].") == "Au chef des chantres. Sur Meurs pour le fils."
+    assert (
+        clean_verse("(9:1) Au chef des chantres. Sur [Meurs pour le fils].")
+        == "Au chef des chantres. Sur Meurs pour le fils."
+    )
     assert clean_verse("the priest`s  [things]") == "the priest's things"
 
 
@@ -108,7 +111,17 @@ def test_cli_corpus_errors_exit_2(tmp_path: Path, setup, message):
     setup(tmp_path)
     out = tmp_path / "out"
     result = CliRunner().invoke(
-        app, ["run", "--no-ray", "--output-dir", str(out), "--set", "corpus.kind=tsv", "--set", f"corpus.path={tmp_path / 'c.tsv'}"]
+        app,
+        [
+            "run",
+            "--no-ray",
+            "--output-dir",
+            str(out),
+            "--set",
+            "corpus.kind=tsv",
+            "--set",
+            f"corpus.path={tmp_path / 'c.tsv'}",
+        ],
     )
     assert result.exit_code == 2, result.output
     assert message in result.output and "Traceback" not in result.output

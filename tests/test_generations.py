@@ -75,7 +75,9 @@ def test_student_is_a_new_object_with_copied_tensors(teacher_run):
 def test_selection_never_reads_the_test_split_and_runs_are_deterministic(teacher_run, tiny_data, tmp_path):
     cfg, specs, g0 = teacher_run
     test = tiny_data.splits["test"]
-    poisoned = SplitData(test.ids, ["x"] * len(test), ["y"] * len(test), [test.src[0]] * len(test), [test.tgt[0]] * len(test))
+    poisoned = SplitData(
+        test.ids, ["x"] * len(test), ["y"] * len(test), [test.src[0]] * len(test), [test.tgt[0]] * len(test)
+    )
     other = replace(tiny_data, splits={**tiny_data.splits, "test": poisoned})
     again = train_generation(specs[0], other, tmp_path / "again")
     # same seed, same data except the test split -> the same selected checkpoint, the same valid metrics

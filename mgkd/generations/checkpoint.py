@@ -69,7 +69,9 @@ def load_checkpoint(path: Path, expected_sha256: str | None = None) -> tuple[nn.
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as e:
-        raise MgkdError(f"checkpoint {path} cannot be loaded safely (truncated, corrupt or not an mgkd checkpoint): {e}") from None
+        raise MgkdError(
+            f"checkpoint {path} cannot be loaded safely (truncated, corrupt or not an mgkd checkpoint): {e}"
+        ) from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise MgkdError(f"{path} is not an mgkd checkpoint (format {FORMAT} expected)")
     cfg = ModelConfig.model_validate(payload["model_config"])

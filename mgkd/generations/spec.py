@@ -30,7 +30,12 @@ class GenerationSpec:
 
     def as_params(self) -> dict[str, Any]:
         """Flat key -> value view for MLflow params."""
-        flat: dict[str, Any] = {"generation": self.index, "init": self.init, "teacher_signal": self.teacher_signal, "seed": self.seed}
+        flat: dict[str, Any] = {
+            "generation": self.index,
+            "init": self.init,
+            "teacher_signal": self.teacher_signal,
+            "seed": self.seed,
+        }
         for section in ("model", "train", "eval"):
             for k, v in getattr(self, section).model_dump().items():
                 flat[f"{section}.{k}"] = v
@@ -42,7 +47,11 @@ class GenerationSpec:
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        d["model"], d["train"], d["eval"] = self.model.model_dump(), self.train.model_dump(mode="json"), self.eval.model_dump()
+        d["model"], d["train"], d["eval"] = (
+            self.model.model_dump(),
+            self.train.model_dump(mode="json"),
+            self.eval.model_dump(),
+        )
         d["losses"] = [t.model_dump() for t in self.losses]
         return d
 
@@ -74,7 +83,9 @@ def build_schedule(cfg: ExperimentConfig) -> list[GenerationSpec]:
     specs = [teacher]
     for k in range(1, g.count + 1):
         ov = g.per_generation.get(k)
-        specs.append(_apply(cfg, student_defaults, ov, k) if ov else _apply(cfg, student_defaults, GenerationOverride(), k))
+        specs.append(
+            _apply(cfg, student_defaults, ov, k) if ov else _apply(cfg, student_defaults, GenerationOverride(), k)
+        )
     for spec in specs:
         _check(spec, specs[spec.index - 1] if spec.index else None)
     return specs
@@ -89,7 +100,9 @@ def _check(spec: GenerationSpec, teacher: GenerationSpec | None) -> None:
         raise MgkdError(f"{where}: {e}") from None
     if teacher is None and criterion.teacher_needs.any:
         names = [n for n, _, p in criterion.terms if p.teacher_needs.any]
-        raise MgkdError(f"{where}: loss(es) {', '.join(names)} need a teacher, but generation 0 has none; use label_smoothing")
+        raise MgkdError(
+            f"{where}: loss(es) {', '.join(names)} need a teacher, but generation 0 has none; use label_smoothing"
+        )
     shape = lambda m: m.model_dump(exclude={"dropout"})  # noqa: E731
     if spec.init == "teacher" and teacher is not None and shape(spec.model) != shape(teacher.model):
         raise MgkdError(

@@ -76,14 +76,26 @@ def validation_loss(model: torch.nn.Module, data: PreparedData, max_tokens: int,
     for batch in iterate_batches(data.splits["valid"], max_tokens, shuffle=False):
         b = batch.to(device)
         logits = model(b.src, b.tgt_in).logits
-        total += float(F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), b.tgt_out.reshape(-1), ignore_index=PAD, reduction="sum"))
+        total += float(
+            F.cross_entropy(
+                logits.reshape(-1, logits.size(-1)).float(), b.tgt_out.reshape(-1), ignore_index=PAD, reduction="sum"
+            )
+        )
         tokens += b.target_tokens
     model.train(was)
     return total / max(1, tokens)
 
 
-def decode_split(model: torch.nn.Module, data: PreparedData, split: str, spec: GenerationSpec, device: torch.device,
-                 limit: int | None = None, beam_size: int | None = None, events: Events | None = None) -> tuple[list[str], float]:
+def decode_split(
+    model: torch.nn.Module,
+    data: PreparedData,
+    split: str,
+    spec: GenerationSpec,
+    device: torch.device,
+    limit: int | None = None,
+    beam_size: int | None = None,
+    events: Events | None = None,
+) -> tuple[list[str], float]:
     """Detokenized outputs for a split (or its first `limit` sentences) and sentences/second."""
     s = data.splits[split]
     n = len(s) if limit is None else min(limit, len(s))
@@ -146,7 +158,9 @@ def train_generation(
     total_steps = spec.train.max_epochs * steps_per_epoch
     if spec.train.max_steps is not None:
         total_steps = min(total_steps, spec.train.max_steps)
-    optimizer = torch.optim.AdamW(student.parameters(), lr=spec.train.lr, betas=(0.9, 0.98), eps=1e-9, weight_decay=spec.train.weight_decay)
+    optimizer = torch.optim.AdamW(
+        student.parameters(), lr=spec.train.lr, betas=(0.9, 0.98), eps=1e-9, weight_decay=spec.train.weight_decay
+    )
     events({"type": "start", "generation": spec.index, "total_steps": total_steps, "parameters": n_params})
 
     need_hidden = criterion.teacher_needs.hidden or criterion.student_needs.hidden
@@ -201,7 +215,9 @@ def train_generation(
         if epoch % spec.train.eval_every_epochs == 0 or last_epoch:
             m = {"valid_loss": validation_loss(student, data, spec.train.max_tokens, device)}
             if spec.eval.valid_bleu_sentences:
-                hyps, _ = decode_split(student, data, "valid", spec, device, spec.eval.valid_bleu_sentences, beam_size=1)
+                hyps, _ = decode_split(
+                    student, data, "valid", spec, device, spec.eval.valid_bleu_sentences, beam_size=1
+                )
                 refs = data.splits["valid"].targets[: len(hyps)]
                 scores = score_translations(hyps, refs)
                 m["valid_bleu"], m["valid_chrf"] = scores["bleu"], scores["chrf"]
@@ -242,5 +258,7 @@ def train_generation(
         "decode_sentences_per_s": sents_per_s,
         "parameters": float(n_params),
     }
-    samples = [{"source": s, "reference": r, "hypothesis": h} for s, r, h in zip(test.sources[:5], test.targets[:5], hyps[:5])]
+    samples = [
+        {"source": s, "reference": r, "hypothesis": h} for s, r, h in zip(test.sources[:5], test.targets[:5], hyps[:5])
+    ]
     return GenerationResult(spec.index, str(ckpt), sha, n_params, metrics, teacher_hash, str(translations), samples)

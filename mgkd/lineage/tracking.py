@@ -170,7 +170,10 @@ def read_lineage(tracking_uri: str, lineage_id: str | None = None, experiment: s
         except Exception:
             raise MgkdError(f"no lineage run {lineage_id!r} in {tracking_uri}") from None
     lid = parent.info.run_id
-    children = client.search_runs([parent.info.experiment_id], filter_string=f"tags.`{TAG_LINEAGE}` = '{lid}' and tags.`{TAG_KIND}` = 'generation'")
+    children = client.search_runs(
+        [parent.info.experiment_id],
+        filter_string=f"tags.`{TAG_LINEAGE}` = '{lid}' and tags.`{TAG_KIND}` = 'generation'",
+    )
     gens = sorted(children, key=lambda r: int(r.data.tags[TAG_GENERATION]))
     return {
         "lineage_id": lid,

@@ -10,7 +10,9 @@ from mgkd.models.transformer import Seq2SeqOutput
 from mgkd.tasks.translation import PAD, Batch
 
 
-def soft_label_kd(student_logits: torch.Tensor, teacher_logits: torch.Tensor, mask: torch.Tensor, temperature: float) -> torch.Tensor:
+def soft_label_kd(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, mask: torch.Tensor, temperature: float
+) -> torch.Tensor:
     """KL(p_teacher^T || p_student^T) * T^2, summed over the vocabulary, averaged over mask tokens."""
     t = temperature
     log_p_s = F.log_softmax(student_logits.float() / t, dim=-1)

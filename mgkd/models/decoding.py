@@ -86,10 +86,9 @@ def beam_decode(
         # The best k candidates that did not end continue.
         sel_s, sel_j = top_s.masked_fill(ended, float("-inf")).topk(k, dim=1)
         best_alive = (sel_s[:, 0] / (step + 1) ** length_penalty).tolist()
-        done = at_limit | torch.tensor(
-            [bool(f) and (len(f) >= k or max(x[0] for x in f) >= a) for f, a in ((finished[int(s)], a) for s, a in zip(sent, best_alive))],
-            dtype=torch.bool, device=dev,
-        )  # fmt: skip
+        ends = [finished[int(s)] for s in sent]
+        full = [bool(f) and (len(f) >= k or max(x[0] for x in f) >= a) for f, a in zip(ends, best_alive)]
+        done = at_limit | torch.tensor(full, dtype=torch.bool, device=dev)
         if done.all():
             break
         # Finished sentences leave the batch.

