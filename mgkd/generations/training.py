@@ -258,7 +258,9 @@ def train_generation(
         "decode_sentences_per_s": sents_per_s,
         "parameters": float(n_params),
     }
+    # The first 50 test translations, for the MLflow record.
     samples = [
-        {"source": s, "reference": r, "hypothesis": h} for s, r, h in zip(test.sources[:5], test.targets[:5], hyps[:5])
+        {"source": s, "reference": r, "hypothesis": h}
+        for s, r, h in zip(test.sources[:50], test.targets[:50], hyps[:50])
     ]
     return GenerationResult(spec.index, str(ckpt), sha, n_params, metrics, teacher_hash, str(translations), samples)

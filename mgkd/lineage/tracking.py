@@ -30,6 +30,7 @@ TAG_TEACHER_RUN = "mgkd.teacher_run_id"
 TAG_TEACHER_SHA = "mgkd.teacher_checkpoint_sha256"
 TAG_CHECKPOINT_SHA = "mgkd.checkpoint_sha256"
 TAG_KIND = "mgkd.kind"  # "lineage" | "generation"
+TAG_MODEL = "mgkd.registered_model"
 
 
 def default_tracking_uri(output_dir: Path) -> str:
@@ -91,7 +92,10 @@ class LineageRecorder:
         exp = self.client.get_experiment_by_name(experiment)
         if exp is None:
             location = Path(artifact_root).resolve().as_uri() if artifact_root else None
-            self.experiment_id = self.client.create_experiment(experiment, artifact_location=location)
+            # The MLflow 3 UI opens an experiment in its "Model training" view (runs table) with this kind,
+            # not in the GenAI traces view.
+            kind = {"mlflow.experimentKind": "custom_model_development"}
+            self.experiment_id = self.client.create_experiment(experiment, artifact_location=location, tags=kind)
         else:
             self.experiment_id = exp.experiment_id
 
@@ -135,6 +139,31 @@ class LineageRecorder:
 
     def log_artifact(self, run_id: str, path: Path | str, artifact_path: str | None = None) -> None:
         self.client.log_artifact(run_id, str(path), artifact_path)
+
+    def log_inputs(self, run_id: str, datasets: list[Any]) -> None:
+        self.client.log_inputs(run_id, datasets=datasets)
+
+    def log_dict(self, run_id: str, data: dict[str, Any], artifact_file: str) -> None:
+        self.client.log_dict(run_id, data, artifact_file)
+
+    def log_table(self, run_id: str, columns: dict[str, list[str]], artifact_file: str) -> None:
+        self.client.log_table(run_id, data=columns, artifact_file=artifact_file)
+
+    def register(self, model_name: str, run_id: str, artifact_path: str, tags: dict[str, str]) -> int:
+        """Register the run's artifact folder as the next version of `model_name`; returns the version."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            self.client.get_registered_model(model_name)
+        except MlflowException:
+            self.client.create_registered_model(model_name, description="an mgkd lineage: version k is generation k")
+        source = f"{self.client.get_run(run_id).info.artifact_uri}/{artifact_path}"
+        mv = self.client.create_model_version(model_name, source, run_id=run_id, tags=tags)
+        return int(mv.version)
+
+    def lineage_tags(self, run_id: str) -> dict[str, str]:
+        """The run's `mgkd.*` tags (lineage, generation, teacher edges, checkpoint checksum)."""
+        return {k: v for k, v in self.client.get_run(run_id).data.tags.items() if k.startswith("mgkd.")}
 
     def set_tags(self, run_id: str, tags: dict[str, str]) -> None:
         for k, v in tags.items():
@@ -196,3 +225,53 @@ def read_lineage(tracking_uri: str, lineage_id: str | None = None, experiment: s
             for r in gens
         ],
     }
+
+
+# -- the rest of the record: datasets, samples, registry, plot ----------------------
+
+
+def dataset_inputs(name: str, splits: dict[str, dict[str, Any]]) -> list[Any]:
+    """MLflow dataset inputs for the splits: name, content digest, where they live, their size."""
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+
+    out = []
+    for split, info in splits.items():
+        ds = Dataset(
+            name=f"{name}-{split}",
+            digest=info["digest"][:36],
+            source_type="local",
+            source=json.dumps({"uri": info["uri"]}),
+            schema=json.dumps({"columns": ["id", "source", "target"]}),
+            profile=json.dumps(
+                {"num_rows": info["rows"], "target_tokens": info["target_tokens"], "sha256": info["digest"]}
+            ),
+        )
+        out.append(DatasetInput(ds, tags=[InputTag("mlflow.data.context", split)]))
+    return out
+
+
+def lineage_plot(generations: list[dict[str, float]], path: Path) -> Path:
+    """Test BLEU/chrF and parameter count across generations, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    xs = [int(g["generation"]) for g in generations]
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
+    ax.plot(xs, [g["test_bleu"] for g in generations], "o-", label="test BLEU")
+    ax.plot(xs, [g["test_chrf"] for g in generations], "s--", label="test chrF")
+    ax.set_xlabel("generation (0 = teacher)")
+    ax.set_ylabel("score")
+    ax.set_xticks(xs)
+    ax2 = ax.twinx()
+    ax2.bar(xs, [g["parameters"] / 1e6 for g in generations], alpha=0.2, color="grey", label="parameters (M)")
+    ax2.set_ylabel("parameters (M)")
+    lines = ax.get_legend_handles_labels()
+    bars = ax2.get_legend_handles_labels()
+    ax.legend(lines[0] + bars[0], lines[1] + bars[1], loc="lower right")
+    ax.set_title("lineage: quality and size by generation")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path

@@ -19,7 +19,15 @@ from rich.console import Console
 from mgkd.config import ExperimentConfig
 from mgkd.errors import MgkdError
 from mgkd.generations import GenerationResult, GenerationSpec, build_schedule
-from mgkd.lineage.tracking import TAG_CHECKPOINT_SHA, LineageRecorder, check_tracking_uri, default_tracking_uri
+from mgkd.lineage.tracking import (
+    TAG_CHECKPOINT_SHA,
+    TAG_MODEL,
+    LineageRecorder,
+    check_tracking_uri,
+    dataset_inputs,
+    default_tracking_uri,
+    lineage_plot,
+)
 from mgkd.orchestration.display import GenerationProgress, lineage_table
 from mgkd.orchestration.runners import LocalRunner, RayRunner
 from mgkd.tasks.translation import prepare
@@ -42,6 +50,23 @@ def _artifact_root(cfg: ExperimentConfig, tracking_uri: str) -> Path | None:
     return Path(cfg.output_dir).resolve() / "mlartifacts" if tracking_uri.startswith("sqlite:") else None
 
 
+def _record_generation(recorder: LineageRecorder, run_id: str, model_name: str, result: GenerationResult,
+                       tokenizer: Path) -> None:  # fmt: skip
+    """Everything a finished generation leaves in its run, then the run's end."""
+    recorder.log_metrics(run_id, result.metrics, int(result.metrics["steps"]))
+    recorder.set_tags(run_id, {TAG_CHECKPOINT_SHA: result.checkpoint_sha256})
+    recorder.log_artifact(run_id, result.checkpoint, "checkpoint")
+    recorder.log_artifact(run_id, tokenizer, "tokenizer")
+    if result.translations:
+        recorder.log_artifact(run_id, result.translations)
+    samples = {k: [s[k] for s in result.samples] for k in ("source", "reference", "hypothesis")}
+    recorder.log_table(run_id, samples, "samples/test_first50.json")
+    # The registry's version k is generation k, tagged with the same lineage edges as its run.
+    version = recorder.register(model_name, run_id, "checkpoint", recorder.lineage_tags(run_id))
+    recorder.set_tags(run_id, {TAG_MODEL: model_name, "mgkd.model_version": str(version)})
+    recorder.end(run_id, "FINISHED")
+
+
 def run_lineage(cfg: ExperimentConfig, console: Console | None = None) -> LineageOutcome:
     """Train and record the whole lineage the config describes."""
     console = console or Console()
@@ -59,6 +84,21 @@ def run_lineage(cfg: ExperimentConfig, console: Console | None = None) -> Lineag
     lineage_id = recorder.start_lineage(
         cfg.name, cfg.model_dump(mode="json"), {"mgkd.data_hash": data.data_hash, "mgkd.config_name": cfg.name}
     )
+    model_name = f"{cfg.name}-lineage-{lineage_id[:8]}"
+    recorder.set_tags(lineage_id, {TAG_MODEL: model_name})
+    datasets = dataset_inputs(
+        cfg.name,
+        {
+            name: {
+                "digest": s.digest,
+                "uri": str((data.cache_dir / f"{name}.jsonl").resolve()),
+                "rows": len(s),
+                "target_tokens": int(sum(len(t) + 1 for t in s.tgt)),
+            }  # fmt: skip
+            for name, s in data.splits.items()
+        },
+    )
+    recorder.log_inputs(lineage_id, datasets)
     lineage_dir = output_dir / "lineages" / lineage_id
     lineage_dir.mkdir(parents=True, exist_ok=True)
     config_file = lineage_dir / "config.yaml"
@@ -68,10 +108,9 @@ def run_lineage(cfg: ExperimentConfig, console: Console | None = None) -> Lineag
     for split in ("train", "valid", "test"):
         recorder.log_artifact(lineage_id, data.cache_dir / f"{split}.jsonl", "data")
     recorder.log_metrics(lineage_id, {k: float(v) for k, v in data.summary().items() if k != "data_hash"}, 0)
-    (output_dir / "last_lineage.json").write_text(
-        json.dumps({"lineage_id": lineage_id, "tracking_uri": tracking_uri, "experiment": cfg.experiment_name}),
-        encoding="utf-8",
-    )
+    last = {"lineage_id": lineage_id, "tracking_uri": tracking_uri, "experiment": cfg.experiment_name,
+            "experiment_id": recorder.experiment_id}  # fmt: skip
+    (output_dir / "last_lineage.json").write_text(json.dumps(last), encoding="utf-8")
     console.log(f"lineage {lineage_id} in {tracking_uri} (experiment {cfg.experiment_name!r})")
 
     results: list[GenerationResult] = []
@@ -85,6 +124,8 @@ def run_lineage(cfg: ExperimentConfig, console: Console | None = None) -> Lineag
                 lineage_id, spec.index, spec.as_params(),
                 run_ids[-1] if run_ids else None, teacher.checkpoint_sha256 if teacher else None,
             )  # fmt: skip
+            recorder.log_inputs(run_id, datasets)
+            recorder.log_dict(run_id, spec.to_dict(), "spec.json")
 
             with GenerationProgress(console, spec) as progress:
 
@@ -94,13 +135,7 @@ def run_lineage(cfg: ExperimentConfig, console: Console | None = None) -> Lineag
                     progress(event)
 
                 result = runner.run(spec, lineage_dir / f"gen-{spec.index}", teacher, events)
-            recorder.log_metrics(run_id, result.metrics, int(result.metrics["steps"]))
-            recorder.set_tags(run_id, {TAG_CHECKPOINT_SHA: result.checkpoint_sha256})
-            recorder.log_artifact(run_id, result.checkpoint, "checkpoint")
-            recorder.log_artifact(run_id, data.cache_dir / "spm.model", "tokenizer")
-            if result.translations:
-                recorder.log_artifact(run_id, result.translations)
-            recorder.end(run_id, "FINISHED")
+            _record_generation(recorder, run_id, model_name, result, data.cache_dir / "spm.model")
             results.append(result)
             run_ids.append(run_id)
             teacher = result
@@ -109,6 +144,10 @@ def run_lineage(cfg: ExperimentConfig, console: Console | None = None) -> Lineag
                 console.print(
                     f"  [dim]src[/]  {s['source']}\n  [dim]ref[/]  {s['reference']}\n  [dim]hyp[/]  {s['hypothesis']}"
                 )
+        wall = time.perf_counter() - t0
+        recorder.log_metrics(lineage_id, {"wall_time_s": wall, "final_test_bleu": results[-1].metrics["test_bleu"]}, 0)
+        plot = lineage_plot([{"generation": r.index, **r.metrics} for r in results], lineage_dir / "lineage.png")
+        recorder.log_artifact(lineage_id, plot)
         status = "FINISHED"
     except KeyboardInterrupt:
         status = "KILLED"
@@ -119,8 +158,6 @@ def run_lineage(cfg: ExperimentConfig, console: Console | None = None) -> Lineag
         recorder.end(lineage_id, status)
         runner.close()
 
-    wall = time.perf_counter() - t0
-    recorder.log_metrics(lineage_id, {"wall_time_s": wall, "final_test_bleu": results[-1].metrics["test_bleu"]}, 0)
     console.print(lineage_table(specs, results, f"lineage {lineage_id} ({wall / 60:.1f} min)"))
     return LineageOutcome(lineage_id, tracking_uri, cfg.experiment_name, output_dir, specs, results, run_ids, wall)
 

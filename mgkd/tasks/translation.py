@@ -32,12 +32,15 @@ SPLITS = ("train", "valid", "test")
 
 @dataclass
 class SplitData:
+    """One split; `digest` is the sha256 of its ids and texts (the MLflow dataset digest)."""
+
     ids: list[str]
     sources: list[str]
     targets: list[str]
     # Token ids without BOS/EOS; the source gets EOS appended at batching time.
     src: list[np.ndarray]
     tgt: list[np.ndarray]
+    digest: str = ""
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -146,14 +149,20 @@ def train_sentencepiece(texts: list[str], cfg: TokenizerConfig, seed: int) -> by
 # --- prepare -------------------------------------------------------------------
 
 
-def _content_hash(cfg: ExperimentConfig, splits: dict[str, list[Pair]]) -> str:
+def split_digest(pairs: list[Pair]) -> str:
+    h = hashlib.sha256()
+    for p in pairs:
+        h.update(f"{p.id}\t{p.source}\t{p.target}\n".encode())
+    return h.hexdigest()
+
+
+def _content_hash(cfg: ExperimentConfig, digests: dict[str, str]) -> str:
+    """Identifies the prepared data: the splits' contents and what the tokenizer was trained with."""
     h = hashlib.sha256()
     h.update(json.dumps(cfg.tokenizer.model_dump(), sort_keys=True).encode())
     h.update(str(cfg.seed).encode())
     for name in SPLITS:
-        h.update(f"\0{name}\0".encode())
-        for p in splits[name]:
-            h.update(f"{p.id}\t{p.source}\t{p.target}\n".encode())
+        h.update(f"\0{name}\0{digests[name]}".encode())
     return h.hexdigest()
 
 
@@ -172,7 +181,8 @@ def prepare(cfg: ExperimentConfig, log: Callable[[str], None] = lambda _: None) 
     t0 = time.perf_counter()
     pairs = read_corpus(cfg.corpus)
     splits = split_pairs(pairs, cfg.split, cfg.corpus.max_pairs)
-    data_hash = _content_hash(cfg, splits)
+    digests = {name: split_digest(splits[name]) for name in SPLITS}
+    data_hash = _content_hash(cfg, digests)
     cache = Path(cfg.output_dir) / "cache" / f"data-{data_hash[:16]}"
     cache.mkdir(parents=True, exist_ok=True)
     model_path = cache / "spm.model"
@@ -194,6 +204,7 @@ def prepare(cfg: ExperimentConfig, log: Callable[[str], None] = lambda _: None) 
             targets=[p.target for p in ps],
             src=_tokenize(sp, [p.source for p in ps]),
             tgt=_tokenize(sp, [p.target for p in ps]),
+            digest=digests[name],
         )
     _write_arrays(cache, data)
     log(
