@@ -98,11 +98,16 @@ def _check(spec: GenerationSpec, teacher: GenerationSpec | None) -> None:
         criterion = Criterion(spec.losses)
     except MgkdError as e:
         raise MgkdError(f"{where}: {e}") from None
-    if teacher is None and criterion.teacher_needs.any:
-        names = [n for n, _, p in criterion.terms if p.teacher_needs.any]
-        raise MgkdError(
-            f"{where}: loss(es) {', '.join(names)} need a teacher, but generation 0 has none; use label_smoothing"
-        )
+    if teacher is None:
+        names = [n for n, _, p in criterion.terms if p.teacher_needs.any or p.teacher_needs.pseudo_targets]
+        if names:
+            raise MgkdError(
+                f"{where}: loss(es) {', '.join(names)} need a teacher, but generation 0 has none; use label_smoothing"
+            )
+    try:
+        criterion.check(spec.model, teacher.model if teacher else None)
+    except MgkdError as e:
+        raise MgkdError(f"{where}: {e}") from None
     shape = lambda m: m.model_dump(exclude={"dropout"})  # noqa: E731
     if spec.init == "teacher" and teacher is not None and shape(spec.model) != shape(teacher.model):
         raise MgkdError(

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +25,7 @@ from mgkd.errors import MgkdError
 from mgkd.generations.checkpoint import load_checkpoint, parameter_hash, save_checkpoint
 from mgkd.generations.spec import GenerationSpec
 from mgkd.losses import Criterion
+from mgkd.losses.base import TeacherNeeds, ViewContext, ViewData
 from mgkd.models import build_model, count_parameters
 from mgkd.models.decoding import translate
 from mgkd.tasks.translation import PAD, Batch, PreparedData, batch_indices, collate, iterate_batches, score_translations
@@ -43,6 +44,8 @@ class GenerationResult:
     teacher_hash: str | None = None
     translations: str | None = None  # TSV of the test split: id, source, reference, hypothesis
     samples: list[dict[str, str]] = field(default_factory=list)
+    # Files to record with the generation (e.g. the teacher's pseudo-target corpus).
+    artifacts: list[str] = field(default_factory=list)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -153,18 +156,37 @@ def train_generation(
     student = build_student(spec, data.vocab_size, teacher).to(device)
     n_params = count_parameters(student)
 
+    # Teacher-made views of the data (pseudo-targets), built once per teacher and cached.
+    views: dict[str, ViewData] = {}
+    view_metrics: dict[str, float] = {}
+    if teacher is not None:
+        ctx = ViewContext(teacher, teacher_sha256 or "", data, spec.eval, Path(data.cache_dir) / "teacher",
+                          device, spec.seed, events)  # fmt: skip
+        for name, _, plugin in criterion.terms:
+            if plugin.view != "gold" and plugin.view not in views:
+                made = plugin.build_view(ctx)
+                if made is None:
+                    raise MgkdError(f"loss {name!r} is on view {plugin.view!r} but built no examples for it")
+                views[plugin.view] = made
+                view_metrics.update(made.metrics or {})
+    missing = [v for v in criterion.views if v != "gold" and v not in views]
+    if missing:
+        raise MgkdError(f"generation {spec.index}: the view(s) {', '.join(missing)} need a teacher")
+    extra_params = [q for plugin in criterion.plugins for q in plugin.setup(student, teacher)]
+
     train = data.splits["train"]
     steps_per_epoch = len(batch_indices(train, spec.train.max_tokens, shuffle=False))
     total_steps = spec.train.max_epochs * steps_per_epoch
     if spec.train.max_steps is not None:
         total_steps = min(total_steps, spec.train.max_steps)
+    trainable = list(student.parameters()) + extra_params
     optimizer = torch.optim.AdamW(
-        student.parameters(), lr=spec.train.lr, betas=(0.9, 0.98), eps=1e-9, weight_decay=spec.train.weight_decay
+        trainable, lr=spec.train.lr, betas=(0.9, 0.98), eps=1e-9, weight_decay=spec.train.weight_decay
     )
     events({"type": "start", "generation": spec.index, "total_steps": total_steps, "parameters": n_params})
 
-    need_hidden = criterion.teacher_needs.hidden or criterion.student_needs.hidden
-    need_attn = criterion.teacher_needs.attention or criterion.student_needs.attention
+    unaligned = {v: _cycle_batches(d, spec.train.max_tokens, spec.seed) for v, d in views.items() if not d.aligned}
+    noise_rng = torch.Generator().manual_seed(spec.seed)
     best: dict[str, Any] = {"score": math.inf, "state": None, "epoch": 0, "metrics": {}}
     step, tokens_seen, t_start = 0, 0, time.perf_counter()
     window_loss: dict[str, float] = {}
@@ -176,15 +198,25 @@ def train_generation(
         for idx in batch_indices(train, spec.train.max_tokens, shuffle=True, seed=spec.seed * 100_003 + epoch):
             if step >= total_steps:
                 break
-            batch: Batch = collate(train, idx).to(device)
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(step, total_steps, spec.train.warmup_steps, spec.train.lr)
-            out = student(batch.src, batch.tgt_in, return_hidden=need_hidden, return_attention=need_attn)
-            t_out = None
-            if teacher is not None and criterion.teacher_needs.any:
-                with torch.no_grad():
-                    t_out = teacher(batch.src, batch.tgt_in, return_hidden=need_hidden, return_attention=need_attn)
-            loss, parts = criterion(out, t_out, batch)
+            criterion.set_progress(step / total_steps)
+            outputs = {}
+            ntok = 0
+            for view in criterion.views:
+                if view == "gold":
+                    batch: Batch = collate(train, idx)
+                elif views[view].aligned:
+                    batch = collate(views[view].split, idx)
+                else:
+                    batch = next(unaligned[view])
+                noise = views[view].noise if view in views else None
+                if noise is not None:
+                    batch = noise(batch, noise_rng)
+                batch = batch.to(device)
+                outputs[view] = _forward(student, teacher, batch, *criterion.needs(view))
+                ntok += batch.target_tokens
+            loss, parts = criterion(None, views=outputs)
             if not torch.isfinite(loss):
                 bad = [n for n, v in parts.items() if not torch.isfinite(v)] or ["total"]
                 raise MgkdError(
@@ -194,10 +226,9 @@ def train_generation(
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if spec.train.clip_norm:
-                torch.nn.utils.clip_grad_norm_(student.parameters(), spec.train.clip_norm)
+                torch.nn.utils.clip_grad_norm_(trainable, spec.train.clip_norm)
             optimizer.step()
             step += 1
-            ntok = batch.target_tokens
             tokens_seen += ntok
             window_tokens += ntok
             window_n += 1
@@ -247,6 +278,7 @@ def train_generation(
         raise RuntimeError(f"generation {spec.index}: the teacher's parameters changed during training (bug)")
 
     metrics = {
+        **view_metrics,
         **{f"best_{k}": v for k, v in best["metrics"].items()},
         "best_epoch": float(best["epoch"]),
         "steps": float(step),
@@ -263,4 +295,30 @@ def train_generation(
         {"source": s, "reference": r, "hypothesis": h}
         for s, r, h in zip(test.sources[:50], test.targets[:50], hyps[:50])
     ]
-    return GenerationResult(spec.index, str(ckpt), sha, n_params, metrics, teacher_hash, str(translations), samples)
+    artifacts = [str(d.artifact) for d in views.values() if d.artifact is not None]
+    return GenerationResult(
+        spec.index, str(ckpt), sha, n_params, metrics, teacher_hash, str(translations), samples, artifacts
+    )
+
+
+def _forward(student: torch.nn.Module, teacher: torch.nn.Module | None, batch: Batch, t_needs: TeacherNeeds,
+             s_needs: TeacherNeeds) -> tuple[Any, Any, Batch]:  # fmt: skip
+    """The student's output on a batch, and the teacher's (no grad) where a term on this view reads it."""
+    hidden = t_needs.hidden or s_needs.hidden
+    attention = t_needs.attention or s_needs.attention
+    out = student(batch.src, batch.tgt_in, return_hidden=hidden, return_attention=attention)
+    t_out = None
+    if teacher is not None and t_needs.any:
+        with torch.no_grad():
+            t_out = teacher(batch.src, batch.tgt_in, return_hidden=hidden, return_attention=attention)
+    return out, t_out, batch
+
+
+def _cycle_batches(view: ViewData, max_tokens: int, seed: int) -> Iterator[Batch]:
+    """Endless shuffled token-budget batches of an unaligned view, `token_ratio` x the gold budget."""
+    budget = max(1, int(round(max_tokens * view.token_ratio)))
+    epoch = 0
+    while True:
+        epoch += 1
+        for idx in batch_indices(view.split, budget, shuffle=True, seed=seed * 7919 + epoch):
+            yield collate(view.split, idx)

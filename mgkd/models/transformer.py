@@ -28,6 +28,9 @@ class Seq2SeqOutput:
     encoder_attention: list[torch.Tensor] = field(default_factory=list)
     decoder_self_attention: list[torch.Tensor] = field(default_factory=list)
     decoder_cross_attention: list[torch.Tensor] = field(default_factory=list)
+    # A cached teacher's signal: its k best log-probs per target token (B, T, k) and their token ids.
+    topk_logprobs: torch.Tensor | None = None
+    topk_indices: torch.Tensor | None = None
 
 
 @dataclass

@@ -59,6 +59,8 @@ def _record_generation(recorder: LineageRecorder, run_id: str, model_name: str, 
     recorder.log_artifact(run_id, tokenizer, "tokenizer")
     if result.translations:
         recorder.log_artifact(run_id, result.translations)
+    for path in result.artifacts:  # teacher-made data: pseudo-target corpora, cache manifests
+        recorder.log_artifact(run_id, path, "teacher_outputs")
     samples = {k: [s[k] for s in result.samples] for k in ("source", "reference", "hypothesis")}
     recorder.log_table(run_id, samples, "samples/test_first50.json")
     # The registry's version k is generation k, tagged with the same lineage edges as its run.
