@@ -110,18 +110,33 @@ def run(
 
 
 @app.command()
-def losses() -> None:
-    """List the registered loss plugins with their parameters."""
+def losses(
+    as_json: Annotated[bool, typer.Option("--json", help="Print the plugins as JSON.")] = False,
+) -> None:
+    """List the registered loss plugins (built-in and from installed packages) with their parameters."""
     from mgkd.losses import registry
 
     with user_errors():
-        table = Table(title="loss plugins")
-        for col in ("name", "parameters", "teacher needs", "description"):
+        rows = [
+            {
+                "name": name,
+                "view": cls.view,
+                "parameters": cls.parameters(),
+                "teacher_needs": cls.teacher_needs.names(),
+                "description": cls.description,
+                "module": cls.__module__,
+            }
+            for name, cls in sorted(registry().items())
+        ]
+        if as_json:
+            print(json.dumps(rows, indent=2, default=str))
+            return
+        table = Table(title="loss plugins (config: generations.*.losses: [{name, weight, params}])")
+        for col in ("name", "data", "parameters (defaults)", "teacher needs", "description"):
             table.add_column(col)
-        for name, cls in sorted(registry().items()):
-            needs = [k for k in ("logits", "hidden", "attention") if getattr(cls.teacher_needs, k)]
-            params = ", ".join(f"{k}={v}" for k, v in cls.parameters().items())
-            table.add_row(name, params or "-", ", ".join(needs) or "-", cls.description)
+        for r in rows:
+            params = ", ".join(f"{k}={v}" for k, v in r["parameters"].items())
+            table.add_row(r["name"], r["view"], params or "-", ", ".join(r["teacher_needs"]) or "-", r["description"])
         console.print(table)
 
 
