@@ -73,6 +73,10 @@ def run(
     ray_address: Annotated[
         str | None, typer.Option(help="Ray cluster address (default: RAY_ADDRESS, else a local Ray).")
     ] = None,
+    schedule: Annotated[
+        str | None,
+        typer.Option(help="born_again (students keep the teacher's size) or shrink (generations.schedule)."),
+    ] = None,
     no_ray: Annotated[bool, typer.Option("--no-ray", help="Train in this process without Ray (debugging).")] = False,
     seed: Annotated[int | None, typer.Option(help="Random seed (seed).")] = None,
 ) -> None:
@@ -89,6 +93,8 @@ def run(
         sets = list(overrides or [])
         if generations is not None:
             sets.append(f"generations.count={generations}")
+        if schedule is not None:
+            sets.append(f"generations.schedule={schedule}")
         if output_dir is not None:
             sets.append(f"output_dir={output_dir}")
         uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")

@@ -143,9 +143,13 @@ class GenerationOverride(_Strict):
     model: dict[str, Any] = Field(default_factory=dict)
     train: dict[str, Any] = Field(default_factory=dict)
     losses: list[LossTerm] | None = None
-    # How a student starts: "scratch" (random init, the born-again recipe) or
-    # "teacher" (a copy of the teacher's tensors; needs the same architecture).
-    init: Literal["scratch", "teacher"] | None = None
+    # How a student starts: "scratch" (random init, the born-again recipe),
+    # "teacher" (a copy of the teacher's tensors; needs the same architecture) or
+    # "cut" (a copy of a subset of the teacher's layers: fewer layers, same width).
+    init: Literal["scratch", "teacher", "cut"] | None = None
+    # With init "cut": which teacher layers (1-based, bottom-up) the student keeps:
+    # "first", "every_other", "spread" (evenly spaced, top kept), a list, or {encoder: [...], decoder: [...]}.
+    cut_layers: str | list[int] | dict[str, str | list[int]] | None = None
     # "online": the teacher runs forward every step (eval mode, no grad).
     teacher_signal: Literal["online"] | None = None
 
@@ -166,11 +170,29 @@ def _default_student() -> GenerationOverride:
     )
 
 
+class ShrinkConfig(_Strict):
+    """How the `shrink` schedule makes each generation smaller than its teacher."""
+
+    # "layers": multiply encoder/decoder layers by `factor` (rounded, at least min_layers) and
+    # initialise by cutting the teacher's layers; "width": multiply d_model/ff_dim, init from scratch.
+    dimension: Literal["layers", "width"] = "layers"
+    # 2/3 turns 6 layers into 4 -> 3 -> 2 -> 1.
+    factor: float = Field(2 / 3, gt=0, lt=1)
+    min_layers: PositiveInt = 1
+    min_d_model: PositiveInt = 32
+    # How a layer-shrunk student starts: a cut of its teacher's layers (see cut_layers) or scratch.
+    init: Literal["cut", "scratch"] = "cut"
+    cut_layers: str = "first"
+
+
 class GenerationsConfig(_Strict):
     """The lineage: a teacher (generation 0) and `count` distilled generations."""
 
     count: PositiveInt = 4
-    schedule: Literal["born_again"] = "born_again"
+    # born_again: students keep the teacher's architecture; shrink: each generation is smaller
+    # than its teacher (see `shrink`). Either way generations.student / per_generation override.
+    schedule: Literal["born_again", "shrink"] = "born_again"
+    shrink: ShrinkConfig = Field(default_factory=ShrinkConfig)
     teacher: GenerationOverride = Field(default_factory=_default_teacher)
     student: GenerationOverride = Field(default_factory=_default_student)
     # Per-generation changes on top of `student`, keyed by generation index (1..count).

@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+import math
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
-from mgkd.config import EvalConfig, ExperimentConfig, GenerationOverride, LossTerm, ModelConfig, TrainConfig
+from mgkd.config import (
+    EvalConfig,
+    ExperimentConfig,
+    GenerationOverride,
+    LossTerm,
+    ModelConfig,
+    ShrinkConfig,
+    TrainConfig,
+)
 from mgkd.errors import MgkdError
 from mgkd.losses import Criterion
 from mgkd.models import check_arch
+from mgkd.models.cutting import plan_cut
 
 
 @dataclass(frozen=True)
@@ -20,9 +30,11 @@ class GenerationSpec:
     train: TrainConfig
     losses: list[LossTerm]
     eval: EvalConfig
-    init: str  # "scratch" | "teacher"
+    init: str  # "scratch" | "teacher" | "cut"
     teacher_signal: str  # "online"
     seed: int
+    # init "cut": the teacher's layers (1-based) per side that the student starts from.
+    cut_layers: dict[str, list[int]] | None = None
 
     @property
     def has_teacher(self) -> bool:
@@ -36,6 +48,8 @@ class GenerationSpec:
             "teacher_signal": self.teacher_signal,
             "seed": self.seed,
         }
+        if self.cut_layers:
+            flat.update({f"cut_layers.{side}": layers for side, layers in self.cut_layers.items()})
         for section in ("model", "train", "eval"):
             for k, v in getattr(self, section).model_dump().items():
                 flat[f"{section}.{k}"] = v
@@ -56,8 +70,10 @@ class GenerationSpec:
         return d
 
 
-def _apply(cfg: ExperimentConfig, base: GenerationSpec | None, ov: GenerationOverride, index: int) -> GenerationSpec:
-    model = ModelConfig.model_validate({**(base.model if base else cfg.model).model_dump(), **ov.model})
+def _apply(cfg: ExperimentConfig, base: GenerationSpec | None, ov: GenerationOverride, index: int,
+           model_base: ModelConfig | None = None) -> GenerationSpec:  # fmt: skip
+    model_base = model_base or (base.model if base else cfg.model)
+    model = ModelConfig.model_validate({**model_base.model_dump(), **ov.model})
     train = TrainConfig.model_validate({**(base.train if base else cfg.train).model_dump(), **ov.train})
     return GenerationSpec(
         index=index,
@@ -68,7 +84,22 @@ def _apply(cfg: ExperimentConfig, base: GenerationSpec | None, ov: GenerationOve
         init=ov.init or (base.init if base else "scratch"),
         teacher_signal=ov.teacher_signal or (base.teacher_signal if base else "online"),
         seed=cfg.seed + index,
+        cut_layers=ov.cut_layers if ov.cut_layers is not None else (base.cut_layers if base else None),  # type: ignore[arg-type]
     )
+
+
+def shrink_model(model: ModelConfig, shrink: ShrinkConfig) -> ModelConfig:
+    """The next generation's (smaller) architecture under the `shrink` schedule."""
+    f = shrink.factor
+    if shrink.dimension == "layers":
+        fewer = lambda n: max(shrink.min_layers, min(n, round(n * f)))  # noqa: E731
+        return model.model_copy(
+            update={"encoder_layers": fewer(model.encoder_layers), "decoder_layers": fewer(model.decoder_layers)}
+        )
+    heads = model.n_heads
+    d = max(shrink.min_d_model, int(math.floor(model.d_model * f / (8 * heads))) * 8 * heads)
+    ff = max(d, int(round(model.ff_dim * d / model.d_model)))
+    return model.model_copy(update={"d_model": min(d, model.d_model), "ff_dim": ff})
 
 
 def build_schedule(cfg: ExperimentConfig) -> list[GenerationSpec]:
@@ -76,22 +107,32 @@ def build_schedule(cfg: ExperimentConfig) -> list[GenerationSpec]:
 
     born_again: every student has the teacher's architecture unless
     `generations.student.model` or `generations.per_generation.K.model` change it.
+    shrink: generation k's architecture is generation k-1's made smaller (`generations.shrink`);
+    with `dimension: layers` students start from a cut of their teacher's layers.
+    Explicit per-generation lists are `generations.per_generation` (any key of a generation).
     """
     g = cfg.generations
     teacher = _apply(cfg, None, g.teacher, 0)
     student_defaults = _apply(cfg, None, g.student, 1)
     specs = [teacher]
     for k in range(1, g.count + 1):
-        ov = g.per_generation.get(k)
-        specs.append(
-            _apply(cfg, student_defaults, ov, k) if ov else _apply(cfg, student_defaults, GenerationOverride(), k)
-        )
-    for spec in specs:
-        _check(spec, specs[spec.index - 1] if spec.index else None)
+        ov = g.per_generation.get(k) or GenerationOverride()
+        if g.schedule == "shrink":
+            prev = specs[-1]
+            base_model = shrink_model(prev.model, g.shrink)
+            defaults = student_defaults
+            if ov.init is None:  # the schedule decides how a smaller student starts, unless K says otherwise
+                init = g.shrink.init if g.shrink.dimension == "layers" else "scratch"
+                ov = ov.model_copy(update={"init": init, "cut_layers": ov.cut_layers or g.shrink.cut_layers})
+            specs.append(_apply(cfg, defaults, ov, k, model_base=base_model))
+        else:
+            specs.append(_apply(cfg, student_defaults, ov, k))
+    for i, spec in enumerate(specs):
+        specs[i] = _check(spec, specs[spec.index - 1] if spec.index else None)
     return specs
 
 
-def _check(spec: GenerationSpec, teacher: GenerationSpec | None) -> None:
+def _check(spec: GenerationSpec, teacher: GenerationSpec | None) -> GenerationSpec:
     where = "generations.teacher" if spec.index == 0 else f"generation {spec.index}"
     check_arch(spec.model.arch)
     try:
@@ -112,5 +153,15 @@ def _check(spec: GenerationSpec, teacher: GenerationSpec | None) -> None:
     if spec.init == "teacher" and teacher is not None and shape(spec.model) != shape(teacher.model):
         raise MgkdError(
             f"{where}: init 'teacher' copies the teacher's tensors, so the student needs the same model "
-            f"config; set init: scratch or drop the model change"
+            f"config (teacher {teacher.model.arch}, student {spec.model.arch}); set init: scratch, "
+            "init: cut (fewer layers), or drop the model change"
         )
+    if spec.init == "cut":
+        if teacher is None:
+            raise MgkdError(f"{where}: init 'cut' needs a teacher to cut layers from")
+        try:
+            plan = plan_cut(spec.cut_layers if spec.cut_layers is not None else "first", spec.model, teacher.model)
+        except MgkdError as e:
+            raise MgkdError(f"{where}: {e}") from None
+        return replace(spec, cut_layers=plan)
+    return replace(spec, cut_layers=None)

@@ -27,6 +27,7 @@ from mgkd.generations.spec import GenerationSpec
 from mgkd.losses import Criterion
 from mgkd.losses.base import TeacherNeeds, ViewContext, ViewData
 from mgkd.models import build_model, count_parameters
+from mgkd.models.cutting import cut_layers
 from mgkd.models.decoding import translate
 from mgkd.tasks.translation import PAD, Batch, PreparedData, batch_indices, collate, iterate_batches, score_translations
 
@@ -118,11 +119,13 @@ def decode_split(
 
 
 def build_student(spec: GenerationSpec, vocab_size: int, teacher: torch.nn.Module | None) -> torch.nn.Module:
-    """A new model object; with init 'teacher' its tensors are copies of the teacher's, never shared."""
+    """A new model object; with init 'teacher' or 'cut' its tensors are copies of the teacher's, never shared."""
     student = build_model(spec.model, vocab_size)
     if spec.init == "teacher" and teacher is not None:
         # load_state_dict copies into the student's own storage.
         student.load_state_dict(teacher.state_dict())
+    elif spec.init == "cut" and teacher is not None:
+        cut_layers(student, teacher, spec.cut_layers or {})
     return student
 
 
