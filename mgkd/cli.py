@@ -173,7 +173,8 @@ def lineage(
         lines = [f"[bold]lineage {info['lineage_id']}[/] ({info['status']}, experiment id {info['experiment_id']})"]
         for g in info["generations"]:
             m, p = g["metrics"], g["params"]
-            teacher = f"teacher gen {g['generation'] - 1}" if g["teacher_run_id"] else "teacher (generation 0)"
+            tg = p.get("teacher_generations", f"[{g['generation'] - 1}]")
+            teacher = f"teacher gen {tg.strip('[]')}" if g["teacher_run_id"] else "teacher (generation 0)"
             lines.append(
                 f"[bold]gen {g['generation']}[/]  {g['arch'] or '?'} d{p.get('model.d_model', '?')} "
                 f"{p.get('model.encoder_layers', '?')}+{p.get('model.decoder_layers', '?')}  "
@@ -184,6 +185,46 @@ def lineage(
             if g["teacher_run_id"]:
                 lines.append(f"       teacher run {g['teacher_run_id']}  sha256 {g['teacher_checkpoint_sha256']}")
         console.print("\n".join(lines), soft_wrap=True, highlight=False)
+
+
+@app.command()
+def evaluate(
+    lineage_id: Annotated[str | None, typer.Argument(help="The lineage's parent run id (default: the newest).")] = None,
+    ensemble: Annotated[
+        str | None,
+        typer.Option(help="Generations to ensemble, e.g. 1,2,3 (default: every student). Averages log-probs."),
+    ] = None,
+    split: Annotated[str, typer.Option(help="valid or test.")] = "test",
+    beam_size: Annotated[int | None, typer.Option(help="Beam size (default: the lineage's eval.beam_size).")] = None,
+    experiment: Annotated[str | None, typer.Option(help="Experiment name (default: the last run's).")] = None,
+    tracking_uri: Annotated[
+        str | None, typer.Option(help="MLflow tracking URI (default: the store under --output-dir).")
+    ] = None,
+    output_dir: Annotated[Path, typer.Option(help="Output folder of a run (data cache, default store).")] = Path(
+        "mgkd-runs"
+    ),
+) -> None:
+    """Score generations of a lineage alone and as an ensemble (BAN-E); logs an evaluation run."""
+    from mgkd.orchestration.evaluation import evaluate_ensemble
+
+    with user_errors():
+        uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+        if uri is None or (lineage_id is None and experiment is None):
+            last = _tracking_from_output(output_dir)
+            uri = uri or last["tracking_uri"]
+            experiment = experiment or last["experiment"]
+        try:
+            members = [int(x) for x in ensemble.split(",")] if ensemble else None
+        except ValueError:
+            raise MgkdError(f"--ensemble {ensemble!r}: give generation numbers like 1,2,3") from None
+        report = evaluate_ensemble(uri, lineage_id, experiment, members, split, beam_size, output_dir)
+        table = Table(title=f"lineage {report.lineage_id}: {split} split")
+        for col in ("model", "BLEU", "chrF", "sentences/s"):
+            table.add_column(col, justify="left" if col == "model" else "right")
+        for r in report.rows:
+            table.add_row(r["model"], f"{r['bleu']:.2f}", f"{r['chrf']:.2f}", f"{r['sentences_per_s']:.0f}")
+        console.print(table)
+        console.print(f"logged as run {report.run_id}", highlight=False)
 
 
 def _port_is_free(host: str, port: int) -> bool:

@@ -152,6 +152,9 @@ class GenerationOverride(_Strict):
     cut_layers: str | list[int] | dict[str, str | list[int]] | None = None
     # "online": the teacher runs forward every step (eval mode, no grad).
     teacher_signal: Literal["online"] | None = None
+    # Who teaches: by default the previous generation; a list of earlier generations makes their
+    # ensemble (average log-probabilities, BAN-E) the teacher. init teacher/cut copy the newest of them.
+    teacher_generations: list[int] | None = None
 
 
 def _default_teacher() -> GenerationOverride:

@@ -35,6 +35,8 @@ class GenerationSpec:
     seed: int
     # init "cut": the teacher's layers (1-based) per side that the student starts from.
     cut_layers: dict[str, list[int]] | None = None
+    # The generations that teach this one: [index - 1] unless an ensemble is configured.
+    teacher_generations: list[int] | None = None
 
     @property
     def has_teacher(self) -> bool:
@@ -48,6 +50,8 @@ class GenerationSpec:
             "teacher_signal": self.teacher_signal,
             "seed": self.seed,
         }
+        if self.teacher_generations and self.teacher_generations != [self.index - 1]:
+            flat["teacher_generations"] = self.teacher_generations
         if self.cut_layers:
             flat.update({f"cut_layers.{side}": layers for side, layers in self.cut_layers.items()})
         for section in ("model", "train", "eval"):
@@ -85,6 +89,7 @@ def _apply(cfg: ExperimentConfig, base: GenerationSpec | None, ov: GenerationOve
         teacher_signal=ov.teacher_signal or (base.teacher_signal if base else "online"),
         seed=cfg.seed + index,
         cut_layers=ov.cut_layers if ov.cut_layers is not None else (base.cut_layers if base else None),  # type: ignore[arg-type]
+        teacher_generations=None if index == 0 else sorted(ov.teacher_generations or [index - 1]),
     )
 
 
@@ -128,7 +133,21 @@ def build_schedule(cfg: ExperimentConfig) -> list[GenerationSpec]:
         else:
             specs.append(_apply(cfg, student_defaults, ov, k))
     for i, spec in enumerate(specs):
-        specs[i] = _check(spec, specs[spec.index - 1] if spec.index else None)
+        tg = spec.teacher_generations or []
+        bad = [t for t in tg if not 0 <= t < spec.index]
+        if bad:
+            raise MgkdError(
+                f"generation {spec.index}: teacher_generations {bad} must be earlier generations (0..{spec.index - 1})"
+            )
+        # The newest teacher is the one init teacher/cut copies from.
+        specs[i] = _check(spec, specs[max(tg)] if tg else None)
+        if len(tg) > 1:
+            criterion = Criterion(spec.losses)
+            if criterion.teacher_needs.hidden or criterion.teacher_needs.attention:
+                raise MgkdError(
+                    f"generation {spec.index}: an ensemble teacher {tg} exposes log-probabilities only; "
+                    "internal-representation losses need a single teacher"
+                )
     return specs
 
 

@@ -9,6 +9,7 @@ the orchestration layer decides where it runs and what is recorded.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import random
 import time
@@ -29,6 +30,7 @@ from mgkd.losses.base import TeacherNeeds, ViewContext, ViewData
 from mgkd.models import build_model, count_parameters
 from mgkd.models.cutting import cut_layers
 from mgkd.models.decoding import translate
+from mgkd.models.ensemble import EnsembleSeq2Seq
 from mgkd.tasks.translation import PAD, Batch, PreparedData, batch_indices, collate, iterate_batches, score_translations
 
 Events = Callable[[dict[str, Any]], None]
@@ -129,12 +131,40 @@ def build_student(spec: GenerationSpec, vocab_size: int, teacher: torch.nn.Modul
     return student
 
 
+def load_teacher(
+    checkpoint: str | list[str], sha256: str | list[str] | None
+) -> tuple[torch.nn.Module, torch.nn.Module, str]:
+    """The frozen teacher, the model init 'teacher'/'cut' copies from, and the teacher's checksum.
+
+    A list of checkpoints is an ensemble (BAN-E): it teaches with its averaged
+    log-probabilities; students copy from its last (newest) member; its checksum
+    is the sha256 of the members' checksums joined by commas.
+    """
+    paths = [checkpoint] if isinstance(checkpoint, str) else list(checkpoint)
+    if sha256 is None:
+        shas: list[str | None] = [None] * len(paths)
+    else:
+        shas = [sha256] if isinstance(sha256, str) else list(sha256)
+    if len(shas) != len(paths):
+        raise ValueError(f"{len(paths)} teacher checkpoints but {len(shas)} checksums")
+    members = [load_checkpoint(Path(p), s)[0] for p, s in zip(paths, shas)]
+    if len(members) == 1:
+        teacher: torch.nn.Module = members[0]
+        digest = shas[0] or ""
+    else:
+        teacher = EnsembleSeq2Seq(members)
+        digest = hashlib.sha256(",".join(s or "" for s in shas).encode()).hexdigest()
+    teacher.eval()
+    teacher.requires_grad_(False)
+    return teacher, members[-1], digest
+
+
 def train_generation(
     spec: GenerationSpec,
     data: PreparedData,
     out_dir: Path,
-    teacher_checkpoint: str | None = None,
-    teacher_sha256: str | None = None,
+    teacher_checkpoint: str | list[str] | None = None,
+    teacher_sha256: str | list[str] | None = None,
     events: Events = lambda _: None,
 ) -> GenerationResult:
     """Train generation `spec.index` and return its selected checkpoint and metrics."""
@@ -146,24 +176,24 @@ def train_generation(
     seed_everything(spec.seed)
     criterion = Criterion(spec.losses)
 
-    teacher = None
+    teacher = init_source = None
     teacher_hash = None
+    teacher_digest = ""
     if spec.has_teacher:
         if teacher_checkpoint is None:
             raise ValueError(f"generation {spec.index} needs its teacher's checkpoint")
-        teacher, _ = load_checkpoint(Path(teacher_checkpoint), teacher_sha256)
-        teacher.to(device).eval()
-        teacher.requires_grad_(False)
+        teacher, init_source, teacher_digest = load_teacher(teacher_checkpoint, teacher_sha256)
+        teacher.to(device)
         teacher_hash = parameter_hash(teacher)
 
-    student = build_student(spec, data.vocab_size, teacher).to(device)
+    student = build_student(spec, data.vocab_size, init_source).to(device)
     n_params = count_parameters(student)
 
     # Teacher-made views of the data (pseudo-targets), built once per teacher and cached.
     views: dict[str, ViewData] = {}
     view_metrics: dict[str, float] = {}
     if teacher is not None:
-        ctx = ViewContext(teacher, teacher_sha256 or "", data, spec.eval, Path(data.cache_dir) / "teacher",
+        ctx = ViewContext(teacher, teacher_digest, data, spec.eval, Path(data.cache_dir) / "teacher",
                           device, spec.seed, events)  # fmt: skip
         for name, _, plugin in criterion.terms:
             if plugin.view != "gold" and plugin.view not in views:

@@ -117,14 +117,17 @@ def run_lineage(cfg: ExperimentConfig, console: Console | None = None) -> Lineag
 
     results: list[GenerationResult] = []
     run_ids: list[str] = []
-    teacher: GenerationResult | None = None
     status = "FAILED"
     run_id = None
     try:
         for spec in specs:
+            # Generation k's teacher: generation k-1, or the ensemble of the generations the spec names.
+            teachers = [results[g] for g in spec.teacher_generations or []]
+            teacher = teachers if len(teachers) > 1 else (teachers[0] if teachers else None)
             run_id = recorder.start_generation(
                 lineage_id, spec.index, spec.as_params(),
-                run_ids[-1] if run_ids else None, teacher.checkpoint_sha256 if teacher else None,
+                ",".join(run_ids[g] for g in spec.teacher_generations or []) or None,
+                ",".join(t.checkpoint_sha256 for t in teachers) or None,
             )  # fmt: skip
             recorder.log_inputs(run_id, datasets)
             recorder.log_dict(run_id, spec.to_dict(), "spec.json")
@@ -140,7 +143,6 @@ def run_lineage(cfg: ExperimentConfig, console: Console | None = None) -> Lineag
             _record_generation(recorder, run_id, model_name, result, data.cache_dir / "spm.model")
             results.append(result)
             run_ids.append(run_id)
-            teacher = result
             console.print(lineage_table(specs, results, f"after generation {spec.index}"))
             for s in result.samples[:2]:
                 console.print(

@@ -60,7 +60,9 @@ def lineage_table(specs: list[GenerationSpec], results: list[GenerationResult], 
     for spec, r in zip(specs, results):
         m = spec.model
         arch = f"{m.arch} d{m.d_model} {m.encoder_layers}+{m.decoder_layers}"
-        teacher = "-" if spec.index == 0 else f"gen {spec.index - 1} ({spec.init} init)"
+        tg = spec.teacher_generations or []
+        who = f"gen {tg[0]}" if len(tg) == 1 else "ensemble of gens " + ",".join(map(str, tg))
+        teacher = "-" if spec.index == 0 else f"{who} ({spec.init} init)"
         met = r.metrics
         table.add_row(
             str(spec.index), arch, f"{r.parameters / 1e6:.2f}M", f"{met.get('best_valid_loss', float('nan')):.3f}",

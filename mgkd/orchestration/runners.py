@@ -20,6 +20,19 @@ from mgkd.generations import GenerationResult, GenerationSpec, train_generation
 from mgkd.generations.training import Events
 from mgkd.tasks.translation import PreparedData
 
+Teacher = GenerationResult | list[GenerationResult] | None
+
+
+def teacher_files(teacher: Teacher) -> tuple[str | list[str] | None, str | list[str] | None]:
+    """(checkpoint, sha256) of a teacher; lists of them for an ensemble of generations."""
+    if teacher is None:
+        return None, None
+    if isinstance(teacher, list):
+        if len(teacher) == 1:
+            return teacher[0].checkpoint, teacher[0].checkpoint_sha256
+        return [t.checkpoint for t in teacher], [t.checkpoint_sha256 for t in teacher]
+    return teacher.checkpoint, teacher.checkpoint_sha256
+
 
 class LocalRunner:
     """Runs generations in the driver's process (`--no-ray`): for debugging and tests."""
@@ -29,20 +42,15 @@ class LocalRunner:
     def __init__(self, data: PreparedData) -> None:
         self.data = data
 
-    def run(
-        self, spec: GenerationSpec, out_dir: Path, teacher: GenerationResult | None, events: Events
-    ) -> GenerationResult:
-        return train_generation(
-            spec, self.data, out_dir,
-            teacher.checkpoint if teacher else None, teacher.checkpoint_sha256 if teacher else None, events,
-        )  # fmt: skip
+    def run(self, spec: GenerationSpec, out_dir: Path, teacher: Teacher, events: Events) -> GenerationResult:
+        return train_generation(spec, self.data, out_dir, *teacher_files(teacher), events)
 
     def close(self) -> None:
         pass
 
 
-def _train_in_worker(spec: GenerationSpec, data: PreparedData, out_dir: str, teacher_checkpoint: str | None,
-                     teacher_sha256: str | None, queue: Any, cpus: float) -> GenerationResult:  # fmt: skip
+def _train_in_worker(spec: GenerationSpec, data: PreparedData, out_dir: str, teacher_checkpoint: Any,
+                     teacher_sha256: Any, queue: Any, cpus: float) -> GenerationResult:  # fmt: skip
     import torch
 
     if spec.train.threads is None:
@@ -96,9 +104,7 @@ class RayRunner:
             num_cpus=cfg.cpus_per_generation, num_gpus=cfg.gpus_per_generation, max_retries=0
         )
 
-    def run(
-        self, spec: GenerationSpec, out_dir: Path, teacher: GenerationResult | None, events: Events
-    ) -> GenerationResult:
+    def run(self, spec: GenerationSpec, out_dir: Path, teacher: Teacher, events: Events) -> GenerationResult:
         import ray
         from ray.exceptions import RayTaskError
         from ray.util.queue import Empty, Queue
@@ -113,8 +119,7 @@ class RayRunner:
                     return
 
         ref = self.remote.remote(
-            spec, self.data_ref, str(Path(out_dir).resolve()),
-            teacher.checkpoint if teacher else None, teacher.checkpoint_sha256 if teacher else None,
+            spec, self.data_ref, str(Path(out_dir).resolve()), *teacher_files(teacher),
             queue, self.cfg.cpus_per_generation,
         )  # fmt: skip
         try:
