@@ -116,6 +116,24 @@ def run(
 
 
 @app.command()
+def resume(
+    target: Annotated[
+        str, typer.Argument(help="A run's output folder (its last lineage) or a lineage run id.")
+    ] = "mgkd-runs",
+    tracking_uri: Annotated[
+        str | None, typer.Option(help="MLflow tracking URI holding the lineage (default: the folder's store).")
+    ] = None,
+) -> None:
+    """Continue a killed lineage: finished generations are kept, an unfinished one continues from its state."""
+    with user_errors():
+        from mgkd.orchestration.controller import resume_lineage, ui_command
+
+        outcome = resume_lineage(target, tracking_uri or os.environ.get("MLFLOW_TRACKING_URI"), console)
+        console.print(f"MLflow store: {outcome.tracking_uri}  (lineage run {outcome.lineage_id})")
+        console.print(f"Browse the lineage: {ui_command(outcome)}")
+
+
+@app.command()
 def losses(
     as_json: Annotated[bool, typer.Option("--json", help="Print the plugins as JSON.")] = False,
 ) -> None:

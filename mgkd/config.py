@@ -129,6 +129,9 @@ class TrainConfig(_Strict):
     # Validation (loss, and BLEU if eval.valid_bleu_sentences > 0) every N epochs.
     eval_every_epochs: PositiveInt = 1
     log_every_steps: PositiveInt = 25
+    # Save the training state (student, optimizer, position, RNG) every N steps and at every epoch end,
+    # so a killed generation resumes there (`mgkd resume`). None: epoch ends only.
+    checkpoint_every_steps: PositiveInt | None = 100
     device: Literal["auto", "cpu", "cuda"] = "auto"
     # CPU threads for torch inside a generation (None: the CPUs Ray gives it).
     threads: PositiveInt | None = None

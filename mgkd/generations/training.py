@@ -25,6 +25,14 @@ import torch.nn.functional as F
 from mgkd.errors import MgkdError
 from mgkd.generations.checkpoint import load_checkpoint, parameter_hash, save_checkpoint
 from mgkd.generations.spec import GenerationSpec
+from mgkd.generations.train_state import (
+    clear_train_state,
+    identity,
+    load_train_state,
+    rng_state,
+    save_train_state,
+    set_rng_state,
+)
 from mgkd.losses import Criterion
 from mgkd.losses.base import TeacherNeeds, ViewContext, ViewData
 from mgkd.models import build_model, count_parameters
@@ -225,10 +233,41 @@ def train_generation(
     window_loss: dict[str, float] = {}
     window_n, window_tokens, window_t0 = 0, 0, time.perf_counter()
     epoch = 0
+    # Resume a killed generation from its last saved training state (same model and data only).
+    state_id = identity(spec.to_dict(), data.data_hash)
+    skip, drawn = 0, dict.fromkeys(unaligned, 0)
+    saved = load_train_state(out_dir, state_id)
+    if saved is not None:
+        student.load_state_dict(saved["student"])
+        optimizer.load_state_dict(saved["optimizer"])
+        for q, value in zip(extra_params, saved["extra"]):
+            q.data.copy_(value)
+        step, epoch, skip, tokens_seen = saved["step"], saved["epoch"], saved["batch_in_epoch"], saved["tokens"]
+        best = saved["best"]
+        for view, n in saved["drawn"].items():  # unaligned views: draw the same batches again
+            for _ in range(n):
+                next(unaligned[view])
+            drawn[view] = n
+        set_rng_state(saved["rng"], noise_rng)
+        events({"type": "resume", "step": step, "epoch": epoch})
+        if skip:
+            epoch -= 1  # the loop below re-enters the unfinished epoch
+
+    def save_state(batch_in_epoch: int) -> None:
+        save_train_state(out_dir, {
+            "identity": state_id, "student": student.state_dict(), "optimizer": optimizer.state_dict(),
+            "extra": [q.detach() for q in extra_params], "step": step, "epoch": epoch,
+            "batch_in_epoch": batch_in_epoch, "tokens": tokens_seen, "best": best, "drawn": drawn,
+            "rng": rng_state(noise_rng),
+        })  # fmt: skip
+
     student.train()
     while step < total_steps:
         epoch += 1
-        for idx in batch_indices(train, spec.train.max_tokens, shuffle=True, seed=spec.seed * 100_003 + epoch):
+        order = batch_indices(train, spec.train.max_tokens, shuffle=True, seed=spec.seed * 100_003 + epoch)
+        for position, idx in enumerate(order):
+            if position < skip:
+                continue
             if step >= total_steps:
                 break
             for group in optimizer.param_groups:
@@ -243,6 +282,7 @@ def train_generation(
                     batch = collate(views[view].split, idx)
                 else:
                     batch = next(unaligned[view])
+                    drawn[view] += 1
                 noise = views[view].noise if view in views else None
                 if noise is not None:
                     batch = noise(batch, noise_rng)
@@ -275,6 +315,10 @@ def train_generation(
                 metrics["train_tokens_per_s"] = window_tokens / max(dt, 1e-9)
                 events({"type": "step", "step": step, "epoch": epoch, "metrics": metrics})
                 window_loss, window_n, window_tokens, window_t0 = {}, 0, 0, time.perf_counter()
+            every = spec.train.checkpoint_every_steps
+            if every and step % every == 0 and step < total_steps and position + 1 < len(order):
+                save_state(position + 1)
+        skip = 0
         last_epoch = step >= total_steps
         if epoch % spec.train.eval_every_epochs == 0 or last_epoch:
             m = {"valid_loss": validation_loss(student, data, spec.train.max_tokens, device)}
@@ -290,6 +334,8 @@ def train_generation(
                 best = {"score": score, "epoch": epoch, "metrics": dict(m),
                         "state": {k: v.detach().clone() for k, v in student.state_dict().items()}}  # fmt: skip
             events({"type": "epoch", "step": step, "epoch": epoch, "metrics": m})
+        if step < total_steps:
+            save_state(0)
     train_time = time.perf_counter() - t_start
 
     # The selected (best on valid) weights become this generation's model.
@@ -309,6 +355,7 @@ def train_generation(
 
     if teacher is not None and parameter_hash(teacher) != teacher_hash:
         raise RuntimeError(f"generation {spec.index}: the teacher's parameters changed during training (bug)")
+    clear_train_state(out_dir)  # the generation is complete: its checkpoint is what counts now
 
     metrics = {
         **view_metrics,

@@ -165,6 +165,10 @@ class LineageRecorder:
         """The run's `mgkd.*` tags (lineage, generation, teacher edges, checkpoint checksum)."""
         return {k: v for k, v in self.client.get_run(run_id).data.tags.items() if k.startswith("mgkd.")}
 
+    def reopen(self, run_id: str) -> None:
+        """Mark a killed/failed run as running again (resume continues it instead of starting a new one)."""
+        self.client.update_run(run_id, status="RUNNING")
+
     def set_tags(self, run_id: str, tags: dict[str, str]) -> None:
         for k, v in tags.items():
             self.client.set_tag(run_id, k, v)

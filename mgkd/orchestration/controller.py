@@ -9,6 +9,7 @@ next generation's teacher. It coordinates; the runners train.
 from __future__ import annotations
 
 import json
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,21 +17,24 @@ from pathlib import Path
 import yaml
 from rich.console import Console
 
-from mgkd.config import ExperimentConfig
+from mgkd.config import ExperimentConfig, validate
 from mgkd.errors import MgkdError
 from mgkd.generations import GenerationResult, GenerationSpec, build_schedule
+from mgkd.generations.checkpoint import sha256_file
 from mgkd.lineage.tracking import (
     TAG_CHECKPOINT_SHA,
     TAG_MODEL,
     LineageRecorder,
+    _client,
     check_tracking_uri,
     dataset_inputs,
     default_tracking_uri,
     lineage_plot,
+    read_lineage,
 )
 from mgkd.orchestration.display import GenerationProgress, lineage_table
 from mgkd.orchestration.runners import LocalRunner, RayRunner
-from mgkd.tasks.translation import prepare
+from mgkd.tasks.translation import PreparedData, prepare
 
 
 @dataclass
@@ -86,21 +90,8 @@ def run_lineage(cfg: ExperimentConfig, console: Console | None = None) -> Lineag
     lineage_id = recorder.start_lineage(
         cfg.name, cfg.model_dump(mode="json"), {"mgkd.data_hash": data.data_hash, "mgkd.config_name": cfg.name}
     )
-    model_name = f"{cfg.name}-lineage-{lineage_id[:8]}"
-    recorder.set_tags(lineage_id, {TAG_MODEL: model_name})
-    datasets = dataset_inputs(
-        cfg.name,
-        {
-            name: {
-                "digest": s.digest,
-                "uri": str((data.cache_dir / f"{name}.jsonl").resolve()),
-                "rows": len(s),
-                "target_tokens": int(sum(len(t) + 1 for t in s.tgt)),
-            }  # fmt: skip
-            for name, s in data.splits.items()
-        },
-    )
-    recorder.log_inputs(lineage_id, datasets)
+    recorder.set_tags(lineage_id, {TAG_MODEL: _model_name(cfg, lineage_id)})
+    recorder.log_inputs(lineage_id, _datasets(cfg, data))
     lineage_dir = output_dir / "lineages" / lineage_id
     lineage_dir.mkdir(parents=True, exist_ok=True)
     config_file = lineage_dir / "config.yaml"
@@ -110,27 +101,95 @@ def run_lineage(cfg: ExperimentConfig, console: Console | None = None) -> Lineag
     for split in ("train", "valid", "test"):
         recorder.log_artifact(lineage_id, data.cache_dir / f"{split}.jsonl", "data")
     recorder.log_metrics(lineage_id, {k: float(v) for k, v in data.summary().items() if k != "data_hash"}, 0)
-    last = {"lineage_id": lineage_id, "tracking_uri": tracking_uri, "experiment": cfg.experiment_name,
-            "experiment_id": recorder.experiment_id}  # fmt: skip
-    (output_dir / "last_lineage.json").write_text(json.dumps(last), encoding="utf-8")
+    _write_last(output_dir, lineage_id, tracking_uri, cfg, recorder)
     console.log(f"lineage {lineage_id} in {tracking_uri} (experiment {cfg.experiment_name!r})")
+    return _drive(cfg, specs, data, recorder, runner, lineage_id, console, t0, {}, {})
 
+
+def resume_lineage(target: str, tracking_uri: str | None = None, console: Console | None = None) -> LineageOutcome:
+    """Continue a killed or failed lineage: finished generations are reused (same runs, checkpoints and
+    checksums), an unfinished one continues in its own run from its last saved training state.
+
+    `target` is an output folder (its last lineage) or a lineage run id (with `tracking_uri`, or the
+    store of ./mgkd-runs).
+    """
+    console = console or Console()
+    t0 = time.perf_counter()
+    lineage_id, tracking_uri = _find_lineage(target, tracking_uri)
+    check_tracking_uri(tracking_uri)
+    info = read_lineage(tracking_uri, lineage_id)
+    if info["status"] == "FINISHED":
+        raise MgkdError(f"lineage {lineage_id} already finished; nothing to resume (mgkd lineage {lineage_id})")
+    client = _client(tracking_uri)
+    with tempfile.TemporaryDirectory(prefix="mgkd-resume-") as tmp:
+        raw = yaml.safe_load(Path(client.download_artifacts(lineage_id, "config.yaml", tmp)).read_text("utf-8"))
+    cfg = validate(raw)
+    specs = build_schedule(cfg)
+    data = prepare(cfg, console.log)
+    if info["tags"].get("mgkd.data_hash") != data.data_hash:
+        raise MgkdError(
+            f"the data of lineage {lineage_id} changed (hash {info['tags'].get('mgkd.data_hash', '?')[:12]}…, now "
+            f"{data.data_hash[:12]}…): the corpus or tokenizer settings differ; restore them or start a new run"
+        )
+    recorder = LineageRecorder(tracking_uri, cfg.experiment_name, _artifact_root(cfg, tracking_uri))
+    runner: LocalRunner | RayRunner = RayRunner(cfg.ray, data) if cfg.ray.enabled else LocalRunner(data)
+    lineage_dir = Path(cfg.output_dir).resolve() / "lineages" / lineage_id
+    done: dict[int, tuple[str, GenerationResult]] = {}
+    open_runs: dict[int, str] = {}
+    for g in info["generations"]:
+        k = g["generation"]
+        if g["status"] == "FINISHED" and g["checkpoint_sha256"]:
+            ckpt = lineage_dir / f"gen-{k}" / "checkpoint.pt"
+            if not ckpt.is_file() or sha256_file(ckpt) != g["checkpoint_sha256"]:
+                ckpt.parent.mkdir(parents=True, exist_ok=True)
+                got = Path(client.download_artifacts(g["run_id"], "checkpoint/checkpoint.pt", str(ckpt.parent)))
+                if got != ckpt:
+                    got.replace(ckpt)
+            result = GenerationResult(k, str(ckpt), g["checkpoint_sha256"], int(g["metrics"].get("parameters", 0)),
+                                      dict(g["metrics"]))  # fmt: skip
+            done[k] = (g["run_id"], result)
+        elif k not in done:
+            open_runs[k] = g["run_id"]
+    recorder.reopen(lineage_id)
+    _write_last(Path(cfg.output_dir).resolve(), lineage_id, tracking_uri, cfg, recorder)
+    console.log(
+        f"resuming lineage {lineage_id}: generations {sorted(done) or 'none'} finished and reused; "
+        f"runner: {runner.description}"
+    )
+    return _drive(cfg, specs, data, recorder, runner, lineage_id, console, t0, done, open_runs)
+
+
+def _drive(cfg: ExperimentConfig, specs: list[GenerationSpec], data: PreparedData, recorder: LineageRecorder,
+           runner: LocalRunner | RayRunner, lineage_id: str, console: Console, t0: float,
+           done: dict[int, tuple[str, GenerationResult]], open_runs: dict[int, str]) -> LineageOutcome:  # fmt: skip
+    """Run the generations not yet `done` (reopening `open_runs`), record them, end the lineage."""
+    lineage_dir = Path(cfg.output_dir).resolve() / "lineages" / lineage_id
+    model_name = _model_name(cfg, lineage_id)
+    datasets = _datasets(cfg, data)
     results: list[GenerationResult] = []
     run_ids: list[str] = []
     status = "FAILED"
     run_id = None
     try:
         for spec in specs:
+            if spec.index in done:
+                run_ids.append(done[spec.index][0])
+                results.append(done[spec.index][1])
+                continue
             # Generation k's teacher: generation k-1, or the ensemble of the generations the spec names.
             teachers = [results[g] for g in spec.teacher_generations or []]
             teacher = teachers if len(teachers) > 1 else (teachers[0] if teachers else None)
-            run_id = recorder.start_generation(
-                lineage_id, spec.index, spec.as_params(),
-                ",".join(run_ids[g] for g in spec.teacher_generations or []) or None,
-                ",".join(t.checkpoint_sha256 for t in teachers) or None,
-            )  # fmt: skip
-            recorder.log_inputs(run_id, datasets)
-            recorder.log_dict(run_id, spec.to_dict(), "spec.json")
+            if spec.index in open_runs:  # a killed generation continues in its own run
+                run_id = open_runs[spec.index]
+                recorder.reopen(run_id)
+            else:
+                run_id = recorder.start_generation(
+                    lineage_id, spec.index, spec.as_params(),
+                    ",".join(run_ids[g] for g in spec.teacher_generations or []) or None,
+                    ",".join(t.checkpoint_sha256 for t in teachers) or None,
+                )  # fmt: skip
+                recorder.log_inputs(run_id, datasets)
+                recorder.log_dict(run_id, spec.to_dict(), "spec.json")
 
             with GenerationProgress(console, spec) as progress:
 
@@ -163,7 +222,55 @@ def run_lineage(cfg: ExperimentConfig, console: Console | None = None) -> Lineag
         runner.close()
 
     console.print(lineage_table(specs, results, f"lineage {lineage_id} ({wall / 60:.1f} min)"))
-    return LineageOutcome(lineage_id, tracking_uri, cfg.experiment_name, output_dir, specs, results, run_ids, wall)
+    output_dir = Path(cfg.output_dir).resolve()
+    return LineageOutcome(lineage_id, recorder.uri, cfg.experiment_name, output_dir, specs, results, run_ids, wall)
+
+
+def _model_name(cfg: ExperimentConfig, lineage_id: str) -> str:
+    return f"{cfg.name}-lineage-{lineage_id[:8]}"
+
+
+def _datasets(cfg: ExperimentConfig, data: PreparedData) -> list:
+    return dataset_inputs(
+        cfg.name,
+        {
+            name: {
+                "digest": s.digest,
+                "uri": str((data.cache_dir / f"{name}.jsonl").resolve()),
+                "rows": len(s),
+                "target_tokens": int(sum(len(t) + 1 for t in s.tgt)),
+            }  # fmt: skip
+            for name, s in data.splits.items()
+        },
+    )
+
+
+def _write_last(output_dir: Path, lineage_id: str, tracking_uri: str, cfg: ExperimentConfig,
+                recorder: LineageRecorder) -> None:  # fmt: skip
+    last = {"lineage_id": lineage_id, "tracking_uri": tracking_uri, "experiment": cfg.experiment_name,
+            "experiment_id": recorder.experiment_id}  # fmt: skip
+    output_dir.mkdir(parents=True, exist_ok=True)
+    (output_dir / "last_lineage.json").write_text(json.dumps(last), encoding="utf-8")
+
+
+def _find_lineage(target: str, tracking_uri: str | None) -> tuple[str, str]:
+    """(lineage run id, tracking URI) from an output folder or a run id."""
+    folder = Path(target)
+    if folder.is_dir():
+        marker = folder / "last_lineage.json"
+        if not marker.is_file():
+            raise MgkdError(f"{folder} holds no mgkd run (no last_lineage.json); give a lineage run id or a run folder")
+        last = json.loads(marker.read_text(encoding="utf-8"))
+        return last["lineage_id"], tracking_uri or last["tracking_uri"]
+    if tracking_uri is None:
+        marker = Path("mgkd-runs") / "last_lineage.json"
+        if not marker.is_file():
+            raise MgkdError(
+                f"{target!r} is neither a run folder nor resolvable without a store: give --tracking-uri "
+                "(or MLFLOW_TRACKING_URI) with a lineage run id"
+            )
+        tracking_uri = json.loads(marker.read_text(encoding="utf-8"))["tracking_uri"]
+    return target, tracking_uri
 
 
 def ui_command(outcome: LineageOutcome) -> str:
@@ -173,4 +280,4 @@ def ui_command(outcome: LineageOutcome) -> str:
     return f"open {outcome.tracking_uri}"
 
 
-__all__ = ["LineageOutcome", "MgkdError", "run_lineage", "ui_command"]
+__all__ = ["LineageOutcome", "MgkdError", "resume_lineage", "run_lineage", "ui_command"]

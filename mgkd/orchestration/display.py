@@ -41,6 +41,10 @@ class GenerationProgress:
             m = event["metrics"]
             info = f"loss {m['loss']:.3f}  {m['train_tokens_per_s']:.0f} tok/s  epoch {event['epoch']}"
             self.progress.update(self.train_task, completed=event["step"], info=info)
+        elif kind == "resume":
+            self.console.log(f"{name} resumes at step {event['step']} (epoch {event['epoch']}) from its saved state")
+            if self.train_task is not None:
+                self.progress.update(self.train_task, completed=event["step"])
         elif kind == "epoch":
             m = event["metrics"]
             parts = [f"epoch {event['epoch']}: valid loss {m['valid_loss']:.3f}"]

@@ -1,0 +1,93 @@
+"""A generation's training state on disk, so a killed generation continues where it stopped.
+
+nanoGPT's habit: the file carries everything needed to resume (student,
+optimizer, step, position in the epoch, the best-so-far weights, the random
+number generators) plus what it belongs to (generation, data hash, model), so
+a state from another run is refused rather than silently used. Written
+atomically with its sha256 in a side file; loaded with `weights_only=True`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from mgkd.errors import MgkdError
+from mgkd.generations.checkpoint import sha256_file, write_atomic
+
+STATE_FILE = "train_state.pt"
+FORMAT = "mgkd-train-state-1"
+
+
+def rng_state(noise: torch.Generator) -> dict[str, Any]:
+    np_state = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "noise": noise.get_state(),
+        "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
+        "python": random.getstate(),
+    }
+
+
+def set_rng_state(state: dict[str, Any], noise: torch.Generator) -> None:
+    torch.set_rng_state(state["torch"])
+    noise.set_state(state["noise"])
+    name, keys, *rest = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+
+
+def identity(spec_dict: dict[str, Any], data_hash: str) -> str:
+    """What a state must match to be resumed: the generation's model and data."""
+    key = {"generation": spec_dict["index"], "model": spec_dict["model"], "data": data_hash}
+    return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def save_train_state(out_dir: Path, state: dict[str, Any]) -> Path:
+    """Atomically write the state and its checksum (`train_state.pt.sha256`)."""
+    buf = io.BytesIO()
+    torch.save({"format": FORMAT, **state}, buf)
+    data = buf.getvalue()
+    path = Path(out_dir) / STATE_FILE
+    write_atomic(path, data)
+    write_atomic(path.with_name(STATE_FILE + ".sha256"), hashlib.sha256(data).hexdigest().encode())
+    return path
+
+
+def load_train_state(out_dir: Path, expected_identity: str) -> dict[str, Any] | None:
+    """The saved state of this generation, or None when there is none. A corrupt or foreign one is an error."""
+    path = Path(out_dir) / STATE_FILE
+    if not path.is_file():
+        return None
+    sha_file = path.with_name(STATE_FILE + ".sha256")
+    recorded = sha_file.read_text().strip() if sha_file.is_file() else None
+    if recorded != sha256_file(path):
+        raise MgkdError(
+            f"training state {path} does not match its checksum (corrupt or half-written); delete it to restart "
+            "this generation from scratch"
+        )
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unpickling failure means the file is unusable
+        raise MgkdError(f"training state {path} cannot be loaded safely: {e}; delete it to restart") from None
+    if state.get("format") != FORMAT:
+        raise MgkdError(f"{path} is not an mgkd training state; delete it to restart this generation")
+    if state.get("identity") != expected_identity:
+        raise MgkdError(
+            f"training state {path} belongs to another model or data (generation, architecture or corpus changed); "
+            "delete it to restart this generation, or restore the original config"
+        )
+    return state
+
+
+def clear_train_state(out_dir: Path) -> None:
+    for name in (STATE_FILE, STATE_FILE + ".sha256"):
+        (Path(out_dir) / name).unlink(missing_ok=True)

@@ -1,0 +1,125 @@
+"""Resume: a killed generation continues from its saved state to the same result; a killed lineage
+(SIGKILL) is finished by `mgkd resume` without redoing or duplicating finished generations."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from mgkd.errors import MgkdError
+from mgkd.generations import build_schedule, train_generation
+from mgkd.generations.checkpoint import sha256_file
+from mgkd.generations.train_state import STATE_FILE
+from mgkd.lineage.tracking import _client, read_lineage
+
+from .conftest import TINY, tiny_config
+
+
+class Stop(Exception):
+    pass
+
+
+def _spec(tmp_path, *extra):
+    cfg = tiny_config(tmp_path, "generations.count=1", "train.checkpoint_every_steps=4", *extra)
+    return build_schedule(cfg)[0]
+
+
+def test_a_killed_generation_resumes_to_the_same_checkpoint(tiny_data, tmp_path):
+    spec = _spec(tmp_path)
+    straight = train_generation(spec, tiny_data, tmp_path / "straight")
+
+    def kill_after_step_6(event):
+        if event["type"] == "step" and event["step"] >= 6:  # step events come every 5 steps: killed at 10
+            raise Stop
+
+    with pytest.raises(Stop):
+        train_generation(spec, tiny_data, tmp_path / "killed", events=kill_after_step_6)
+    assert (tmp_path / "killed" / STATE_FILE).is_file()
+    seen = []
+    resumed = train_generation(spec, tiny_data, tmp_path / "killed", events=seen.append)
+    assert [e for e in seen if e["type"] == "resume"][0]["step"] == 8  # the last state saved before the kill
+    assert resumed.metrics["test_bleu"] == straight.metrics["test_bleu"]
+    assert resumed.metrics["best_valid_loss"] == straight.metrics["best_valid_loss"]
+    assert resumed.checkpoint_sha256 == straight.checkpoint_sha256  # bit for bit
+    assert not (tmp_path / "killed" / STATE_FILE).exists()  # done: the checkpoint is what counts
+
+
+def test_a_foreign_or_corrupt_state_is_refused(tiny_data, tmp_path):
+    spec = _spec(tmp_path)
+    with pytest.raises(Stop):
+        train_generation(spec, tiny_data, tmp_path / "g", events=lambda e: (_ for _ in ()).throw(Stop)
+                         if e["type"] == "step" else None)  # fmt: skip
+    other = _spec(tmp_path, "model.d_model=48")
+    with pytest.raises(MgkdError, match="belongs to another model or data"):
+        train_generation(other, tiny_data, tmp_path / "g")
+    state = tmp_path / "g" / STATE_FILE
+    state.write_bytes(state.read_bytes()[:-100])
+    with pytest.raises(MgkdError, match="does not match its checksum"):
+        train_generation(spec, tiny_data, tmp_path / "g")
+
+
+def _mgkd(*args: str, **kw) -> subprocess.Popen:
+    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "COLUMNS": "160"}
+    return subprocess.Popen([sys.executable, "-m", "mgkd.cli", *args], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, **kw)  # fmt: skip
+
+
+def test_sigkill_after_generation_1_then_resume(tmp_path):
+    out = tmp_path / "run"
+    sets = [x for item in [*TINY, "generations.count=3", "train.max_epochs=3"] for x in ("--set", item)]
+    proc = _mgkd("run", *sets, "--no-ray", "--output-dir", str(out))
+    # wait until generation 1 is recorded as finished, then kill -9 (no cleanup runs)
+    deadline = time.monotonic() + 300
+    killed_info = None
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"run ended before it could be killed:\n{proc.stdout.read()}")
+        marker = out / "last_lineage.json"
+        if marker.is_file():
+            try:
+                info = read_lineage(f"sqlite:///{out / 'mlflow.db'}", None, "demo")
+            except Exception:  # noqa: BLE001 - the store may be mid-write
+                info = None
+            if info and any(g["generation"] == 1 and g["status"] == "FINISHED" for g in info["generations"]):
+                proc.send_signal(signal.SIGKILL)
+                proc.wait()
+                killed_info = read_lineage(f"sqlite:///{out / 'mlflow.db'}", None, "demo")
+                break
+        time.sleep(0.2)
+    assert killed_info is not None, "generation 1 did not finish in time"
+    before = {g["generation"]: g for g in killed_info["generations"] if g["status"] == "FINISHED"}
+    assert {0, 1} <= set(before)
+
+    res = _mgkd("resume", str(out))
+    log, _ = res.communicate(timeout=600)
+    assert res.returncode == 0, log
+    assert "generations [0, 1] finished and reused" in log or "finished and reused" in log
+
+    uri = f"sqlite:///{out / 'mlflow.db'}"
+    after = read_lineage(uri, killed_info["lineage_id"])
+    assert after["status"] == "FINISHED"
+    gens = after["generations"]
+    assert [g["generation"] for g in gens] == [0, 1, 2, 3]  # no duplicate runs
+    for k, g in before.items():
+        assert gens[k]["run_id"] == g["run_id"] and gens[k]["checkpoint_sha256"] == g["checkpoint_sha256"]
+        ckpt = out / "lineages" / after["lineage_id"] / f"gen-{k}" / "checkpoint.pt"
+        assert sha256_file(ckpt) == g["checkpoint_sha256"]
+    assert all(g["status"] == "FINISHED" for g in gens)
+    for prev, cur in zip(gens, gens[1:]):
+        assert cur["teacher_run_id"] == prev["run_id"]
+        assert cur["teacher_checkpoint_sha256"] == prev["checkpoint_sha256"]
+    client = _client(uri)
+    model = client.get_run(after["lineage_id"]).data.tags["mgkd.registered_model"]
+    versions = client.search_model_versions(f"name='{model}'")
+    assert sorted(v.run_id for v in versions) == sorted(g["run_id"] for g in gens)  # one version per generation
+
+    again = _mgkd("resume", str(out))
+    log2, _ = again.communicate(timeout=120)
+    assert again.returncode == 2 and "already finished" in log2
+    assert Path(out / "lineages").is_dir()
