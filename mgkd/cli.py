@@ -38,6 +38,12 @@ def user_errors() -> Iterator[None]:
     except MgkdError as e:
         err_console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
+    except KeyboardInterrupt:
+        err_console.print(
+            "interrupted: the runs are marked KILLED and the open generation saved its state; "
+            "`mgkd resume` continues", highlight=False, soft_wrap=True,
+        )  # fmt: skip
+        raise typer.Exit(130) from None
 
 
 def _tracking_from_output(output_dir: Path) -> dict[str, Any]:

@@ -123,3 +123,39 @@ def test_sigkill_after_generation_1_then_resume(tmp_path):
     log2, _ = again.communicate(timeout=120)
     assert again.returncode == 2 and "already finished" in log2
     assert Path(out / "lineages").is_dir()
+
+
+def test_ctrl_c_saves_the_state_marks_runs_killed_and_resume_finishes(tmp_path):
+    out = tmp_path / "run"
+    sets = [x for item in [*TINY, "generations.count=1", "generations.student.train={max_epochs: 10}",
+                           "train.checkpoint_every_steps=1000"] for x in ("--set", item)]  # fmt: skip
+    proc = _mgkd("run", *sets, "--no-ray", "--output-dir", str(out))
+    uri = f"sqlite:///{out / 'mlflow.db'}"
+    deadline = time.monotonic() + 300
+    state = None
+    while time.monotonic() < deadline and proc.poll() is None:
+        # interrupt generation 1 (10 epochs) once it has logged its first training steps
+        try:
+            gens = read_lineage(uri, None, "demo")["generations"] if (out / "last_lineage.json").is_file() else []
+        except Exception:  # noqa: BLE001 - the store may be mid-write
+            gens = []
+        if len(gens) == 2 and "loss" in gens[1]["metrics"]:
+            proc.send_signal(signal.SIGINT)
+            state = next((out / "lineages").glob("*/gen-1")) / STATE_FILE
+            break
+        time.sleep(0.2)
+    log, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 130, log
+    assert "mgkd resume" in log
+    assert state is not None and state.is_file(), log  # saved at the interrupt, not at a periodic checkpoint
+    info = read_lineage(uri, None, "demo")
+    assert info["status"] == "KILLED"
+    assert [g["status"] for g in info["generations"]] == ["FINISHED", "KILLED"]
+
+    res = _mgkd("resume", str(out))
+    log, _ = res.communicate(timeout=600)
+    assert res.returncode == 0, log
+    assert "resumes at step" in log
+    after = read_lineage(uri, info["lineage_id"])
+    assert [g["status"] for g in after["generations"]] == ["FINISHED", "FINISHED"]
+    assert after["generations"][1]["run_id"] == info["generations"][1]["run_id"]

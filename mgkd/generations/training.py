@@ -262,80 +262,94 @@ def train_generation(
         })  # fmt: skip
 
     student.train()
-    while step < total_steps:
-        epoch += 1
-        order = batch_indices(train, spec.train.max_tokens, shuffle=True, seed=spec.seed * 100_003 + epoch)
-        for position, idx in enumerate(order):
-            if position < skip:
-                continue
-            if step >= total_steps:
-                break
-            for group in optimizer.param_groups:
-                group["lr"] = lr_at(step, total_steps, spec.train.warmup_steps, spec.train.lr)
-            criterion.set_progress(step / total_steps)
-            outputs = {}
-            ntok = 0
-            for view in criterion.views:
-                if view == "gold":
-                    batch: Batch = collate(train, idx)
-                elif views[view].aligned:
-                    batch = collate(views[view].split, idx)
-                else:
-                    batch = next(unaligned[view])
-                    drawn[view] += 1
-                noise = views[view].noise if view in views else None
-                if noise is not None:
-                    batch = noise(batch, noise_rng)
-                batch = batch.to(device)
-                outputs[view] = _forward(student, teacher, batch, *criterion.needs(view))
-                ntok += batch.target_tokens
-            loss, parts = criterion(None, views=outputs)
-            if not torch.isfinite(loss):
-                bad = [n for n, v in parts.items() if not torch.isfinite(v)] or ["total"]
-                raise MgkdError(
-                    f"generation {spec.index}: loss is not finite at step {step + 1} (term(s): {', '.join(bad)}); "
-                    "lower train.lr or check the loss weights"
-                )
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if spec.train.clip_norm:
-                torch.nn.utils.clip_grad_norm_(trainable, spec.train.clip_norm)
-            optimizer.step()
-            step += 1
-            tokens_seen += ntok
-            window_tokens += ntok
-            window_n += 1
-            window_loss["loss"] = window_loss.get("loss", 0.0) + float(loss.detach())
-            for name, v in parts.items():
-                window_loss[f"loss.{name}"] = window_loss.get(f"loss.{name}", 0.0) + float(v.detach())
-            if step % spec.train.log_every_steps == 0 or step == total_steps:
-                dt = time.perf_counter() - window_t0
-                metrics = {k: v / window_n for k, v in window_loss.items()}
-                metrics["lr"] = optimizer.param_groups[0]["lr"]
-                metrics["train_tokens_per_s"] = window_tokens / max(dt, 1e-9)
-                events({"type": "step", "step": step, "epoch": epoch, "metrics": metrics})
-                window_loss, window_n, window_tokens, window_t0 = {}, 0, 0, time.perf_counter()
-            every = spec.train.checkpoint_every_steps
-            if every and step % every == 0 and step < total_steps and position + 1 < len(order):
-                save_state(position + 1)
-        skip = 0
-        last_epoch = step >= total_steps
-        if epoch % spec.train.eval_every_epochs == 0 or last_epoch:
-            m = {"valid_loss": validation_loss(student, data, spec.train.max_tokens, device)}
-            if spec.eval.valid_bleu_sentences:
-                hyps, _ = decode_split(
-                    student, data, "valid", spec, device, spec.eval.valid_bleu_sentences, beam_size=1
-                )
-                refs = data.splits["valid"].targets[: len(hyps)]
-                scores = score_translations(hyps, refs)
-                m["valid_bleu"], m["valid_chrf"] = scores["bleu"], scores["chrf"]
-            score = m["valid_loss"] if spec.eval.select_by == "valid_loss" else -m["valid_bleu"]
-            if score < best["score"]:
-                best = {"score": score, "epoch": epoch, "metrics": dict(m),
-                        "state": {k: v.detach().clone() for k, v in student.state_dict().items()}}  # fmt: skip
-            events({"type": "epoch", "step": step, "epoch": epoch, "metrics": m})
-        if step < total_steps:
-            save_state(0)
+    # Ctrl-C (or Ray's cancel) lands as KeyboardInterrupt: the state after the last whole step is saved, so
+    # `mgkd resume` loses nothing. `updating` marks the optimizer step, during which the weights are mid-change.
+    done_position, updating = skip, False
+    try:
+        while step < total_steps:
+            epoch += 1
+            done_position = skip
+            order = batch_indices(train, spec.train.max_tokens, shuffle=True, seed=spec.seed * 100_003 + epoch)
+            for position, idx in enumerate(order):
+                if position < skip:
+                    continue
+                if step >= total_steps:
+                    break
+                for group in optimizer.param_groups:
+                    group["lr"] = lr_at(step, total_steps, spec.train.warmup_steps, spec.train.lr)
+                criterion.set_progress(step / total_steps)
+                outputs = {}
+                ntok = 0
+                for view in criterion.views:
+                    if view == "gold":
+                        batch: Batch = collate(train, idx)
+                    elif views[view].aligned:
+                        batch = collate(views[view].split, idx)
+                    else:
+                        batch = next(unaligned[view])
+                        drawn[view] += 1
+                    noise = views[view].noise if view in views else None
+                    if noise is not None:
+                        batch = noise(batch, noise_rng)
+                    batch = batch.to(device)
+                    outputs[view] = _forward(student, teacher, batch, *criterion.needs(view))
+                    ntok += batch.target_tokens
+                loss, parts = criterion(None, views=outputs)
+                if not torch.isfinite(loss):
+                    bad = [n for n, v in parts.items() if not torch.isfinite(v)] or ["total"]
+                    raise MgkdError(
+                        f"generation {spec.index}: loss is not finite at step {step + 1} (term(s): {', '.join(bad)}); "
+                        "lower train.lr or check the loss weights"
+                    )
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if spec.train.clip_norm:
+                    torch.nn.utils.clip_grad_norm_(trainable, spec.train.clip_norm)
+                updating = True
+                optimizer.step()
+                step += 1
+                done_position, updating = position + 1, False
+                tokens_seen += ntok
+                window_tokens += ntok
+                window_n += 1
+                window_loss["loss"] = window_loss.get("loss", 0.0) + float(loss.detach())
+                for name, v in parts.items():
+                    window_loss[f"loss.{name}"] = window_loss.get(f"loss.{name}", 0.0) + float(v.detach())
+                if step % spec.train.log_every_steps == 0 or step == total_steps:
+                    dt = time.perf_counter() - window_t0
+                    metrics = {k: v / window_n for k, v in window_loss.items()}
+                    metrics["lr"] = optimizer.param_groups[0]["lr"]
+                    metrics["train_tokens_per_s"] = window_tokens / max(dt, 1e-9)
+                    events({"type": "step", "step": step, "epoch": epoch, "metrics": metrics})
+                    window_loss, window_n, window_tokens, window_t0 = {}, 0, 0, time.perf_counter()
+                every = spec.train.checkpoint_every_steps
+                if every and step % every == 0 and step < total_steps and position + 1 < len(order):
+                    save_state(position + 1)
+            skip = 0
+            last_epoch = step >= total_steps
+            if epoch % spec.train.eval_every_epochs == 0 or last_epoch:
+                m = {"valid_loss": validation_loss(student, data, spec.train.max_tokens, device)}
+                if spec.eval.valid_bleu_sentences:
+                    hyps, _ = decode_split(
+                        student, data, "valid", spec, device, spec.eval.valid_bleu_sentences, beam_size=1
+                    )
+                    refs = data.splits["valid"].targets[: len(hyps)]
+                    scores = score_translations(hyps, refs)
+                    m["valid_bleu"], m["valid_chrf"] = scores["bleu"], scores["chrf"]
+                score = m["valid_loss"] if spec.eval.select_by == "valid_loss" else -m["valid_bleu"]
+                if score < best["score"]:
+                    best = {"score": score, "epoch": epoch, "metrics": dict(m),
+                            "state": {k: v.detach().clone() for k, v in student.state_dict().items()}}  # fmt: skip
+                events({"type": "epoch", "step": step, "epoch": epoch, "metrics": m})
+            if step < total_steps:
+                save_state(0)
+    except KeyboardInterrupt:
+        if not updating and step < total_steps:
+            if done_position == 0:
+                epoch -= 1  # nothing of this epoch is done: resume starts it afresh
+            save_state(done_position)
+            events({"type": "interrupted", "step": step, "epoch": epoch})
+        raise
     train_time = time.perf_counter() - t_start
 
     # The selected (best on valid) weights become this generation's model.

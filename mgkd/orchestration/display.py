@@ -45,6 +45,8 @@ class GenerationProgress:
             self.console.log(f"{name} resumes at step {event['step']} (epoch {event['epoch']}) from its saved state")
             if self.train_task is not None:
                 self.progress.update(self.train_task, completed=event["step"])
+        elif kind == "interrupted":
+            self.console.log(f"{name} interrupted after step {event['step']}: state saved, `mgkd resume` continues")
         elif kind == "epoch":
             m = event["metrics"]
             parts = [f"epoch {event['epoch']}: valid loss {m['valid_loss']:.3f}"]

@@ -134,7 +134,14 @@ class RayRunner:
                 raise MgkdError(str(e.cause)) from None
             raise
         except KeyboardInterrupt:
-            ray.cancel(ref, force=True)
+            # A gentle cancel raises KeyboardInterrupt in the worker, which saves its training state
+            # (mgkd resume continues from it); force only if it does not stop in time.
+            ray.cancel(ref, force=False)
+            try:
+                ray.wait([ref], timeout=60)
+                drain()
+            finally:
+                ray.cancel(ref, force=True)
             raise
         finally:
             ray.kill(queue.actor)
