@@ -18,6 +18,16 @@ def check_arch(name: str) -> None:
         raise MgkdError(f"unknown model arch {name!r}; known architectures: {', '.join(sorted(MODELS))}")
 
 
+def exposed_features(arch: str) -> frozenset[str]:
+    """The internal features (Seq2SeqOutput fields) an architecture returns on request.
+
+    A loss plugin's `check` reads this to refuse, before anything trains, a
+    teacher or student that cannot give what it matches (e.g. attention from a model without it).
+    """
+    check_arch(arch)
+    return frozenset(getattr(MODELS[arch], "exposes", frozenset()))
+
+
 def build_model(cfg: ModelConfig, vocab_size: int) -> nn.Module:
     check_arch(cfg.arch)
     return MODELS[cfg.arch](cfg, vocab_size)
@@ -27,4 +37,4 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-__all__ = ["MODELS", "Seq2SeqOutput", "build_model", "check_arch", "count_parameters"]
+__all__ = ["MODELS", "Seq2SeqOutput", "build_model", "check_arch", "count_parameters", "exposed_features"]
