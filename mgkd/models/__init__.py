@@ -6,10 +6,12 @@ from torch import nn
 
 from mgkd.config import ModelConfig
 from mgkd.errors import MgkdError
+from mgkd.models.bigru import BiGRUSeq2Seq
 from mgkd.models.transformer import Seq2SeqOutput, TransformerSeq2Seq
 
 MODELS: dict[str, type[nn.Module]] = {
     "transformer": TransformerSeq2Seq,
+    "bigru": BiGRUSeq2Seq,
 }
 
 
