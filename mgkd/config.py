@@ -88,7 +88,13 @@ class TokenizerConfig(_Strict):
 
 
 class ModelConfig(_Strict):
-    """An architecture by registry name and its sizes."""
+    """An architecture by registry name and its sizes.
+
+    transformer: every key but embed_dim. bigru: d_model is the width of the
+    encoder states (d_model // 2 per direction) and of the decoder,
+    encoder_layers/decoder_layers are GRU layers, embed_dim the embedding size;
+    n_heads, ff_dim and max_positions are unused.
+    """
 
     arch: str = "transformer"
     d_model: PositiveInt = 128
@@ -98,11 +104,25 @@ class ModelConfig(_Strict):
     ff_dim: PositiveInt = 512
     dropout: float = Field(0.1, ge=0, lt=1)
     max_positions: PositiveInt = 512
+    # bigru only: embedding size (None: d_model). A smaller one saves most of a small model's parameters.
+    embed_dim: PositiveInt | None = None
 
     @model_validator(mode="after")
-    def _heads_divide_width(self) -> ModelConfig:
+    def _sizes_fit_arch(self) -> ModelConfig:
+        if self.arch == "bigru":
+            if self.d_model % 2:
+                raise ValueError(
+                    f"arch 'bigru' splits d_model between its two encoder directions, so d_model must be even "
+                    f"(got {self.d_model})"
+                )
+            return self
         if self.d_model % self.n_heads:
             raise ValueError(f"d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})")
+        if self.embed_dim is not None and self.embed_dim != self.d_model:
+            raise ValueError(
+                f"embed_dim is a bigru size; arch {self.arch!r} embeds tokens in d_model ({self.d_model}) "
+                "dimensions: drop embed_dim"
+            )
         return self
 
 

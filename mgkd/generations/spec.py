@@ -168,6 +168,13 @@ def _check(spec: GenerationSpec, teacher: GenerationSpec | None) -> GenerationSp
         criterion.check(spec.model, teacher.model if teacher else None)
     except MgkdError as e:
         raise MgkdError(f"{where}: {e}") from None
+    if spec.init == "teacher" and teacher is not None and spec.model.arch != teacher.model.arch:
+        raise MgkdError(
+            f"{where}: init 'teacher' copies the teacher's tensors, but the teacher is arch "
+            f"{teacher.model.arch!r} and this generation is arch {spec.model.arch!r}; a student of another "
+            f"architecture starts from random weights: set init: scratch for it "
+            f"(generations.per_generation.{spec.index}.init=scratch)"
+        )
     shape = lambda m: m.model_dump(exclude={"dropout"})  # noqa: E731
     if spec.init == "teacher" and teacher is not None and shape(spec.model) != shape(teacher.model):
         raise MgkdError(

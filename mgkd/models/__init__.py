@@ -6,16 +6,28 @@ from torch import nn
 
 from mgkd.config import ModelConfig
 from mgkd.errors import MgkdError
+from mgkd.models.bigru import BiGRUSeq2Seq
 from mgkd.models.transformer import Seq2SeqOutput, TransformerSeq2Seq
 
 MODELS: dict[str, type[nn.Module]] = {
     "transformer": TransformerSeq2Seq,
+    "bigru": BiGRUSeq2Seq,
 }
 
 
 def check_arch(name: str) -> None:
     if name not in MODELS:
         raise MgkdError(f"unknown model arch {name!r}; known architectures: {', '.join(sorted(MODELS))}")
+
+
+def exposed_features(arch: str) -> frozenset[str]:
+    """The internal features (Seq2SeqOutput fields) an architecture returns on request.
+
+    A loss plugin's `check` reads this to refuse, before anything trains, a
+    teacher or student that cannot give what it matches (e.g. attention from a model without it).
+    """
+    check_arch(arch)
+    return frozenset(getattr(MODELS[arch], "exposes", frozenset()))
 
 
 def build_model(cfg: ModelConfig, vocab_size: int) -> nn.Module:
@@ -27,4 +39,4 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-__all__ = ["MODELS", "Seq2SeqOutput", "build_model", "check_arch", "count_parameters"]
+__all__ = ["MODELS", "Seq2SeqOutput", "build_model", "check_arch", "count_parameters", "exposed_features"]

@@ -153,6 +153,11 @@ def sinusoids(n: int, d: int) -> torch.Tensor:
 class TransformerSeq2Seq(nn.Module):
     """Encoder-decoder over one joint vocabulary; input and output embeddings are one matrix."""
 
+    # The Seq2SeqOutput fields this model fills on request (one entry per layer), for config-time checks.
+    exposes = frozenset(
+        {"encoder_hidden", "decoder_hidden", "encoder_attention", "decoder_self_attention", "decoder_cross_attention"}
+    )
+
     def __init__(self, cfg: ModelConfig, vocab_size: int) -> None:
         super().__init__()
         self.cfg, self.vocab_size = cfg, vocab_size
