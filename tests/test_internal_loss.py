@@ -380,3 +380,30 @@ def test_a_generation_trains_with_internal_from_a_wider_deeper_teacher(tmp_path,
     assert any("loss.label_smoothing" in m for m in steps)  # the output loss trains after the layer phases
     assert g1.metrics["steps"] == 6 and g1.parameters < g0.parameters
     assert g1.teacher_hash is not None
+
+
+def test_bigru_student_matches_the_transformer_encoder_through_a_projection(tmp_path, tiny_data):
+    """A BiGRU student (one exposed state per side) learns a Transformer teacher's top encoder layer."""
+    cfg = tiny_config(
+        tmp_path, "generations.count=1", "model.encoder_layers=2", "model.decoder_layers=2",
+        "train.max_steps=3", 'generations.student.model={"arch": "bigru", "d_model": 48}',
+        "generations.student.init=scratch",
+        'generations.student.losses=[{"name": "label_smoothing"}, {"name": "internal", "params": {"layer_map": '
+        '[{"teacher": 2, "student": 1, "side": "encoder"}]}}]',
+    )  # fmt: skip
+    teacher_spec, student_spec = build_schedule(cfg)
+    teacher = train_generation(teacher_spec, tiny_data, tmp_path / "g0")
+    seen = []
+    student = train_generation(student_spec, tiny_data, tmp_path / "g1", teacher.checkpoint,
+                               teacher.checkpoint_sha256, seen.append)  # fmt: skip
+    steps = [e["metrics"] for e in seen if e["type"] == "step"]
+    assert steps and all(math.isfinite(m["loss.internal"]) for m in steps)
+    assert student.metrics["steps"] == 3
+    bad = tiny_config(
+        tmp_path, "generations.count=1",
+        'generations.student.model={"arch": "bigru", "d_model": 48}', "generations.student.init=scratch",
+        'generations.student.losses=[{"name": "internal", "params": {"layer_map": '
+        '[{"teacher": 1, "student": 1, "feature": "attention", "side": "encoder"}]}}]',
+    )  # fmt: skip
+    with pytest.raises(MgkdError, match="internal"):
+        build_schedule(bad)

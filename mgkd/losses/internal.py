@@ -36,6 +36,9 @@ MAP_KEYS = ("teacher", "student", "feature", "loss", "weight", "side")
 # time, so a map the student cannot serve fails before anything trains.
 ARCH_FEATURES: dict[str, frozenset[tuple[str, str]]] = {
     "transformer": frozenset((side, feature) for side in SIDES for feature in FEATURES),
+    # The BiGRU returns one hidden entry per side (the top encoder states, the decoder's attentional
+    # states), so it counts as one layer per side here; its attention is not per layer and head.
+    "bigru": frozenset({("encoder", "hidden"), ("decoder", "hidden")}),
 }
 
 # Probabilities are clamped before the log: masked keys have probability 0.
@@ -120,6 +123,8 @@ def uniform_layers(n_student: int, n_teacher: int) -> list[tuple[int, int]]:
 
 
 def layer_count(cfg: ModelConfig, side: str) -> int:
+    if cfg.arch == "bigru":
+        return 1  # one exposed state per side (see ARCH_FEATURES)
     return cfg.encoder_layers if side == "encoder" else cfg.decoder_layers
 
 
