@@ -10,7 +10,7 @@ batch gives the same tokens as decoding it alone.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -44,18 +44,32 @@ def greedy_decode(model: torch.nn.Module, src: torch.Tensor, max_lens: torch.Ten
     return outputs
 
 
+# One finished hypothesis: (log-probability / length**length_penalty, token ids without BOS/EOS).
+Hypothesis = tuple[float, list[int]]
+
+
 @torch.no_grad()
-def beam_decode(
-    model: torch.nn.Module, src: torch.Tensor, max_lens: torch.Tensor, beam_size: int, length_penalty: float = 1.0
-) -> list[list[int]]:
-    """Best hypothesis per sentence by log-probability / length**length_penalty.
+def beam_search(
+    model: torch.nn.Module,
+    src: torch.Tensor,
+    max_lens: torch.Tensor,
+    beam_size: int,
+    length_penalty: float = 1.0,
+    n_best: int = 1,
+) -> list[list[Hypothesis]]:
+    """The `n_best` best finished hypotheses per sentence, best first, with their scores.
 
     A sentence is finished when it holds `beam_size` ended hypotheses (an EOS
-    among the top candidates, as in fairseq), when its best ended hypothesis
-    scores at least as well as its best live one, or at its maximum length.
+    among the top candidates, as in fairseq), when its `n_best`-th best ended
+    hypothesis scores at least as well as its best live one (no live one can
+    still enter its n best), or at its maximum length. A sentence may end with
+    fewer than `n_best` hypotheses. `beam_size` 1 is greedy search with scores.
+
+    Raises:
+        ValueError: if `n_best` is not in 1..beam_size.
     """
-    if beam_size == 1:
-        return greedy_decode(model, src, max_lens)
+    if not 1 <= n_best <= beam_size:
+        raise ValueError(f"n_best must be in 1..beam_size ({beam_size}), got {n_best}")
     n, k, dev = src.size(0), beam_size, src.device
     state = model.select_state(model.init_state(src), torch.arange(n, device=dev).repeat_interleave(k))
     sent = torch.arange(n, device=dev)  # original index of each live sentence
@@ -64,7 +78,7 @@ def beam_decode(
     scores[:, 0] = 0.0  # all beams start identical: keep one alive
     history = torch.zeros(n * k, 0, dtype=torch.long, device=dev)
     tokens = torch.full((n * k,), BOS, dtype=torch.long, device=dev)
-    finished: list[list[tuple[float, list[int]]]] = [[] for _ in range(n)]
+    finished: list[list[Hypothesis]] = [[] for _ in range(n)]
     for step in range(int(limit.max())):
         m = sent.numel()
         logp = F.log_softmax(model.decode_step(tokens, state, step).float(), -1)
@@ -87,7 +101,7 @@ def beam_decode(
         sel_s, sel_j = top_s.masked_fill(ended, float("-inf")).topk(k, dim=1)
         best_alive = (sel_s[:, 0] / (step + 1) ** length_penalty).tolist()
         ends = [finished[int(s)] for s in sent]
-        full = [bool(f) and (len(f) >= k or max(x[0] for x in f) >= a) for f, a in zip(ends, best_alive)]
+        full = [len(f) >= k or (len(f) >= n_best and _nth_best(f, n_best) >= a) for f, a in zip(ends, best_alive)]
         done = at_limit | torch.tensor(full, dtype=torch.bool, device=dev)
         if done.all():
             break
@@ -100,7 +114,46 @@ def beam_decode(
         history = torch.cat([history.index_select(0, rows), tok.gather(1, sel_j).reshape(-1, 1)], dim=1)
         tokens = history[:, -1]
         scores, sent, limit = sel_s, sent[keep], limit[keep]
-    return [max(f, key=lambda x: x[0])[1] if f else [] for f in finished]
+    # sorted() is stable: equal scores keep the order in which they ended.
+    return [sorted(f, key=lambda x: -x[0])[:n_best] for f in finished]
+
+
+def _nth_best(hyps: list[Hypothesis], n: int) -> float:
+    return sorted((h[0] for h in hyps), reverse=True)[n - 1]
+
+
+@torch.no_grad()
+def beam_decode(
+    model: torch.nn.Module,
+    src: torch.Tensor,
+    max_lens: torch.Tensor,
+    beam_size: int,
+    length_penalty: float = 1.0,
+    n_best: int = 1,
+) -> list[list[int]] | list[list[Hypothesis]]:
+    """Best hypothesis per sentence by log-probability / length**length_penalty.
+
+    With `n_best` 1 (the default) each sentence's best token ids (beam size 1
+    is plain greedy search); with `n_best` > 1 each sentence's up to `n_best`
+    best (score, token ids), best first (see `beam_search`).
+    """
+    if n_best > 1:
+        return beam_search(model, src, max_lens, beam_size, length_penalty, n_best)
+    if beam_size == 1:
+        return greedy_decode(model, src, max_lens)
+    return [hyps[0][1] if hyps else [] for hyps in beam_search(model, src, max_lens, beam_size, length_penalty)]
+
+
+def _length_sorted_batches(
+    sources: list, max_len_a: float, max_len_b: int, batch_size: int, device: torch.device | str
+) -> Iterator[tuple[list[int], torch.Tensor, torch.Tensor]]:
+    """(input positions, padded sources, max output lengths) of similar-length batches."""
+    order = sorted(range(len(sources)), key=lambda i: len(sources[i]))
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        src = pad_sources([sources[i] for i in idx]).to(device)
+        max_lens = torch.tensor([max(1, math.ceil(max_len_a * (len(sources[i]) + 1) + max_len_b)) for i in idx])
+        yield idx, src, max_lens
 
 
 def translate(
@@ -118,16 +171,45 @@ def translate(
     """Decode many sentences in length-sorted batches; outputs come back in input order."""
     was_training = model.training
     model.eval()
-    order = sorted(range(len(sources)), key=lambda i: len(sources[i]))
     out: list[str] = [""] * len(sources)
     try:
-        for start in range(0, len(order), batch_size):
-            idx = order[start : start + batch_size]
-            src = pad_sources([sources[i] for i in idx]).to(device)
-            max_lens = torch.tensor([max(1, math.ceil(max_len_a * (len(sources[i]) + 1) + max_len_b)) for i in idx])
+        for idx, src, max_lens in _length_sorted_batches(sources, max_len_a, max_len_b, batch_size, device):
             ids = beam_decode(model, src, max_lens, beam_size, length_penalty)
             for i, seq in zip(idx, ids):
-                out[i] = detokenize(seq)
+                out[i] = detokenize(seq)  # type: ignore[arg-type]
+            if on_batch:
+                on_batch(len(idx))
+    finally:
+        model.train(was_training)
+    return out
+
+
+def translate_n_best(
+    model: torch.nn.Module,
+    sources: list,  # token-id arrays, without EOS
+    detokenize: Callable[[list[int]], str],
+    max_len_a: float,
+    max_len_b: int,
+    batch_size: int,
+    beam_size: int = 1,
+    n_best: int = 1,
+    length_penalty: float = 1.0,
+    device: torch.device | str = "cpu",
+    on_batch: Callable[[int], None] | None = None,
+) -> list[list[tuple[float, str]]]:
+    """Like `translate`, but each sentence's up to `n_best` best (score, text), best first.
+
+    Beam size 1 runs greedy search through `beam_search`, so its one output
+    carries a score too (the same tokens as `greedy_decode`).
+    """
+    was_training = model.training
+    model.eval()
+    out: list[list[tuple[float, str]]] = [[] for _ in sources]
+    try:
+        for idx, src, max_lens in _length_sorted_batches(sources, max_len_a, max_len_b, batch_size, device):
+            hyps = beam_search(model, src, max_lens, beam_size, length_penalty, n_best)
+            for i, h in zip(idx, hyps):
+                out[i] = [(score, detokenize(seq)) for score, seq in h]
             if on_batch:
                 on_batch(len(idx))
     finally:

@@ -23,7 +23,7 @@ class GenerationProgress:
             console=console, transient=False, refresh_per_second=2,
         )  # fmt: skip
         self.train_task: Any = None
-        self.decode_task: Any = None
+        self.decode_tasks: dict[str, Any] = {}  # by split: "test", and "pseudo" for teacher-made targets
 
     def __enter__(self) -> GenerationProgress:
         self.progress.__enter__()
@@ -53,10 +53,12 @@ class GenerationProgress:
             if "valid_bleu" in m:
                 parts.append(f"valid BLEU {m['valid_bleu']:.2f}")
             self.console.log(f"{name} " + ", ".join(parts))
-        elif kind == "decode" and event["split"] == "test":
-            if self.decode_task is None:
-                self.decode_task = self.progress.add_task(f"{name} decode test", total=event["total"], info="")
-            self.progress.update(self.decode_task, completed=event["done"])
+        elif kind == "decode" and event["split"] in ("test", "pseudo"):
+            split = event["split"]
+            if split not in self.decode_tasks:
+                label = f"{name} decode " + ("test" if split == "test" else "teacher outputs")
+                self.decode_tasks[split] = self.progress.add_task(label, total=event["total"], info="")
+            self.progress.update(self.decode_tasks[split], completed=event["done"])
 
 
 def lineage_table(specs: list[GenerationSpec], results: list[GenerationResult], title: str) -> Table:
