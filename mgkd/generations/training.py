@@ -230,8 +230,11 @@ def train_generation(
     noise_rng = torch.Generator().manual_seed(spec.seed)
     best: dict[str, Any] = {"score": math.inf, "state": None, "epoch": 0, "metrics": {}}
     step, tokens_seen, t_start = 0, 0, time.perf_counter()
+    # Sums and counts per logged value: a term silenced in some steps (exclusive phases) is averaged
+    # over the steps that computed it.
     window_loss: dict[str, float] = {}
-    window_n, window_tokens, window_t0 = 0, 0, time.perf_counter()
+    window_count: dict[str, int] = {}
+    window_tokens, window_t0 = 0, time.perf_counter()
     epoch = 0
     # Resume a killed generation from its last saved training state (same model and data only).
     state_id = identity(spec.to_dict(), data.data_hash)
@@ -311,17 +314,16 @@ def train_generation(
                 done_position, updating = position + 1, False
                 tokens_seen += ntok
                 window_tokens += ntok
-                window_n += 1
-                window_loss["loss"] = window_loss.get("loss", 0.0) + float(loss.detach())
-                for name, v in parts.items():
-                    window_loss[f"loss.{name}"] = window_loss.get(f"loss.{name}", 0.0) + float(v.detach())
+                for key, value in [("loss", loss), *((f"loss.{n}", v) for n, v in parts.items())]:
+                    window_loss[key] = window_loss.get(key, 0.0) + float(value.detach())
+                    window_count[key] = window_count.get(key, 0) + 1
                 if step % spec.train.log_every_steps == 0 or step == total_steps:
                     dt = time.perf_counter() - window_t0
-                    metrics = {k: v / window_n for k, v in window_loss.items()}
+                    metrics = {k: v / window_count[k] for k, v in window_loss.items()}
                     metrics["lr"] = optimizer.param_groups[0]["lr"]
                     metrics["train_tokens_per_s"] = window_tokens / max(dt, 1e-9)
                     events({"type": "step", "step": step, "epoch": epoch, "metrics": metrics})
-                    window_loss, window_n, window_tokens, window_t0 = {}, 0, 0, time.perf_counter()
+                    window_loss, window_count, window_tokens, window_t0 = {}, {}, 0, time.perf_counter()
                 every = spec.train.checkpoint_every_steps
                 if every and step % every == 0 and step < total_steps and position + 1 < len(order):
                     save_state(position + 1)
