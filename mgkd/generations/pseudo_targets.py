@@ -147,7 +147,8 @@ def teacher_outputs(
         raise ValueError("teacher_outputs needs distinct example ids")
     teacher_sha256 = teacher_sha256 or parameter_hash(teacher)
     key = store_key(examples, settings)
-    cache_dir = Path(cache_dir)
+    # Absolute: the path goes back to the driver, which logs the file to MLflow.
+    cache_dir = Path(cache_dir).resolve()
     cache_dir.mkdir(parents=True, exist_ok=True)
     path = cache_dir / f"{label}-{teacher_sha256[:16]}-{key[:16]}.tsv"
     manifest = path.with_name(path.name + ".json")
