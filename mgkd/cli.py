@@ -129,12 +129,17 @@ def resume(
     tracking_uri: Annotated[
         str | None, typer.Option(help="MLflow tracking URI holding the lineage (default: the folder's store).")
     ] = None,
+    overrides: Annotated[
+        list[str] | None,
+        typer.Option("--set", "-s", help="Change the lineage's config for what is left, e.g. --set train.lr=5e-4."),
+    ] = None,
 ) -> None:
     """Continue a killed lineage: finished generations are kept, an unfinished one continues from its state."""
     with user_errors():
         from mgkd.orchestration.controller import resume_lineage, ui_command
 
-        outcome = resume_lineage(target, tracking_uri or os.environ.get("MLFLOW_TRACKING_URI"), console)
+        uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+        outcome = resume_lineage(target, uri, console, list(overrides or []))
         console.print(f"MLflow store: {outcome.tracking_uri}  (lineage run {outcome.lineage_id})")
         console.print(f"Browse the lineage: {ui_command(outcome)}")
 

@@ -159,3 +159,40 @@ def test_ctrl_c_saves_the_state_marks_runs_killed_and_resume_finishes(tmp_path):
     after = read_lineage(uri, info["lineage_id"])
     assert [g["status"] for g in after["generations"]] == ["FINISHED", "FINISHED"]
     assert after["generations"][1]["run_id"] == info["generations"][1]["run_id"]
+
+
+def test_nan_stops_the_generation_and_resume_with_a_changed_config_finishes(tmp_path):
+    out = tmp_path / "run"
+    student = [
+        "generations.student.train={lr: 1.0e6, warmup_steps: 0}",
+        "generations.student.losses=[{name: label_smoothing}]",
+    ]
+    sets = [x for item in [*TINY, "generations.count=1", *student] for x in ("--set", item)]
+    proc = _mgkd("run", *sets, "--no-ray", "--output-dir", str(out))
+    log, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 2, log
+    assert "generation 1: loss is not finite at step" in log and "label_smoothing" in log
+    uri = f"sqlite:///{out / 'mlflow.db'}"
+    info = read_lineage(uri, None, "demo")
+    assert [g["status"] for g in info["generations"]] == ["FINISHED", "FAILED"]
+    teacher = info["generations"][0]
+
+    res = _mgkd("resume", str(out), "--set", "generations.student.train.lr=0.002")
+    log, _ = res.communicate(timeout=300)
+    assert res.returncode == 0, log
+    after = read_lineage(uri, info["lineage_id"])
+    assert [g["status"] for g in after["generations"]] == ["FINISHED", "FINISHED"]
+    assert after["generations"][0]["run_id"] == teacher["run_id"]
+    assert after["generations"][1]["run_id"] == info["generations"][1]["run_id"]
+    assert _client(uri).get_run(info["lineage_id"]).data.tags["mgkd.resume_overrides"] == (
+        "generations.student.train.lr=0.002"
+    )
+
+
+def test_resume_of_an_unknown_lineage_is_a_clear_error(tmp_path):
+    res = _mgkd("resume", "0123456789abcdef", "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    log, _ = res.communicate(timeout=120)
+    assert res.returncode == 2 and "no lineage run '0123456789abcdef'" in log
+    res = _mgkd("resume", str(tmp_path))
+    log, _ = res.communicate(timeout=120)
+    assert res.returncode == 2 and "holds no mgkd run" in log

@@ -17,7 +17,7 @@ from pathlib import Path
 import yaml
 from rich.console import Console
 
-from mgkd.config import ExperimentConfig, validate
+from mgkd.config import ExperimentConfig, apply_overrides, validate
 from mgkd.errors import MgkdError
 from mgkd.generations import GenerationResult, GenerationSpec, build_schedule
 from mgkd.generations.checkpoint import sha256_file
@@ -106,7 +106,8 @@ def run_lineage(cfg: ExperimentConfig, console: Console | None = None) -> Lineag
     return _drive(cfg, specs, data, recorder, runner, lineage_id, console, t0, {}, {})
 
 
-def resume_lineage(target: str, tracking_uri: str | None = None, console: Console | None = None) -> LineageOutcome:
+def resume_lineage(target: str, tracking_uri: str | None = None, console: Console | None = None,
+                   overrides: list[str] | None = None) -> LineageOutcome:  # fmt: skip
     """Continue a killed or failed lineage: finished generations are reused (same runs, checkpoints and
     checksums), an unfinished one continues in its own run from its last saved training state.
 
@@ -123,7 +124,11 @@ def resume_lineage(target: str, tracking_uri: str | None = None, console: Consol
     client = _client(tracking_uri)
     with tempfile.TemporaryDirectory(prefix="mgkd-resume-") as tmp:
         raw = yaml.safe_load(Path(client.download_artifacts(lineage_id, "config.yaml", tmp)).read_text("utf-8"))
-    cfg = validate(raw)
+    # `--set` may change what the rest of the lineage does (e.g. a lower train.lr after a NaN); a change of a
+    # generation's model or of the data is refused when its saved state or the data hash is checked.
+    cfg = validate(apply_overrides(raw, overrides or []))
+    if overrides:
+        console.log(f"resume with changed config: {', '.join(overrides)}")
     specs = build_schedule(cfg)
     data = prepare(cfg, console.log)
     if info["tags"].get("mgkd.data_hash") != data.data_hash:
@@ -151,6 +156,12 @@ def resume_lineage(target: str, tracking_uri: str | None = None, console: Consol
         elif k not in done:
             open_runs[k] = g["run_id"]
     recorder.reopen(lineage_id)
+    if overrides:  # the lineage's config.yaml is what the next resume reads
+        config_file = lineage_dir / "config.yaml"
+        config_file.parent.mkdir(parents=True, exist_ok=True)
+        config_file.write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False), encoding="utf-8")
+        recorder.log_artifact(lineage_id, config_file)
+        recorder.set_tags(lineage_id, {"mgkd.resume_overrides": " ".join(overrides)[:5000]})
     _write_last(Path(cfg.output_dir).resolve(), lineage_id, tracking_uri, cfg, recorder)
     console.log(
         f"resuming lineage {lineage_id}: generations {sorted(done) or 'none'} finished and reused; "
