@@ -85,6 +85,9 @@ def run(
     ] = None,
     no_ray: Annotated[bool, typer.Option("--no-ray", help="Train in this process without Ray (debugging).")] = False,
     seed: Annotated[int | None, typer.Option(help="Random seed (seed).")] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Start even if the output folder holds another or unfinished lineage.")
+    ] = False,
 ) -> None:
     """Train a teacher and its distilled generations; record the lineage in MLflow.
 
@@ -116,7 +119,7 @@ def run(
 
         from mgkd.orchestration.controller import run_lineage, ui_command
 
-        outcome = run_lineage(cfg, console)
+        outcome = run_lineage(cfg, console, force=force)
         console.print(f"MLflow store: {outcome.tracking_uri}  (lineage run {outcome.lineage_id})")
         console.print(f"Browse the lineage: {ui_command(outcome)}")
 

@@ -51,6 +51,9 @@ class CorpusConfig(_Strict):
     # keep the demo inside its time budget.
     min_words: PositiveInt = 1
     max_words: PositiveInt | None = 20
+    # A pair outside [min_words, max_words]: "skip" it (the count is reported) or stop with an "error"
+    # that names it (for corpora that should have been filtered already).
+    out_of_range: Literal["skip", "error"] = "skip"
     # Keep at most this many pairs (the first by id hash, so the choice is stable).
     max_pairs: PositiveInt | None = None
 

@@ -29,6 +29,16 @@ def test_length_filter():
     assert pairs and all(len(p.source.split()) <= 8 and len(p.target.split()) <= 8 for p in pairs)
 
 
+def test_out_of_range_pairs_are_counted_or_refused(tmp_path):
+    tsv = tmp_path / "pairs.tsv"
+    tsv.write_text("a b\tc d\none two three four five\tun deux trois quatre cinq\ne f\tg h\n", encoding="utf-8")
+    seen = []
+    pairs = read_corpus(CorpusConfig(kind="tsv", path=tsv, max_words=3), seen.append)
+    assert len(pairs) == 2 and seen == ["corpus: skipped 1 of 3 pairs outside 1..3 words"]
+    with pytest.raises(MgkdError, match=r"1 of 3 corpus pairs are outside .*the first is .*:2 \(5 / 5 words\)"):
+        read_corpus(CorpusConfig(kind="tsv", path=tsv, max_words=3, out_of_range="error"))
+
+
 def test_clean_verse():
     assert (
         clean_verse("(9:1) Au chef des chantres. Sur [Meurs pour le fils].")

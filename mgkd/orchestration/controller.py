@@ -73,14 +73,20 @@ def _record_generation(recorder: LineageRecorder, run_id: str, model_name: str, 
     recorder.end(run_id, "FINISHED")
 
 
-def run_lineage(cfg: ExperimentConfig, console: Console | None = None) -> LineageOutcome:
-    """Train and record the whole lineage the config describes."""
+def run_lineage(cfg: ExperimentConfig, console: Console | None = None, force: bool = False) -> LineageOutcome:
+    """Train and record the whole lineage the config describes.
+
+    An output folder whose last lineage belongs to another experiment, or is unfinished, is refused
+    unless `force`: a new lineage there would hide it from `mgkd resume` / `mgkd ui`.
+    """
     console = console or Console()
     t0 = time.perf_counter()
     specs = build_schedule(cfg)  # every generation checked before anything runs
     output_dir = Path(cfg.output_dir).resolve()
     tracking_uri = cfg.tracking.uri or default_tracking_uri(output_dir)
     check_tracking_uri(tracking_uri)
+    if not force:
+        _check_output_dir(output_dir, cfg)
 
     data = prepare(cfg, console.log)
     recorder = LineageRecorder(tracking_uri, cfg.experiment_name, _artifact_root(cfg, tracking_uri))
@@ -262,6 +268,31 @@ def _write_last(output_dir: Path, lineage_id: str, tracking_uri: str, cfg: Exper
             "experiment_id": recorder.experiment_id}  # fmt: skip
     output_dir.mkdir(parents=True, exist_ok=True)
     (output_dir / "last_lineage.json").write_text(json.dumps(last), encoding="utf-8")
+
+
+def _check_output_dir(output_dir: Path, cfg: ExperimentConfig) -> None:
+    marker = output_dir / "last_lineage.json"
+    if not marker.is_file():
+        return
+    try:
+        last = json.loads(marker.read_text(encoding="utf-8"))
+        lineage_id, experiment = last["lineage_id"], last["experiment"]
+    except (ValueError, KeyError):
+        raise MgkdError(f"{marker} is unreadable; remove it or choose another --output-dir") from None
+    if experiment != cfg.experiment_name:
+        raise MgkdError(
+            f"output folder {output_dir} holds lineage {lineage_id} of experiment {experiment!r}, not "
+            f"{cfg.experiment_name!r}; choose another --output-dir, or --force to add a lineage there"
+        )
+    try:
+        status = _client(last["tracking_uri"]).get_run(lineage_id).info.status
+    except Exception:  # noqa: BLE001 - a store we cannot read says nothing about the lineage
+        return
+    if status in ("RUNNING", "KILLED", "FAILED"):
+        raise MgkdError(
+            f"output folder {output_dir} holds an unfinished lineage {lineage_id} ({status}); "
+            f"`mgkd resume {output_dir}` continues it, --force starts a new one beside it"
+        )
 
 
 def _find_lineage(target: str, tracking_uri: str | None) -> tuple[str, str]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import sqlite3
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -120,8 +121,8 @@ def read_parallel(source_path: Path, target_path: Path) -> list[Pair]:
     ]
 
 
-def read_corpus(cfg: CorpusConfig) -> list[Pair]:
-    """All pairs of the configured corpus that pass the length filter."""
+def read_corpus(cfg: CorpusConfig, log: Callable[[str], None] = lambda _: None) -> list[Pair]:
+    """All pairs of the configured corpus that pass the length filter (the others skipped, or an error)."""
     if cfg.kind == "builtin":
         pairs = read_bible(cfg.source_version, cfg.target_version)
     elif cfg.kind == "tsv":
@@ -137,6 +138,17 @@ def read_corpus(cfg: CorpusConfig) -> list[Pair]:
         return lo <= ns <= hi and lo <= nt <= hi
 
     kept = [p for p in pairs if keep(p)]
+    skipped = len(pairs) - len(kept)
+    if skipped and cfg.out_of_range == "error":
+        first = next(p for p in pairs if not keep(p))
+        raise MgkdError(
+            f"{skipped} of {len(pairs)} corpus pairs are outside corpus.min_words={cfg.min_words}.."
+            f"corpus.max_words={cfg.max_words} words, the first is {first.id} "
+            f"({len(first.source.split())} / {len(first.target.split())} words); filter the corpus, widen the "
+            "limits, or set corpus.out_of_range=skip"
+        )
+    if skipped:
+        log(f"corpus: skipped {skipped} of {len(pairs)} pairs outside {cfg.min_words}..{cfg.max_words} words")
     if not kept:
         raise MgkdError(
             f"no sentence pair of the corpus ({len(pairs)} read) passes the length filter "

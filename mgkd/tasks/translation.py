@@ -179,7 +179,7 @@ def _tokenize(sp: spm.SentencePieceProcessor, texts: list[str]) -> list[np.ndarr
 def prepare(cfg: ExperimentConfig, log: Callable[[str], None] = lambda _: None) -> PreparedData:
     """Corpus -> splits -> sentencepiece (cached by content hash) -> token arrays on disk."""
     t0 = time.perf_counter()
-    pairs = read_corpus(cfg.corpus)
+    pairs = read_corpus(cfg.corpus, log)
     splits = split_pairs(pairs, cfg.split, cfg.corpus.max_pairs)
     digests = {name: split_digest(splits[name]) for name in SPLITS}
     data_hash = _content_hash(cfg, digests)
