@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
+from mlflow.exceptions import MlflowException
 from rich.console import Console
 
 from mgkd.config import ExperimentConfig, apply_overrides, validate
@@ -232,10 +233,20 @@ def _drive(cfg: ExperimentConfig, specs: list[GenerationSpec], data: PreparedDat
     except KeyboardInterrupt:
         status = "KILLED"
         raise
+    except MlflowException as e:
+        # The client already retried with backoff; the open generation's training state is on disk.
+        raise MgkdError(
+            f"MLflow tracking at {recorder.uri} failed ({str(e).splitlines()[0][:300]}); the finished "
+            "generations are recorded and the open one saved its training state: once the store is back, "
+            "`mgkd resume` continues"
+        ) from None
     finally:
-        if status != "FINISHED" and run_id is not None and run_id not in run_ids:
-            recorder.end(run_id, status)
-        recorder.end(lineage_id, status)
+        try:
+            if status != "FINISHED" and run_id is not None and run_id not in run_ids:
+                recorder.end(run_id, status)
+            recorder.end(lineage_id, status)
+        except MlflowException:
+            pass  # the store is down: the runs keep their last status, resume reopens them
         runner.close()
 
     console.print(lineage_table(specs, results, f"lineage {lineage_id} ({wall / 60:.1f} min)"))
