@@ -196,3 +196,63 @@ def test_resume_of_an_unknown_lineage_is_a_clear_error(tmp_path):
     res = _mgkd("resume", str(tmp_path))
     log, _ = res.communicate(timeout=120)
     assert res.returncode == 2 and "holds no mgkd run" in log
+
+
+def _kill_when(out: Path, ready, sets: list[str]) -> dict:
+    """Start a lineage, SIGKILL it when `ready(info)` holds, return the lineage as it was left."""
+    proc = _mgkd("run", *sets, "--no-ray", "--output-dir", str(out))
+    uri = f"sqlite:///{out / 'mlflow.db'}"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"the run ended before the kill point:\n{proc.stdout.read()}")
+        try:
+            info = read_lineage(uri, None, "demo") if (out / "last_lineage.json").is_file() else None
+        except Exception:  # noqa: BLE001 - the store may be mid-write
+            info = None
+        if info and ready(info["generations"]):
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            return read_lineage(uri, None, "demo")
+        time.sleep(0.1)
+    pytest.fail("the kill point was not reached")
+
+
+KILL_POINTS = {
+    "teacher mid-training": lambda gens: len(gens) == 1 and "loss" in gens[0]["metrics"],
+    "between generations": lambda gens: len(gens) >= 1 and gens[0]["status"] == "FINISHED",
+    "generation 2 mid-training": lambda gens: len(gens) == 3 and "loss" in gens[2]["metrics"],
+}
+
+
+@pytest.fixture(scope="module")
+def reference_lineage(tmp_path_factory):
+    out = tmp_path_factory.mktemp("reference")
+    proc = _mgkd("run", *CHAOS_SETS, "--no-ray", "--output-dir", str(out))
+    log, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, log
+    return read_lineage(f"sqlite:///{out / 'mlflow.db'}", None, "demo")
+
+
+CHAOS_SETS = [x for item in [*TINY, "generations.count=2", "train.max_epochs=3", "train.checkpoint_every_steps=3"]
+              for x in ("--set", item)]  # fmt: skip
+
+
+@pytest.mark.parametrize("point", list(KILL_POINTS))
+def test_chaos_kill_anywhere_then_resume_gives_the_same_lineage(point, tmp_path, reference_lineage):
+    out = tmp_path / "run"
+    left = _kill_when(out, KILL_POINTS[point], CHAOS_SETS)
+    finished_before = {g["generation"]: g for g in left["generations"] if g["status"] == "FINISHED"}
+    res = _mgkd("resume", str(out))
+    log, _ = res.communicate(timeout=600)
+    assert res.returncode == 0, log
+    after = read_lineage(f"sqlite:///{out / 'mlflow.db'}", left["lineage_id"])
+    assert after["status"] == "FINISHED"
+    assert [g["generation"] for g in after["generations"]] == [0, 1, 2]  # no duplicates
+    for k, g in finished_before.items():  # finished generations untouched
+        assert after["generations"][k]["run_id"] == g["run_id"]
+        assert after["generations"][k]["checkpoint_sha256"] == g["checkpoint_sha256"]
+    # the same lineage as an uninterrupted run: same checkpoints (bit for bit) and scores
+    for got, ref in zip(after["generations"], reference_lineage["generations"]):
+        assert got["checkpoint_sha256"] == ref["checkpoint_sha256"], (point, got["generation"])
+        assert got["metrics"]["test_bleu"] == ref["metrics"]["test_bleu"]

@@ -237,8 +237,8 @@ def _drive(cfg: ExperimentConfig, specs: list[GenerationSpec], data: PreparedDat
         # The client already retried with backoff; the open generation's training state is on disk.
         raise MgkdError(
             f"MLflow tracking at {recorder.uri} failed ({str(e).splitlines()[0][:300]}); the finished "
-            "generations are recorded and the open one saved its training state: once the store is back, "
-            "`mgkd resume` continues"
+            "generations are recorded and the open one keeps its last saved training state: once the store is "
+            "back, `mgkd resume` continues"
         ) from None
     finally:
         try:
