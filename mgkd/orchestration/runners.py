@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +59,23 @@ def _train_in_worker(spec: GenerationSpec, data: PreparedData, out_dir: str, tea
     return train_generation(spec, data, Path(out_dir), teacher_checkpoint, teacher_sha256, queue.put)
 
 
+def _check_reachable(address: str) -> None:
+    """Fail in seconds, not minutes (ray.init waits long for an absent head), when nothing listens there."""
+    if address == "auto":
+        return
+    hostport = address.split("://", 1)[-1].rstrip("/")
+    host, _, port = hostport.rpartition(":")
+    if not host or not port.isdigit():
+        raise MgkdError(f"Ray address {address!r} must look like HOST:PORT (e.g. 10.0.0.5:6379) or ray://HOST:PORT")
+    try:
+        socket.create_connection((host, int(port)), timeout=5).close()
+    except OSError as e:
+        raise MgkdError(
+            f"cannot connect to Ray at {address!r}: {e}. Start the cluster (ray start --head) or fix "
+            "--ray-address / ray.address / RAY_ADDRESS; --no-ray runs without Ray"
+        ) from None
+
+
 class RayRunner:
     """Runs each generation as a Ray task on a local Ray or a cluster."""
 
@@ -74,6 +92,7 @@ class RayRunner:
                 "log_to_driver": True,
             }
             if address:
+                _check_reachable(address)
                 kwargs["address"] = address
             else:
                 kwargs["num_cpus"] = cfg.num_cpus
