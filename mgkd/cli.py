@@ -55,6 +55,17 @@ def _tracking_from_output(output_dir: Path) -> dict[str, Any]:
     return json.loads(marker.read_text(encoding="utf-8"))
 
 
+def _store_of(tracking_uri: str | None, lineage_id: str | None, experiment: str | None,
+              output_dir: Path) -> tuple[str, str | None]:  # fmt: skip
+    """The tracking URI and experiment a lineage command reads: given, from the environment, or the last run's."""
+    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+    if uri is None or (lineage_id is None and experiment is None):
+        last = _tracking_from_output(output_dir)
+        uri = uri or last["tracking_uri"]
+        experiment = experiment or last["experiment"]
+    return uri, experiment
+
+
 @app.command()
 def run(
     config: Annotated[Path | None, typer.Option("--config", "-c", help="YAML experiment file (see configs/).")] = None,
@@ -192,11 +203,7 @@ def lineage(
     from mgkd.lineage.tracking import read_lineage
 
     with user_errors():
-        uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
-        if uri is None or (lineage_id is None and experiment is None):
-            last = _tracking_from_output(output_dir)
-            uri = uri or last["tracking_uri"]
-            experiment = experiment or last["experiment"]
+        uri, experiment = _store_of(tracking_uri, lineage_id, experiment, output_dir)
         info = read_lineage(uri, lineage_id, experiment)
         if as_json:
             print(json.dumps(info, indent=2))
@@ -240,11 +247,7 @@ def evaluate(
     from mgkd.orchestration.evaluation import evaluate_ensemble
 
     with user_errors():
-        uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
-        if uri is None or (lineage_id is None and experiment is None):
-            last = _tracking_from_output(output_dir)
-            uri = uri or last["tracking_uri"]
-            experiment = experiment or last["experiment"]
+        uri, experiment = _store_of(tracking_uri, lineage_id, experiment, output_dir)
         try:
             members = [int(x) for x in ensemble.split(",")] if ensemble else None
         except ValueError:
