@@ -10,6 +10,7 @@ below it reads plain values.
 from __future__ import annotations
 
 import copy
+import importlib.util
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
@@ -160,6 +161,40 @@ class TrainConfig(_Strict):
     threads: PositiveInt | None = None
 
 
+class ExternalTeacherConfig(_Strict):
+    """A trained seq2seq model from elsewhere as generation 0: a local Hugging Face folder, loaded offline.
+
+    Its vocabulary is not ours, so its students learn from its translations only
+    (seq_kd, pseudo_label, next to label_smoothing on the references).
+    """
+
+    kind: Literal["hf"] = "hf"
+    # A folder written by save_pretrained: config.json, the weights and the tokenizer's files.
+    path: Path
+    # Beam size of generation 0's own test decode (None: eval.beam_size); its students' seq_kd and
+    # pseudo_label terms decode with their own beam_size.
+    num_beams: PositiveInt | None = None
+    # A cap on each output's length in the model's tokens, on top of eval.max_len_a/max_len_b (None: none).
+    max_new_tokens: PositiveInt | None = None
+    # Put before every source sentence: T5 needs its task, e.g. "translate English to French: ".
+    source_prefix: str = ""
+
+    @field_validator("path")
+    @classmethod
+    def _folder_holds_a_seq2seq_model(cls, v: Path) -> Path:
+        # Imported here: mgkd.models imports this module.
+        from mgkd.models.external import INSTALL_HINT, check_hf_folder
+
+        folder = Path(v).expanduser().resolve()  # absolute: Ray workers may start elsewhere
+        try:
+            check_hf_folder(folder)
+        except MgkdError as e:
+            raise ValueError(str(e)) from None
+        if importlib.util.find_spec("transformers") is None:
+            raise ValueError(f"an external teacher is loaded with transformers, which is not installed: {INSTALL_HINT}")
+        return folder
+
+
 class GenerationOverride(_Strict):
     """What one generation (or every student) changes from the shared defaults.
 
@@ -181,6 +216,8 @@ class GenerationOverride(_Strict):
     # Who teaches: by default the previous generation; a list of earlier generations makes their
     # ensemble (average log-probabilities, BAN-E) the teacher. init teacher/cut copy the newest of them.
     teacher_generations: list[int] | None = None
+    # generations.teacher only: generation 0 is this trained model, loaded and evaluated, not trained.
+    external: ExternalTeacherConfig | None = None
 
 
 def _default_teacher() -> GenerationOverride:
@@ -234,6 +271,16 @@ class GenerationsConfig(_Strict):
             raise ValueError(
                 f"generations.per_generation has keys {bad} outside 1..{self.count} "
                 "(generation 0 is configured under generations.teacher)"
+            )
+        students = {"generations.student": self.student}
+        students.update({f"generations.per_generation.{k}": v for k, v in self.per_generation.items()})
+        for where, ov in students.items():
+            if ov.external is not None:
+                raise ValueError(f"{where}.external: only generation 0 can be an external model (generations.teacher)")
+        if self.teacher.external is not None and self.teacher.model:
+            raise ValueError(
+                "generations.teacher.model describes a model mgkd trains, but generations.teacher.external makes "
+                "generation 0 the folder's model: drop generations.teacher.model"
             )
         return self
 
@@ -361,6 +408,14 @@ def load_raw(config: Path | None = None, preset: str | None = None) -> dict[str,
             for key in ("path", "source_path", "target_path"):
                 if isinstance(corpus.get(key), str) and not Path(corpus[key]).is_absolute():
                     corpus[key] = str((path.parent / corpus[key]).resolve())
+        # ...and so is an external teacher's folder.
+        external: Any = raw
+        for key in ("generations", "teacher", "external"):
+            external = external.get(key) if isinstance(external, dict) else None
+        if isinstance(external, dict) and isinstance(external.get("path"), str):
+            folder = Path(external["path"]).expanduser()
+            if not folder.is_absolute():
+                external["path"] = str((path.parent / folder).resolve())
         return raw
     name = preset or "demo"
     if name not in preset_names():

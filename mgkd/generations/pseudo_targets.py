@@ -66,9 +66,13 @@ class TeacherOutputs:
     rejected: str | None = None
 
 
-def store_key(examples: Sequence[tuple[str, str]], settings: DecodeSettings) -> str:
-    """sha256 of the decode settings and every (id, source text), in order."""
+def store_key(
+    examples: Sequence[tuple[str, str]], settings: DecodeSettings, teacher_options: dict[str, Any] | None = None
+) -> str:
+    """sha256 of the decode settings, the teacher's own decode options (if any) and every (id, source text)."""
     h = hashlib.sha256(json.dumps(asdict(settings), sort_keys=True).encode())
+    if teacher_options is not None:  # an external teacher's source prefix, output cap
+        h.update(json.dumps(teacher_options, sort_keys=True).encode())
     for example_id, source in examples:
         h.update(f"\0{example_id}\t{source}".encode())
     return h.hexdigest()
@@ -126,10 +130,13 @@ def teacher_outputs(
     """The teacher's n-best outputs for `examples` (id, source text): from the store, or decoded and stored.
 
     Args:
-        teacher: the frozen teacher (left in the mode it came in).
+        teacher: the frozen teacher (left in the mode it came in). A teacher with `translate_texts` (an
+            external model, `mgkd.models.external.HFTeacher`) translates the texts itself, with its own
+            tokenizer; any other is an mgkd model decoded on token ids.
         teacher_sha256: its checkpoint's sha256, the first part of the cache key; "" hashes the parameters.
         examples: (example id, source text) pairs; ids must be distinct.
-        teacher_tokenizer: the teacher's sentencepiece model (tokenizes sources, detokenizes outputs).
+        teacher_tokenizer: the teacher's sentencepiece model (tokenizes sources, detokenizes outputs); unused
+            by a teacher with `translate_texts`.
         settings: beam size, n-best and length limits.
         cache_dir: the folder of stored outputs (created if missing).
         device: where the teacher decodes.
@@ -146,7 +153,8 @@ def teacher_outputs(
     if len(set(ids)) != len(ids):
         raise ValueError("teacher_outputs needs distinct example ids")
     teacher_sha256 = teacher_sha256 or parameter_hash(teacher)
-    key = store_key(examples, settings)
+    options = getattr(teacher, "options", None) if hasattr(teacher, "translate_texts") else None
+    key = store_key(examples, settings, options)
     # Absolute: the path goes back to the driver, which logs the file to MLflow.
     cache_dir = Path(cache_dir).resolve()
     cache_dir.mkdir(parents=True, exist_ok=True)
@@ -171,11 +179,17 @@ def teacher_outputs(
         done[0] += k
         events({"type": "decode", "split": split, "done": done[0], "total": total})
 
-    sources = [np.asarray(t, dtype=np.int32) for t in teacher_tokenizer.encode([s for _, s in examples])]
-    decoded = translate_n_best(
-        teacher, sources, teacher_tokenizer.decode, settings.max_len_a, settings.max_len_b, batch_size,
-        settings.beam_size, settings.n_best, settings.length_penalty, device, on_batch,
-    )  # fmt: skip
+    if hasattr(teacher, "translate_texts"):  # another vocabulary: text in, text out
+        decoded = teacher.translate_texts(
+            [s for _, s in examples], settings.beam_size, settings.n_best, settings.max_len_a, settings.max_len_b,
+            settings.length_penalty, batch_size, on_batch,
+        )  # fmt: skip
+    else:
+        sources = [np.asarray(t, dtype=np.int32) for t in teacher_tokenizer.encode([s for _, s in examples])]
+        decoded = translate_n_best(
+            teacher, sources, teacher_tokenizer.decode, settings.max_len_a, settings.max_len_b, batch_size,
+            settings.beam_size, settings.n_best, settings.length_penalty, device, on_batch,
+        )  # fmt: skip
     rows = ["\t".join(HEADER)]
     hyps: dict[str, list[tuple[float, str]]] = {}
     for (example_id, source), nbest in zip(examples, decoded):
@@ -190,6 +204,7 @@ def teacher_outputs(
         **expected,
         "sha256": hashlib.sha256(data).hexdigest(),
         "settings": asdict(settings),
+        **({"teacher_options": options} if options is not None else {}),
         "examples": total,
         "rows": len(rows) - 1,
         "decode_s": time.perf_counter() - t0,

@@ -9,6 +9,7 @@ from typing import Any
 from mgkd.config import (
     EvalConfig,
     ExperimentConfig,
+    ExternalTeacherConfig,
     GenerationOverride,
     LossTerm,
     ModelConfig,
@@ -37,6 +38,10 @@ class GenerationSpec:
     cut_layers: dict[str, list[int]] | None = None
     # The generations that teach this one: [index - 1] unless an ensemble is configured.
     teacher_generations: list[int] | None = None
+    # Generation 0 only: it is this external model (loaded and evaluated, not trained).
+    external: ExternalTeacherConfig | None = None
+    # A student of the external generation 0: how to load and run its teacher.
+    teacher_external: ExternalTeacherConfig | None = None
 
     @property
     def has_teacher(self) -> bool:
@@ -44,6 +49,12 @@ class GenerationSpec:
 
     def as_params(self) -> dict[str, Any]:
         """Flat key -> value view for MLflow params."""
+        if self.external is not None:  # no model, budget or losses of ours: the folder and how it decodes
+            from mgkd.models.external import model_params
+
+            ext = {f"external.{k}": v for k, v in self.external.model_dump(mode="json").items()}
+            return {"generation": self.index, "seed": self.seed, **model_params(self.external.path), **ext,
+                    **{f"eval.{k}": v for k, v in self.eval.model_dump().items()}}  # fmt: skip
         flat: dict[str, Any] = {
             "generation": self.index,
             "init": self.init,
@@ -71,6 +82,12 @@ class GenerationSpec:
             self.eval.model_dump(),
         )
         d["losses"] = [t.model_dump() for t in self.losses]
+        for key in ("external", "teacher_external"):  # only where set: other specs read as before
+            value = getattr(self, key)
+            if value is None:
+                del d[key]
+            else:
+                d[key] = value.model_dump(mode="json")
         return d
 
 
@@ -117,7 +134,7 @@ def build_schedule(cfg: ExperimentConfig) -> list[GenerationSpec]:
     Explicit per-generation lists are `generations.per_generation` (any key of a generation).
     """
     g = cfg.generations
-    teacher = _apply(cfg, None, g.teacher, 0)
+    teacher = replace(_apply(cfg, None, g.teacher, 0), external=g.teacher.external)
     student_defaults = _apply(cfg, None, g.student, 1)
     specs = [teacher]
     for k in range(1, g.count + 1):
@@ -139,6 +156,10 @@ def build_schedule(cfg: ExperimentConfig) -> list[GenerationSpec]:
             raise MgkdError(
                 f"generation {spec.index}: teacher_generations {bad} must be earlier generations (0..{spec.index - 1})"
             )
+        if g.teacher.external is not None and 0 in tg:
+            spec = specs[i] = replace(spec, teacher_external=_check_external_student(spec, g.teacher.external))
+        if spec.external is not None:
+            continue  # generation 0 is the folder's model: nothing of ours to check
         # The newest teacher is the one init teacher/cut copies from.
         specs[i] = _check(spec, specs[max(tg)] if tg else None)
         if len(tg) > 1:
@@ -149,6 +170,34 @@ def build_schedule(cfg: ExperimentConfig) -> list[GenerationSpec]:
                     "internal-representation losses need a single teacher"
                 )
     return specs
+
+
+def _check_external_student(spec: GenerationSpec, external: ExternalTeacherConfig) -> ExternalTeacherConfig:
+    """A student of the external generation 0 learns from its text only: refuse, all at once, what needs more."""
+    where = f"generation {spec.index}"
+    try:
+        criterion = Criterion(spec.losses)
+    except MgkdError as e:
+        raise MgkdError(f"{where}: {e}") from None
+    problems = []
+    tg = spec.teacher_generations or []
+    if len(tg) > 1:
+        problems.append(f"an ensemble (teacher_generations {tg}) averages log-probabilities: leave generation 0 out")
+    if spec.init != "scratch":
+        problems.append(
+            f"init {spec.init!r} copies the teacher's tensors: set init: scratch "
+            f"(generations.per_generation.{spec.index}.init=scratch)"
+        )
+    for name, _, plugin in criterion.terms:
+        if plugin.teacher_needs.any:
+            what = ", ".join(n for n in plugin.teacher_needs.names() if n != "pseudo_targets")
+            problems.append(f"loss {name!r} needs the teacher's {what}: use seq_kd, pseudo_label, label_smoothing")
+    if problems:
+        raise MgkdError(
+            f"{where}: the teacher is the external model {external.path}, whose vocabulary is not the student's, "
+            "so it teaches through its translations only: " + "; ".join(problems)
+        )
+    return external
 
 
 def _check(spec: GenerationSpec, teacher: GenerationSpec | None) -> GenerationSpec:

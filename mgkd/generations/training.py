@@ -22,6 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from mgkd.config import ExternalTeacherConfig
 from mgkd.errors import MgkdError
 from mgkd.generations.checkpoint import load_checkpoint, parameter_hash, save_checkpoint
 from mgkd.generations.spec import GenerationSpec
@@ -39,6 +40,7 @@ from mgkd.models import build_model, count_parameters
 from mgkd.models.cutting import cut_layers
 from mgkd.models.decoding import translate
 from mgkd.models.ensemble import EnsembleSeq2Seq
+from mgkd.models.external import HFTeacher
 from mgkd.tasks.translation import PAD, Batch, PreparedData, batch_indices, collate, iterate_batches, score_translations
 
 Events = Callable[[dict[str, Any]], None]
@@ -57,6 +59,8 @@ class GenerationResult:
     samples: list[dict[str, str]] = field(default_factory=list)
     # Files to record with the generation (e.g. the teacher's pseudo-target corpus).
     artifacts: list[str] = field(default_factory=list)
+    # An external generation 0: `checkpoint` is its folder, recorded as this manifest (files, sizes, sha256).
+    manifest: str | None = None
 
 
 def resolve_device(name: str) -> torch.device:
@@ -140,14 +144,21 @@ def build_student(spec: GenerationSpec, vocab_size: int, teacher: torch.nn.Modul
 
 
 def load_teacher(
-    checkpoint: str | list[str], sha256: str | list[str] | None
+    checkpoint: str | list[str], sha256: str | list[str] | None, external: ExternalTeacherConfig | None = None
 ) -> tuple[torch.nn.Module, torch.nn.Module, str]:
     """The frozen teacher, the model init 'teacher'/'cut' copies from, and the teacher's checksum.
 
     A list of checkpoints is an ensemble (BAN-E): it teaches with its averaged
     log-probabilities; students copy from its last (newest) member; its checksum
-    is the sha256 of the members' checksums joined by commas.
+    is the sha256 of the members' checksums joined by commas. A folder is an
+    external generation 0 (`HFTeacher`, decoding as `external` says); its
+    checksum is the folder's.
     """
+    if isinstance(checkpoint, str) and Path(checkpoint).is_dir():
+        ext = external or ExternalTeacherConfig(path=Path(checkpoint))
+        hf = HFTeacher.load(checkpoint, sha256 if isinstance(sha256, str) else None, ext.source_prefix,
+                            ext.max_new_tokens)  # fmt: skip
+        return hf, hf, hf.sha256
     paths = [checkpoint] if isinstance(checkpoint, str) else list(checkpoint)
     if sha256 is None:
         shas: list[str | None] = [None] * len(paths)
@@ -180,6 +191,10 @@ def train_generation(
     out_dir.mkdir(parents=True, exist_ok=True)
     if spec.train.threads:
         torch.set_num_threads(spec.train.threads)
+    if spec.external is not None:  # a trained model from elsewhere: loaded and evaluated, not trained
+        from mgkd.generations.external import evaluate_external  # it imports this module
+
+        return evaluate_external(spec, data, out_dir, events)
     device = resolve_device(spec.train.device)
     seed_everything(spec.seed)
     criterion = Criterion(spec.losses)
@@ -190,7 +205,7 @@ def train_generation(
     if spec.has_teacher:
         if teacher_checkpoint is None:
             raise ValueError(f"generation {spec.index} needs its teacher's checkpoint")
-        teacher, init_source, teacher_digest = load_teacher(teacher_checkpoint, teacher_sha256)
+        teacher, init_source, teacher_digest = load_teacher(teacher_checkpoint, teacher_sha256, spec.teacher_external)
         teacher.to(device)
         teacher_hash = parameter_hash(teacher)
 

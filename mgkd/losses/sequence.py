@@ -110,8 +110,8 @@ class SequenceKD(LossPlugin):
         examples = [(train.ids[i], train.sources[i]) for i in rows]
         settings = DecodeSettings(self.beam_size, self.n_best, ctx.eval.max_len_a, ctx.eval.max_len_b,
                                   ctx.eval.length_penalty)  # fmt: skip
-        # One tokenizer per lineage today: the teacher's is the data's. The store keeps text, so a
-        # student with another vocabulary re-tokenizes below with its own.
+        # An mgkd teacher's tokenizer is the data's; an external teacher brings its own and ignores it.
+        # The store keeps text, so the student re-tokenizes it below with its own.
         out = teacher_outputs(
             ctx.teacher, ctx.teacher_sha256, examples, ctx.data.tokenizer, settings, ctx.cache_dir,
             device=ctx.device, batch_size=ctx.eval.decode_batch_size, events=ctx.events, label="seq_kd",

@@ -33,6 +33,7 @@ from mgkd.lineage.tracking import (
     lineage_plot,
     read_lineage,
 )
+from mgkd.models.external import folder_sha256
 from mgkd.orchestration.display import GenerationProgress, lineage_table
 from mgkd.orchestration.runners import LocalRunner, RayRunner
 from mgkd.tasks.translation import PreparedData, prepare
@@ -60,8 +61,11 @@ def _record_generation(recorder: LineageRecorder, run_id: str, model_name: str, 
     """Everything a finished generation leaves in its run, then the run's end."""
     recorder.log_metrics(run_id, result.metrics, int(result.metrics["steps"]))
     recorder.set_tags(run_id, {TAG_CHECKPOINT_SHA: result.checkpoint_sha256})
-    recorder.log_artifact(run_id, result.checkpoint, "checkpoint")
-    recorder.log_artifact(run_id, tokenizer, "tokenizer")
+    if result.manifest:  # an external model: the list of its folder's files, not a copy of them
+        recorder.log_artifact(run_id, result.manifest, "checkpoint")
+    else:
+        recorder.log_artifact(run_id, result.checkpoint, "checkpoint")
+        recorder.log_artifact(run_id, tokenizer, "tokenizer")
     if result.translations:
         recorder.log_artifact(run_id, result.translations)
     for path in result.artifacts:  # teacher-made data: pseudo-target corpora, cache manifests
@@ -150,7 +154,18 @@ def resume_lineage(target: str, tracking_uri: str | None = None, console: Consol
     open_runs: dict[int, str] = {}
     for g in info["generations"]:
         k = g["generation"]
-        if g["status"] == "FINISHED" and g["checkpoint_sha256"]:
+        external = specs[k].external if k < len(specs) else None
+        if g["status"] == "FINISHED" and g["checkpoint_sha256"] and external is not None:
+            # An external generation 0 is its folder: reused as it was, or refused if it changed.
+            if folder_sha256(external.path) != g["checkpoint_sha256"]:
+                raise MgkdError(
+                    f"the external teacher {external.path} changed since lineage {lineage_id} evaluated it (sha256 "
+                    f"{g['checkpoint_sha256'][:12]}… then); restore its files or start a new lineage"
+                )
+            result = GenerationResult(k, str(external.path), g["checkpoint_sha256"],
+                                      int(g["metrics"].get("parameters", 0)), dict(g["metrics"]))  # fmt: skip
+            done[k] = (g["run_id"], result)
+        elif g["status"] == "FINISHED" and g["checkpoint_sha256"]:
             ckpt = lineage_dir / f"gen-{k}" / "checkpoint.pt"
             if not ckpt.is_file() or sha256_file(ckpt) != g["checkpoint_sha256"]:
                 ckpt.parent.mkdir(parents=True, exist_ok=True)

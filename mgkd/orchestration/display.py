@@ -68,6 +68,8 @@ def lineage_table(specs: list[GenerationSpec], results: list[GenerationResult], 
     for spec, r in zip(specs, results):
         m = spec.model
         arch = f"{m.arch} d{m.d_model} {m.encoder_layers}+{m.decoder_layers}"
+        if spec.external is not None:
+            arch = f"external {spec.external.kind}: {spec.external.path.name}"
         tg = spec.teacher_generations or []
         who = f"gen {tg[0]}" if len(tg) == 1 else "ensemble of gens " + ",".join(map(str, tg))
         teacher = "-" if spec.index == 0 else f"{who} ({spec.init} init)"

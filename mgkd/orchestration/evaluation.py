@@ -67,6 +67,11 @@ def evaluate_ensemble(
         members = []
         for k in chosen:
             g = by_index[k]
+            if "external.path" in g["params"]:
+                raise MgkdError(
+                    f"generation {k} is the external model {g['params']['external.path']}: its vocabulary is not "
+                    "the lineage's, so it cannot join an ensemble of log-probabilities; choose mgkd generations"
+                )
             path = client.download_artifacts(g["run_id"], "checkpoint/checkpoint.pt", f"{tmp}/gen-{k}")
             model, _ = load_checkpoint(Path(path), g["checkpoint_sha256"])
             members.append(model)

@@ -1,0 +1,81 @@
+"""Generation 0 from elsewhere: load an external model, evaluate it, and hand it on as the first teacher.
+
+Nothing is trained. The model is loaded from its folder (offline), decodes the
+test split, and is scored like any generation (sacrebleu BLEU/chrF on its
+detokenized outputs, decode speed, parameters). Its result names the folder as
+the checkpoint and the folder's checksum as the checkpoint sha256, so the
+lineage records it, and its students find it, like any generation; a manifest
+of the folder's files stands in for the checkpoint artifact (the model is not
+copied into MLflow).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from mgkd.generations.checkpoint import write_atomic
+from mgkd.generations.spec import GenerationSpec
+from mgkd.generations.training import Events, GenerationResult, resolve_device
+from mgkd.models import count_parameters
+from mgkd.models.external import HFTeacher, folder_manifest
+from mgkd.tasks.translation import PreparedData, score_translations
+
+
+def evaluate_external(spec: GenerationSpec, data: PreparedData, out_dir: Path,
+                      events: Events = lambda _: None) -> GenerationResult:  # fmt: skip
+    """Generation 0's record for the external model `spec.external`: test metrics, folder checksum, manifest."""
+    ext = spec.external
+    if ext is None:
+        raise ValueError(f"generation {spec.index} is not external")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    manifest = folder_manifest(ext.path)
+    teacher = HFTeacher.load(ext.path, manifest["sha256"], ext.source_prefix, ext.max_new_tokens)
+    teacher.to(resolve_device(spec.train.device))
+    load_s = time.perf_counter() - t0
+
+    test = data.splits["test"]
+    done = [0]
+
+    def on_batch(k: int) -> None:
+        done[0] += k
+        events({"type": "decode", "split": "test", "done": done[0], "total": len(test)})
+
+    t0 = time.perf_counter()
+    nbest = teacher.translate_texts(
+        test.sources, ext.num_beams or spec.eval.beam_size, 1, spec.eval.max_len_a, spec.eval.max_len_b,
+        spec.eval.length_penalty, spec.eval.decode_batch_size, on_batch,
+    )  # fmt: skip
+    decode_s = time.perf_counter() - t0
+    hyps = [h[0][1] if h else "" for h in nbest]
+    scores = score_translations(hyps, test.targets)
+
+    translations = out_dir / "test_translations.tsv"
+    rows = ["id\tsource\treference\thypothesis"] + [
+        "\t".join(x.replace("\t", " ") for x in row) for row in zip(test.ids, test.sources, test.targets, hyps)
+    ]
+    translations.write_text("\n".join(rows) + "\n", encoding="utf-8")
+    manifest_file = out_dir / "manifest.json"
+    write_atomic(manifest_file, json.dumps(manifest, indent=1).encode("utf-8"))
+
+    n_params = count_parameters(teacher)
+    metrics = {
+        "test_bleu": scores["bleu"],
+        "test_chrf": scores["chrf"],
+        "decode_sentences_per_s": len(hyps) / max(decode_s, 1e-9),
+        "parameters": float(n_params),
+        "load_time_s": load_s,
+        # Nothing trained: the lineage table and plot read these like any generation's.
+        "steps": 0.0,
+        "epochs": 0.0,
+        "train_time_s": 0.0,
+    }
+    samples = [
+        {"source": s, "reference": r, "hypothesis": h}
+        for s, r, h in zip(test.sources[:50], test.targets[:50], hyps[:50])
+    ]
+    return GenerationResult(spec.index, str(ext.path), manifest["sha256"], n_params, metrics,
+                            translations=str(translations), samples=samples, manifest=str(manifest_file))  # fmt: skip

@@ -1,0 +1,358 @@
+"""An external generation 0: a Hugging Face seq2seq folder (here a tiny random Marian) teaching through its text."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import sentencepiece as spm
+import torch
+from rich.console import Console
+
+pytest.importorskip("transformers")
+
+from mgkd.config import build_config  # noqa: E402
+from mgkd.errors import MgkdError  # noqa: E402
+from mgkd.generations import build_schedule  # noqa: E402
+from mgkd.generations.pseudo_targets import DecodeSettings, teacher_outputs  # noqa: E402
+from mgkd.generations.training import load_teacher  # noqa: E402
+from mgkd.lineage.tracking import _client, read_lineage  # noqa: E402
+from mgkd.models import count_parameters  # noqa: E402
+from mgkd.models.external import HFTeacher, folder_manifest, folder_sha256  # noqa: E402
+from mgkd.orchestration.controller import resume_lineage, run_lineage  # noqa: E402
+
+from .conftest import tiny_config  # noqa: E402
+
+# transformers' Marian tokenizer asks for sacremoses, which it does not need for this.
+pytestmark = pytest.mark.filterwarnings("ignore:Recommended. pip install sacremoses")
+
+STUDENT_SEQ_KD = (
+    "generations.student.losses=[{name: seq_kd, weight: 0.5, params: {beam_size: 2, max_sentences: 200}},"
+    " {name: label_smoothing, weight: 0.5}]"
+)
+# The demo preset's students start from a copy of their teacher; a student of an external one starts from scratch.
+STUDENT = ["generations.student.init=scratch", STUDENT_SEQ_KD]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One torch thread, as the tiny generations use: on 2 shared cores more threads only contend."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _train_spm(texts: list[str], vocab_size: int) -> bytes:
+    buf = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(texts), model_writer=buf, vocab_size=vocab_size, model_type="unigram",
+        character_coverage=1.0, num_threads=1, minloglevel=2,
+    )  # fmt: skip
+    return buf.getvalue()
+
+
+def make_tiny_marian(folder: Path, sources: list[str], targets: list[str], seed: int = 0) -> Path:
+    """A randomly initialised 1+1 layer d16 Marian model and its tokenizer, saved as save_pretrained does."""
+    from transformers import MarianConfig, MarianMTModel, MarianTokenizer
+
+    folder.mkdir(parents=True, exist_ok=True)
+    work = folder.parent / f".{folder.name}-spm"
+    work.mkdir(exist_ok=True)
+    # Marian's layout: </s> 0, <unk> 1, the pieces of both sentencepiece models, <pad> last (also the decoder start).
+    vocab = {"</s>": 0, "<unk>": 1}
+    for side, texts in (("source", sources), ("target", targets)):
+        proto = _train_spm(texts, 120)
+        (work / f"{side}.spm").write_bytes(proto)
+        sp = spm.SentencePieceProcessor(model_proto=proto)
+        for i in range(sp.get_piece_size()):
+            if not (sp.is_control(i) or sp.is_unknown(i)):
+                vocab.setdefault(sp.id_to_piece(i), len(vocab))
+    vocab["<pad>"] = len(vocab)
+    (work / "vocab.json").write_text(json.dumps(vocab), encoding="utf-8")
+    tokenizer = MarianTokenizer(
+        source_spm=str(work / "source.spm"), target_spm=str(work / "target.spm"), vocab=str(work / "vocab.json")
+    )
+    config = MarianConfig(
+        vocab_size=len(vocab), d_model=16, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2,
+        decoder_attention_heads=2, encoder_ffn_dim=32, decoder_ffn_dim=32, max_position_embeddings=128,
+        pad_token_id=vocab["<pad>"], decoder_start_token_id=vocab["<pad>"], eos_token_id=0, forced_eos_token_id=0,
+    )  # fmt: skip
+    torch.manual_seed(seed)
+    MarianMTModel(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    shutil.rmtree(work)
+    return folder
+
+
+def make_tiny_t5(folder: Path, texts: list[str], seed: int = 0) -> Path:
+    """A randomly initialised 1+1 layer d16 T5 model and its tokenizer (one sentencepiece vocabulary)."""
+    from transformers import T5Config, T5ForConditionalGeneration, T5Tokenizer
+
+    sp = spm.SentencePieceProcessor(model_proto=_train_spm(texts, 150))
+    # T5's layout: <pad> 0 (also the decoder start), </s> 1, <unk> 2, then the pieces with their scores.
+    vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)] + [
+        (sp.id_to_piece(i), sp.get_score(i))
+        for i in range(sp.get_piece_size())
+        if not (sp.is_control(i) or sp.is_unknown(i))
+    ]
+    tokenizer = T5Tokenizer(vocab=vocab, extra_ids=0)
+    config = T5Config(
+        vocab_size=len(tokenizer), d_model=16, d_kv=8, d_ff=32, num_layers=1, num_decoder_layers=1, num_heads=2,
+        decoder_start_token_id=0, pad_token_id=0, eos_token_id=1,
+    )  # fmt: skip
+    torch.manual_seed(seed)
+    T5ForConditionalGeneration(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def marian(tmp_path_factory, tiny_data) -> Path:
+    train = tiny_data.splits["train"]
+    return make_tiny_marian(tmp_path_factory.mktemp("marian") / "opus-mt-tiny", train.sources[:300],
+                            train.targets[:300])  # fmt: skip
+
+
+def _external(folder: Path, extra: str = "") -> str:
+    return f"generations.teacher.external={{path: '{folder}', kind: hf{extra}}}"
+
+
+# --- the model ---------------------------------------------------------------------------------------
+
+
+def test_hf_teacher_translates_text_in_batches(marian, tiny_data):
+    teacher = HFTeacher.load(marian, folder_sha256(marian))
+    assert not teacher.training and not any(p.requires_grad for p in teacher.parameters())
+    assert not teacher.train().training  # frozen: it stays in eval mode
+    assert teacher.sha256 == folder_sha256(marian)
+    texts = tiny_data.splits["test"].sources[:10]
+    batched = teacher.translate_texts(texts, beam_size=3, n_best=3, max_len_a=0.5, max_len_b=3, batch_size=4)
+    single = [teacher.translate_texts([t], beam_size=3, n_best=3, max_len_a=0.5, max_len_b=3)[0] for t in texts]
+    assert [[h for _, h in x] for x in batched] == [[h for _, h in x] for x in single]
+    for nbest in batched:
+        assert 1 <= len(nbest) <= 3 and all(isinstance(h, str) for _, h in nbest)
+        assert [s for s, _ in nbest] == sorted((s for s, _ in nbest), reverse=True)  # best first
+        assert len({h for _, h in nbest}) == len(nbest)  # distinct texts
+    greedy = teacher.translate_texts(texts, max_len_a=0.0, max_len_b=4)
+    assert all(len(x) == 1 and x[0][0] <= 0 for x in greedy)
+    # the output limit is counted in the teacher's tokens, EOS included, and capped by max_new_tokens
+    ids = teacher.tokenizer(texts[0])["input_ids"]
+    assert teacher._limit(len(ids), 1.5, 10) == -(-3 * len(ids) // 2) + 10
+    capped = HFTeacher.load(marian, max_new_tokens=2)
+    assert capped._limit(len(ids), 1.5, 10) == 2 and capped.options["max_new_tokens"] == 2
+    with pytest.raises(MgkdError, match="another vocabulary"):
+        teacher(torch.zeros(1, 2, dtype=torch.long), torch.zeros(1, 2, dtype=torch.long))
+
+
+def test_a_t5_folder_with_its_task_prefix(tmp_path, tiny_data):
+    train = tiny_data.splits["train"]
+    folder = make_tiny_t5(tmp_path / "t5-tiny", train.sources[:200] + train.targets[:200])
+    prefix = "translate English to French: "
+    cfg = tiny_config(tmp_path, _external(folder, f", source_prefix: '{prefix}'"), "generations.count=1", *STUDENT)
+    specs = build_schedule(cfg)
+    params = specs[0].as_params()
+    assert params["model.arch"] == "hf:t5" and params["external.source_prefix"] == prefix
+    assert (params["model.d_model"], params["model.encoder_layers"], params["model.decoder_layers"]) == (16, 1, 1)
+    # generation 1 loads its teacher as the config says: with the prefix
+    teacher, _, digest = load_teacher(str(folder), folder_sha256(folder), specs[1].teacher_external)
+    assert isinstance(teacher, HFTeacher) and teacher.source_prefix == prefix and digest == folder_sha256(folder)
+    texts = train.sources[:4]
+    prefixed = teacher.translate_texts(texts, 2, 2, 0.0, 4)
+    plain = HFTeacher.load(folder).translate_texts(texts, 2, 2, 0.0, 4)
+    assert all(1 <= len(x) <= 2 for x in prefixed)
+    assert [x[0][0] for x in prefixed] != [x[0][0] for x in plain]  # the prefix reached the model
+
+
+def test_folder_checksum_follows_the_files(marian, tmp_path, tiny_data):
+    copy = shutil.copytree(marian, tmp_path / "copy")
+    manifest = folder_manifest(copy)
+    assert manifest["sha256"] == folder_sha256(marian)  # the files decide, not where they are
+    assert {f["path"] for f in manifest["files"]} >= {"config.json", "model.safetensors", "vocab.json"}
+    by_path = {f["path"]: f for f in manifest["files"]}
+    assert by_path["config.json"]["size"] == (copy / "config.json").stat().st_size
+    (copy / ".cache").mkdir()
+    (copy / ".cache" / "download.lock").write_text("x")  # a download tool's metadata is not the model
+    assert folder_sha256(copy) == manifest["sha256"]
+
+    teacher = HFTeacher.load(copy)
+    examples = list(zip(tiny_data.splits["train"].ids[:8], tiny_data.splits["train"].sources[:8]))
+    settings = DecodeSettings(max_len_a=0.0, max_len_b=3)
+    first = teacher_outputs(teacher, manifest["sha256"], examples, tiny_data.tokenizer, settings, tmp_path / "store")
+    config = json.loads((copy / "config.json").read_text())
+    config["dropout"] = 0.2  # one value in one file
+    (copy / "config.json").write_text(json.dumps(config))
+    changed = folder_sha256(copy)
+    assert changed != manifest["sha256"]
+    with pytest.raises(MgkdError, match="changed since generation 0"):
+        HFTeacher.load(copy, manifest["sha256"])
+    # the pseudo-target store is keyed by that checksum: the changed model decodes anew
+    again = teacher_outputs(HFTeacher.load(copy, changed), changed, examples, tiny_data.tokenizer, settings,
+                            tmp_path / "store")  # fmt: skip
+    assert not again.cached and again.path != first.path
+    (copy / "extra.txt").write_text("")  # an added file counts too
+    assert folder_sha256(copy) != changed
+
+
+def test_the_store_keys_the_teachers_options(marian, tmp_path, tiny_data):
+    examples = list(zip(tiny_data.splits["train"].ids[:6], tiny_data.splits["train"].sources[:6]))
+    settings = DecodeSettings(max_len_a=0.0, max_len_b=3)
+    sha = folder_sha256(marian)
+    plain = teacher_outputs(HFTeacher.load(marian), sha, examples, None, settings, tmp_path)
+    assert teacher_outputs(HFTeacher.load(marian), sha, examples, None, settings, tmp_path).cached
+    prefixed = teacher_outputs(HFTeacher.load(marian, source_prefix="translate: "), sha, examples, None, settings,
+                               tmp_path)  # fmt: skip
+    assert not prefixed.cached and prefixed.path != plain.path
+    assert json.loads(prefixed.manifest.read_text())["teacher_options"]["source_prefix"] == "translate: "
+
+
+# --- config-time errors ----------------------------------------------------------------------------
+
+
+def test_folders_that_are_not_seq2seq_models_are_refused(marian, tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    bert = tmp_path / "bert"
+    bert.mkdir()
+    (bert / "config.json").write_text(json.dumps({"model_type": "bert", "architectures": ["BertModel"]}))
+    no_tokenizer = tmp_path / "no-tokenizer"
+    no_tokenizer.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        shutil.copy(marian / name, no_tokenizer / name)
+    cases = [
+        (tmp_path / "missing", "no such folder"),
+        (empty, "no config.json"),
+        (bert, "not a seq2seq model: model_type 'bert'"),
+        (no_tokenizer, "no tokenizer"),
+    ]
+    for folder, what in cases:
+        with pytest.raises(MgkdError, match="generations.teacher.external") as err:
+            tiny_config(tmp_path, _external(folder))
+        assert str(folder) in str(err.value) and what in str(err.value)
+    with pytest.raises(MgkdError, match="kind"):
+        tiny_config(tmp_path, f"generations.teacher.external={{path: '{marian}', kind: onnx}}")
+
+
+@pytest.mark.parametrize(
+    "overrides,match",
+    [
+        # the demo's student starts from a copy of its teacher and learns its logits (soft_label): both refused
+        (
+            [],
+            "generation 1: the teacher is the external model .*: init 'teacher' .* set init: scratch .*; "
+            "loss 'soft_label' needs the teacher's logits",
+        ),
+        ([*STUDENT, "generations.student.losses=[{name: internal}]"], "loss 'internal' needs the teacher's hidden"),
+        ([STUDENT_SEQ_KD], "generation 1: .*init 'teacher'"),
+        ([*STUDENT, "generations.per_generation.1.init=cut"], "generation 1: .*init 'cut'"),
+        ([*STUDENT, "generations.per_generation.2.teacher_generations=[0, 1]"], "generation 2: .*an ensemble"),
+        (["generations.teacher.model={d_model: 64}"], "drop generations.teacher.model"),
+    ],
+)
+def test_students_of_an_external_teacher_are_checked(marian, tmp_path, overrides, match):
+    with pytest.raises(MgkdError, match=match):
+        build_schedule(tiny_config(tmp_path, _external(marian), "generations.count=2", *overrides))
+    with pytest.raises(MgkdError, match="only generation 0 can be an external model"):
+        tiny_config(tmp_path, f"generations.per_generation.1.external={{path: '{marian}'}}")
+
+
+def test_a_config_file_may_name_the_folder_relative_to_itself(marian, tmp_path):
+    shutil.copytree(marian, tmp_path / "models" / "tiny")
+    config = tmp_path / "exp.yaml"
+    config.write_text("generations:\n  teacher:\n    external:\n      path: models/tiny\n      num_beams: 2\n")
+    cfg = build_config(config, overrides=STUDENT)
+    ext = cfg.generations.teacher.external
+    assert ext.path == (tmp_path / "models" / "tiny").resolve() and ext.num_beams == 2 and ext.kind == "hf"
+    specs = build_schedule(cfg)
+    assert specs[0].external == ext and specs[1].teacher_external == ext and specs[2].teacher_external is None
+    params = specs[0].as_params()
+    assert params["model.arch"] == "hf:marian" and params["external.path"] == str(ext.path)
+    assert (params["model.d_model"], params["model.encoder_layers"], params["model.decoder_layers"]) == (16, 1, 1)
+    assert not any(k.startswith(("train.", "loss.")) for k in params)
+    assert json.dumps(specs[1].to_dict())  # plain values for spec.json and checkpoints
+
+
+# --- a lineage: external teacher -> student -> student ----------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def external_lineage(tmp_path_factory, marian):
+    tmp = tmp_path_factory.mktemp("external-lineage")
+    folder = shutil.copytree(marian, tmp / "teacher-model")  # its own copy: a test changes it
+    cfg = tiny_config(
+        tmp, "generations.count=2", "ray.enabled=false", _external(folder, ", num_beams: 2, max_new_tokens: 6"),
+        *STUDENT,
+    )  # fmt: skip
+    outcome = run_lineage(cfg, Console(quiet=True))
+    return cfg, folder, outcome, read_lineage(outcome.tracking_uri, outcome.lineage_id)
+
+
+def test_generation_0_is_the_external_model_evaluated(external_lineage, tiny_data):
+    cfg, folder, outcome, info = external_lineage
+    g0 = info["generations"][0]
+    sha = folder_sha256(folder)
+    assert g0["status"] == "FINISHED" and g0["checkpoint_sha256"] == sha == outcome.results[0].checkpoint_sha256
+    assert outcome.results[0].checkpoint == str(folder)
+    m = g0["metrics"]
+    assert m["test_bleu"] >= 0 and m["test_chrf"] >= 0 and m["decode_sentences_per_s"] > 0 and m["steps"] == 0
+    assert m["parameters"] == count_parameters(HFTeacher.load(folder))
+    assert g0["params"]["model.arch"] == "hf:marian" and g0["params"]["external.num_beams"] == "2"
+    client = _client(outcome.tracking_uri)
+    # real decoding: the logged test translations are the model's own, one per test sentence
+    local = Path(client.download_artifacts(g0["run_id"], "test_translations.tsv", str(folder.parent / "dl")))
+    rows = [r.split("\t") for r in local.read_text(encoding="utf-8").splitlines()[1:]]
+    teacher = HFTeacher.load(folder, sha, max_new_tokens=6)
+    expect = teacher.translate_texts([r[1] for r in rows[:5]], 2, 1, cfg.eval.max_len_a, cfg.eval.max_len_b)
+    assert [r[3] for r in rows[:5]] == [e[0][1] for e in expect] and len(rows) == len(tiny_data.splits["test"])
+    # the folder is recorded as a manifest of its files, not copied; the registry version points at it
+    assert [a.path for a in client.list_artifacts(g0["run_id"], "checkpoint")] == ["checkpoint/manifest.json"]
+    assert "tokenizer" not in {a.path for a in client.list_artifacts(g0["run_id"])}
+    manifest = json.loads(Path(client.download_artifacts(g0["run_id"], "checkpoint/manifest.json",
+                                                         str(folder.parent / "dl"))).read_text())  # fmt: skip
+    assert manifest["sha256"] == sha and {f["path"] for f in manifest["files"]} >= {"config.json", "vocab.json"}
+    tags = client.get_run(g0["run_id"]).data.tags
+    version = client.get_model_version(tags["mgkd.registered_model"], tags["mgkd.model_version"])
+    assert version.source.endswith("/checkpoint") and version.tags["mgkd.checkpoint_sha256"] == sha
+
+
+def test_students_learn_from_its_text_then_from_each_other(external_lineage, tiny_data):
+    cfg, folder, outcome, info = external_lineage
+    g0, g1, g2 = info["generations"]
+    sha = folder_sha256(folder)
+    assert g1["teacher_run_id"] == g0["run_id"] and g1["teacher_checkpoint_sha256"] == sha
+    assert g2["teacher_run_id"] == g1["run_id"] and g2["teacher_checkpoint_sha256"] == g1["checkpoint_sha256"]
+    client = _client(outcome.tracking_uri)
+    for g, teacher_sha in ((g1, sha), (g2, g1["checkpoint_sha256"])):
+        assert g["status"] == "FINISHED" and g["metrics"]["steps"] > 0 and "loss.seq_kd" in g["metrics"]
+        assert g["metrics"]["seq_kd_sentences"] == 200 and g["metrics"]["test_chrf"] >= 0
+        files = [a.path for a in client.list_artifacts(g["run_id"], "teacher_outputs")]
+        assert len(files) == 1 and files[0].startswith(f"teacher_outputs/seq_kd-{teacher_sha[:16]}-")
+    # generation 1's targets are the external model's translations of the sources (text in, text out)
+    tsv = Path(outcome.results[1].artifacts[0])
+    rows = [r.split("\t") for r in tsv.read_text(encoding="utf-8").splitlines()[1:4]]
+    teacher = HFTeacher.load(folder, sha, max_new_tokens=6)
+    expect = teacher.translate_texts([r[3] for r in rows], 2, 1, cfg.eval.max_len_a, cfg.eval.max_len_b)
+    assert [r[4] for r in rows] == [e[0][1] for e in expect]
+    # load_teacher knows the folder: it is the teacher of generation 1
+    loaded, init_source, digest = load_teacher(str(folder), sha)
+    assert isinstance(loaded, HFTeacher) and digest == sha
+
+
+def test_resume_reuses_the_external_generation_and_refuses_a_changed_one(external_lineage):
+    cfg, folder, outcome, info = external_lineage
+    client = _client(outcome.tracking_uri)
+    client.set_terminated(outcome.lineage_id, "KILLED")  # as if the driver died after the last generation
+    config = folder / "config.json"
+    original = config.read_bytes()
+    config.write_bytes(original.replace(b"\n", b"\n ", 1))
+    try:
+        with pytest.raises(MgkdError, match="changed since lineage"):
+            resume_lineage(str(cfg.output_dir), console=Console(quiet=True))
+    finally:
+        config.write_bytes(original)
+    again = resume_lineage(str(cfg.output_dir), console=Console(quiet=True))
+    assert again.run_ids == outcome.run_ids and again.results[0].checkpoint == str(folder)
+    assert read_lineage(outcome.tracking_uri, outcome.lineage_id)["status"] == "FINISHED"
