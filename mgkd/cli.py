@@ -181,10 +181,11 @@ def losses(
             print(json.dumps(rows, indent=2, default=str))
             return
         table = Table(title="loss plugins (config: generations.*.losses: [{name, weight, params}])")
-        for col in ("name", "data", "parameters (defaults)", "teacher needs", "description"):
-            table.add_column(col)
+        table.add_column("name", no_wrap=True)
+        for col in ("data", "parameters (defaults)", "teacher needs", "description"):
+            table.add_column(col, overflow="fold")
         for r in rows:
-            params = ", ".join(f"{k}={v}" for k, v in r["parameters"].items())
+            params = "\n".join(f"{k}={v}" for k, v in r["parameters"].items())
             table.add_row(r["name"], r["view"], params or "-", ", ".join(r["teacher_needs"]) or "-", r["description"])
         console.print(table)
 
