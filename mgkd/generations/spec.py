@@ -21,12 +21,19 @@ class GenerationSpec:
     losses: list[LossTerm]
     eval: EvalConfig
     init: str  # "scratch" | "teacher"
-    teacher_signal: str  # "online"
+    teacher_signal: str  # "online" | "cached"
     seed: int
+    # k of the cached teacher signal (None: the largest top_k of the loss terms).
+    teacher_cache_k: int | None = None
 
     @property
     def has_teacher(self) -> bool:
         return self.index > 0
+
+    @property
+    def cache_k(self) -> int:
+        """The k the cached teacher signal stores: the configured one, else the largest term top_k."""
+        return self.teacher_cache_k or max((p.teacher_needs.top_k for p in Criterion(self.losses).plugins), default=0)
 
     def as_params(self) -> dict[str, Any]:
         """Flat key -> value view for MLflow params."""
@@ -36,6 +43,8 @@ class GenerationSpec:
             "teacher_signal": self.teacher_signal,
             "seed": self.seed,
         }
+        if self.teacher_signal == "cached":
+            flat["teacher_cache_k"] = self.cache_k
         for section in ("model", "train", "eval"):
             for k, v in getattr(self, section).model_dump().items():
                 flat[f"{section}.{k}"] = v
@@ -68,6 +77,7 @@ def _apply(cfg: ExperimentConfig, base: GenerationSpec | None, ov: GenerationOve
         init=ov.init or (base.init if base else "scratch"),
         teacher_signal=ov.teacher_signal or (base.teacher_signal if base else "online"),
         seed=cfg.seed + index,
+        teacher_cache_k=ov.teacher_cache_k or (base.teacher_cache_k if base else None),
     )
 
 
@@ -108,9 +118,44 @@ def _check(spec: GenerationSpec, teacher: GenerationSpec | None) -> None:
         criterion.check(spec.model, teacher.model if teacher else None)
     except MgkdError as e:
         raise MgkdError(f"{where}: {e}") from None
+    if spec.teacher_signal == "cached":
+        _check_cached(spec, criterion, where)
     shape = lambda m: m.model_dump(exclude={"dropout"})  # noqa: E731
     if spec.init == "teacher" and teacher is not None and shape(spec.model) != shape(teacher.model):
         raise MgkdError(
             f"{where}: init 'teacher' copies the teacher's tensors, so the student needs the same model "
             f"config; set init: scratch or drop the model change"
+        )
+
+
+def _check_cached(spec: GenerationSpec, criterion: Criterion, where: str) -> None:
+    """A cached teacher keeps only top-k log-probs of the gold targets: every term must make do with that."""
+    if not spec.has_teacher:
+        raise MgkdError(f"{where}: teacher_signal 'cached' needs a teacher, and generation 0 has none; remove it there")
+    readers = [(name, p) for name, _, p in criterion.terms if p.teacher_needs.any]
+    if not readers:
+        raise MgkdError(
+            f"{where}: teacher_signal 'cached' but no loss term reads the teacher during training; "
+            "add soft_label with params.top_k (e.g. 8) or use teacher_signal: online"
+        )
+    for name, p in readers:
+        fix = (
+            f"set params.top_k (e.g. 8) on {name!r}" if "top_k" in type(p).parameters() else "remove that term"
+        ) + " or use teacher_signal: online"
+        beyond = [n for n in ("logits", "hidden", "attention") if getattr(p.teacher_needs, n)]
+        if beyond:
+            raise MgkdError(
+                f"{where}: teacher_signal 'cached' stores only the teacher's top-k log-probs, but loss {name!r} "
+                f"needs its {', '.join(beyond)}; {fix}"
+            )
+        if p.view != "gold":
+            raise MgkdError(
+                f"{where}: loss {name!r} reads the teacher on the {p.view!r} view, but the teacher cache covers "
+                "the gold training targets only; use teacher_signal: online"
+            )
+    name, largest = max(((n, p.teacher_needs.top_k) for n, p in readers), key=lambda x: x[1])
+    if spec.teacher_cache_k is not None and spec.teacher_cache_k < largest:
+        raise MgkdError(
+            f"{where}: teacher_cache_k={spec.teacher_cache_k} is smaller than top_k={largest} of loss {name!r}; "
+            f"set teacher_cache_k >= {largest} or leave it unset (it defaults to the largest top_k)"
         )
