@@ -23,7 +23,7 @@ class GenerationProgress:
             console=console, transient=False, refresh_per_second=2,
         )  # fmt: skip
         self.train_task: Any = None
-        self.decode_task: Any = None
+        self.decode_tasks: dict[str, Any] = {}
 
     def __enter__(self) -> GenerationProgress:
         self.progress.__enter__()
@@ -47,10 +47,12 @@ class GenerationProgress:
             if "valid_bleu" in m:
                 parts.append(f"valid BLEU {m['valid_bleu']:.2f}")
             self.console.log(f"{name} " + ", ".join(parts))
-        elif kind == "decode" and event["split"] == "test":
-            if self.decode_task is None:
-                self.decode_task = self.progress.add_task(f"{name} decode test", total=event["total"], info="")
-            self.progress.update(self.decode_task, completed=event["done"])
+        elif kind == "decode" and event["split"] in ("test", "teacher-cache"):
+            split = event["split"]
+            if split not in self.decode_tasks:
+                what = "decode test" if split == "test" else "teacher top-k cache"
+                self.decode_tasks[split] = self.progress.add_task(f"{name} {what}", total=event["total"], info="")
+            self.progress.update(self.decode_tasks[split], completed=event["done"])
 
 
 def lineage_table(specs: list[GenerationSpec], results: list[GenerationResult], title: str) -> Table:
