@@ -212,7 +212,13 @@ class GenerationOverride(_Strict):
     # "first", "every_other", "spread" (evenly spaced, top kept), a list, or {encoder: [...], decoder: [...]}.
     cut_layers: str | list[int] | dict[str, str | list[int]] | None = None
     # "online": the teacher runs forward every step (eval mode, no grad).
-    teacher_signal: Literal["online"] | None = None
+    # "cached": the teacher's top-k log-probs of every training target token are
+    # computed once, stored on disk and memory-mapped; every epoch (and every
+    # Tune trial of the generation) reads them instead of running the teacher.
+    # Only for terms that need nothing but top-k (soft_label with params.top_k).
+    teacher_signal: Literal["online", "cached"] | None = None
+    # k of the cache (None: the largest top_k of the loss terms); must be >= each term's top_k.
+    teacher_cache_k: PositiveInt | None = None
     # Who teaches: by default the previous generation; a list of earlier generations makes their
     # ensemble (average log-probabilities, BAN-E) the teacher. init teacher/cut copy the newest of them.
     teacher_generations: list[int] | None = None

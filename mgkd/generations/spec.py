@@ -32,7 +32,7 @@ class GenerationSpec:
     losses: list[LossTerm]
     eval: EvalConfig
     init: str  # "scratch" | "teacher" | "cut"
-    teacher_signal: str  # "online"
+    teacher_signal: str  # "online" | "cached"
     seed: int
     # init "cut": the teacher's layers (1-based) per side that the student starts from.
     cut_layers: dict[str, list[int]] | None = None
@@ -42,10 +42,17 @@ class GenerationSpec:
     external: ExternalTeacherConfig | None = None
     # A student of the external generation 0: how to load and run its teacher.
     teacher_external: ExternalTeacherConfig | None = None
+    # k of the cached teacher signal (None: the largest top_k of the loss terms).
+    teacher_cache_k: int | None = None
 
     @property
     def has_teacher(self) -> bool:
         return self.index > 0
+
+    @property
+    def cache_k(self) -> int:
+        """The k the cached teacher signal stores: the configured one, else the largest term top_k."""
+        return self.teacher_cache_k or max((p.teacher_needs.top_k for p in Criterion(self.losses).plugins), default=0)
 
     def as_params(self) -> dict[str, Any]:
         """Flat key -> value view for MLflow params."""
@@ -65,6 +72,8 @@ class GenerationSpec:
             flat["teacher_generations"] = self.teacher_generations
         if self.cut_layers:
             flat.update({f"cut_layers.{side}": layers for side, layers in self.cut_layers.items()})
+        if self.teacher_signal == "cached":
+            flat["teacher_cache_k"] = self.cache_k
         for section in ("model", "train", "eval"):
             for k, v in getattr(self, section).model_dump().items():
                 flat[f"{section}.{k}"] = v
@@ -107,6 +116,7 @@ def _apply(cfg: ExperimentConfig, base: GenerationSpec | None, ov: GenerationOve
         seed=cfg.seed + index,
         cut_layers=ov.cut_layers if ov.cut_layers is not None else (base.cut_layers if base else None),  # type: ignore[arg-type]
         teacher_generations=None if index == 0 else sorted(ov.teacher_generations or [index - 1]),
+        teacher_cache_k=ov.teacher_cache_k or (base.teacher_cache_k if base else None),
     )
 
 
@@ -224,6 +234,8 @@ def _check(spec: GenerationSpec, teacher: GenerationSpec | None) -> GenerationSp
             f"architecture starts from random weights: set init: scratch for it "
             f"(generations.per_generation.{spec.index}.init=scratch)"
         )
+    if spec.teacher_signal == "cached":
+        _check_cached(spec, criterion, where)
     shape = lambda m: m.model_dump(exclude={"dropout"})  # noqa: E731
     if spec.init == "teacher" and teacher is not None and shape(spec.model) != shape(teacher.model):
         raise MgkdError(
@@ -240,3 +252,36 @@ def _check(spec: GenerationSpec, teacher: GenerationSpec | None) -> GenerationSp
             raise MgkdError(f"{where}: {e}") from None
         return replace(spec, cut_layers=plan)
     return replace(spec, cut_layers=None)
+
+
+def _check_cached(spec: GenerationSpec, criterion: Criterion, where: str) -> None:
+    """A cached teacher keeps only top-k log-probs of the gold targets: every term must make do with that."""
+    if not spec.has_teacher:
+        raise MgkdError(f"{where}: teacher_signal 'cached' needs a teacher, and generation 0 has none; remove it there")
+    readers = [(name, p) for name, _, p in criterion.terms if p.teacher_needs.any]
+    if not readers:
+        raise MgkdError(
+            f"{where}: teacher_signal 'cached' but no loss term reads the teacher during training; "
+            "add soft_label with params.top_k (e.g. 8) or use teacher_signal: online"
+        )
+    for name, p in readers:
+        fix = (
+            f"set params.top_k (e.g. 8) on {name!r}" if "top_k" in type(p).parameters() else "remove that term"
+        ) + " or use teacher_signal: online"
+        beyond = [n for n in ("logits", "hidden", "attention") if getattr(p.teacher_needs, n)]
+        if beyond:
+            raise MgkdError(
+                f"{where}: teacher_signal 'cached' stores only the teacher's top-k log-probs, but loss {name!r} "
+                f"needs its {', '.join(beyond)}; {fix}"
+            )
+        if p.view != "gold":
+            raise MgkdError(
+                f"{where}: loss {name!r} reads the teacher on the {p.view!r} view, but the teacher cache covers "
+                "the gold training targets only; use teacher_signal: online"
+            )
+    name, largest = max(((n, p.teacher_needs.top_k) for n, p in readers), key=lambda x: x[1])
+    if spec.teacher_cache_k is not None and spec.teacher_cache_k < largest:
+        raise MgkdError(
+            f"{where}: teacher_cache_k={spec.teacher_cache_k} is smaller than top_k={largest} of loss {name!r}; "
+            f"set teacher_cache_k >= {largest} or leave it unset (it defaults to the largest top_k)"
+        )

@@ -24,8 +24,9 @@ import torch.nn.functional as F
 
 from mgkd.config import ExternalTeacherConfig
 from mgkd.errors import MgkdError
-from mgkd.generations.checkpoint import load_checkpoint, parameter_hash, save_checkpoint
+from mgkd.generations.checkpoint import load_checkpoint, parameter_hash, save_checkpoint, sha256_file
 from mgkd.generations.spec import GenerationSpec
+from mgkd.generations.teacher_cache import TeacherCache, load_or_build_cache
 from mgkd.generations.train_state import (
     clear_train_state,
     identity,
@@ -209,6 +210,12 @@ def train_generation(
         teacher.to(device)
         teacher_hash = parameter_hash(teacher)
 
+    # teacher_signal "cached": the gold view reads the teacher's top-k from disk, built once per (teacher, data, k).
+    cache = None
+    if teacher is not None and spec.teacher_signal == "cached":
+        cache = load_or_build_cache(teacher, teacher_digest or sha256_file(Path(str(teacher_checkpoint))), data,
+                                    spec.cache_k, spec.train.max_tokens, device, events)  # fmt: skip
+
     student = build_student(spec, data.vocab_size, init_source).to(device)
     n_params = count_parameters(student)
 
@@ -310,7 +317,8 @@ def train_generation(
                     if noise is not None:
                         batch = noise(batch, noise_rng)
                     batch = batch.to(device)
-                    outputs[view] = _forward(student, teacher, batch, *criterion.needs(view))
+                    cached = cache if view == "gold" else None  # the cache holds the gold targets only
+                    outputs[view] = _forward(student, teacher, batch, *criterion.needs(view), cached)
                     ntok += batch.target_tokens
                 loss, parts = criterion(None, views=outputs)
                 if not torch.isfinite(loss):
@@ -390,6 +398,7 @@ def train_generation(
 
     metrics = {
         **view_metrics,
+        **(cache.metrics() if cache else {}),
         **{f"best_{k}": v for k, v in best["metrics"].items()},
         "best_epoch": float(best["epoch"]),
         "steps": float(step),
@@ -407,19 +416,24 @@ def train_generation(
         for s, r, h in zip(test.sources[:50], test.targets[:50], hyps[:50])
     ]
     artifacts = [str(d.artifact) for d in views.values() if d.artifact is not None]
+    if cache is not None:
+        artifacts.append(str(cache.manifest_path))
     return GenerationResult(
         spec.index, str(ckpt), sha, n_params, metrics, teacher_hash, str(translations), samples, artifacts
     )
 
 
 def _forward(student: torch.nn.Module, teacher: torch.nn.Module | None, batch: Batch, t_needs: TeacherNeeds,
-             s_needs: TeacherNeeds) -> tuple[Any, Any, Batch]:  # fmt: skip
-    """The student's output on a batch, and the teacher's (no grad) where a term on this view reads it."""
+             s_needs: TeacherNeeds, cache: TeacherCache | None = None) -> tuple[Any, Any, Batch]:  # fmt: skip
+    """The student's output on a batch, and the teacher's (no grad) where a term on this view reads it:
+    from `cache` when given (top-k only, no forward pass), else a forward pass."""
     hidden = t_needs.hidden or s_needs.hidden
     attention = t_needs.attention or s_needs.attention
     out = student(batch.src, batch.tgt_in, return_hidden=hidden, return_attention=attention)
     t_out = None
-    if teacher is not None and t_needs.any:
+    if cache is not None and t_needs.any:
+        t_out = cache.teacher_output(batch)
+    elif teacher is not None and t_needs.any:
         with torch.no_grad():
             t_out = teacher(batch.src, batch.tgt_in, return_hidden=hidden, return_attention=attention)
     return out, t_out, batch

@@ -23,7 +23,7 @@ class GenerationProgress:
             console=console, transient=False, refresh_per_second=2,
         )  # fmt: skip
         self.train_task: Any = None
-        self.decode_tasks: dict[str, Any] = {}  # by split: "test", and "pseudo" for teacher-made targets
+        self.decode_tasks: dict[str, Any] = {}  # by split: test, pseudo (teacher outputs), teacher-cache
 
     def __enter__(self) -> GenerationProgress:
         self.progress.__enter__()
@@ -53,11 +53,12 @@ class GenerationProgress:
             if "valid_bleu" in m:
                 parts.append(f"valid BLEU {m['valid_bleu']:.2f}")
             self.console.log(f"{name} " + ", ".join(parts))
-        elif kind == "decode" and event["split"] in ("test", "pseudo"):
+        elif kind == "decode" and event["split"] in ("test", "pseudo", "teacher-cache"):
             split = event["split"]
             if split not in self.decode_tasks:
-                label = f"{name} decode " + ("test" if split == "test" else "teacher outputs")
-                self.decode_tasks[split] = self.progress.add_task(label, total=event["total"], info="")
+                what = {"test": "decode test", "pseudo": "decode teacher outputs",
+                        "teacher-cache": "teacher top-k cache"}[split]  # fmt: skip
+                self.decode_tasks[split] = self.progress.add_task(f"{name} {what}", total=event["total"], info="")
             self.progress.update(self.decode_tasks[split], completed=event["done"])
 
 
