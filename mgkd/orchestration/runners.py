@@ -85,6 +85,8 @@ class RayRunner:
         self.cfg = cfg
         self._started_ray = False
         address = cfg.address or os.environ.get("RAY_ADDRESS")
+        if address:
+            _check_reachable(address)
         if not ray.is_initialized():
             kwargs: dict[str, Any] = {
                 "include_dashboard": False,
@@ -92,7 +94,6 @@ class RayRunner:
                 "log_to_driver": True,
             }
             if address:
-                _check_reachable(address)
                 kwargs["address"] = address
             else:
                 kwargs["num_cpus"] = cfg.num_cpus
