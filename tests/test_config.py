@@ -97,7 +97,7 @@ runner = CliRunner()
     [
         (["run", "--generations", "0"], "generations.count"),
         (["run", "--set", "train.max_epochs=-2"], "train.max_epochs"),
-        (["run", "--preset", "nope"], "unknown preset 'nope'; choose one of: demo"),
+        (["run", "--preset", "nope"], "unknown preset 'nope'; choose one of: born_again, demo"),
         (["run", "--config", "missing.yaml"], "config file missing.yaml does not exist"),
         (["run", "--set", "generations.student.losses=[{name: nope}]"], "unknown loss 'nope'"),
         (["run", "--set", "novalue"], "must look like key.path=value"),
@@ -108,3 +108,9 @@ def test_cli_bad_input_exits_2_without_traceback(args, message, tmp_path):
     assert result.exit_code == 2, result.output
     assert message in result.output.replace("\n", " ") or message in result.output
     assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("preset", preset_names())
+def test_every_preset_builds_its_schedule(preset):
+    specs = build_schedule(build_config(preset=preset))
+    assert specs[0].index == 0 and len(specs) >= 2
