@@ -50,6 +50,17 @@ def tiny_data(tmp_path_factory: pytest.TempPathFactory):
     return prepare(tiny_config(tmp_path_factory.mktemp("tiny-data")))
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny models run fastest on one torch thread; on 2 shared cores more threads only wait on each other."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def ray_session():
     """One local Ray for the whole session (ray.init takes ~9 s); runners reuse it."""

@@ -37,13 +37,7 @@ STUDENT_SEQ_KD = (
 STUDENT = ["generations.student.init=scratch", STUDENT_SEQ_KD]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One torch thread, as the tiny generations use: on 2 shared cores more threads only contend."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _train_spm(texts: list[str], vocab_size: int) -> bytes:

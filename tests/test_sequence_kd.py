@@ -36,13 +36,7 @@ from .conftest import tiny_config
 V = 23
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One torch thread, as the tiny generations use: on 2 shared cores more threads only contend."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
