@@ -47,12 +47,14 @@ def user_errors() -> Iterator[None]:
 
 
 def _tracking_from_output(output_dir: Path) -> dict[str, Any]:
-    marker = output_dir / "last_lineage.json"
-    if not marker.is_file():
+    from mgkd.lineage.tracking import LAST_LINEAGE, read_last_lineage
+
+    last = read_last_lineage(output_dir)
+    if last is None:
         raise MgkdError(
-            f"{output_dir} holds no mgkd run (no {marker.name}); give --output-dir of a run or --tracking-uri"
+            f"{output_dir} holds no mgkd run (no {LAST_LINEAGE}); give --output-dir of a run or --tracking-uri"
         )
-    return json.loads(marker.read_text(encoding="utf-8"))
+    return last
 
 
 def _store_of(tracking_uri: str | None, lineage_id: str | None, experiment: str | None,

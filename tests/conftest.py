@@ -69,3 +69,15 @@ def ray_session():
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield ray
     ray.shutdown()
+
+
+def teacher_then_student(cfg: ExperimentConfig, data, tmp_path: Path):
+    """Train the config's generation 0 and 1 in this process: (teacher, student, the student's step metrics)."""
+    from mgkd.generations import build_schedule, train_generation
+
+    teacher_spec, student_spec = build_schedule(cfg)[:2]
+    teacher = train_generation(teacher_spec, data, tmp_path / "g0")
+    seen: list[dict] = []
+    student = train_generation(student_spec, data, tmp_path / "g1", teacher.checkpoint, teacher.checkpoint_sha256,
+                               seen.append)  # fmt: skip
+    return teacher, student, [e["metrics"] for e in seen if e["type"] == "step"]

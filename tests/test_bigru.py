@@ -21,7 +21,7 @@ from mgkd.models.decoding import beam_decode, greedy_decode
 from mgkd.orchestration.controller import run_lineage
 from mgkd.tasks.translation import BOS, EOS, PAD, pad_sources
 
-from .conftest import tiny_config
+from .conftest import teacher_then_student, tiny_config
 
 V = 23
 # d_model != embed_dim (the output projection) and different depths (the bridge); and the plain shape.
@@ -279,7 +279,6 @@ def test_transformer_to_bigru_to_bigru_lineage(tmp_path, tiny_data):
 
 def test_bigru_student_learns_from_teacher_outputs(tmp_path, tiny_data):
     """A BiGRU student trains on the seq-KD and pseudo-label terms of a Transformer teacher."""
-    from mgkd.generations import train_generation
 
     losses = (
         '[{"name": "seq_kd", "weight": 0.5, "params": {"beam_size": 1, "max_sentences": 60}},'
@@ -288,12 +287,7 @@ def test_bigru_student_learns_from_teacher_outputs(tmp_path, tiny_data):
     cfg = tiny_config(tmp_path, "generations.count=1", "train.max_steps=4", "generations.student.init=scratch",
                       "generations.student.model={arch: bigru, d_model: 32, encoder_layers: 1, decoder_layers: 1}",
                       f"generations.student.losses={losses}")  # fmt: skip
-    teacher_spec, student_spec = build_schedule(cfg)
-    teacher = train_generation(teacher_spec, tiny_data, tmp_path / "g0")
-    seen = []
-    student = train_generation(student_spec, tiny_data, tmp_path / "g1", teacher.checkpoint,
-                               teacher.checkpoint_sha256, seen.append)  # fmt: skip
-    steps = [e["metrics"] for e in seen if e["type"] == "step"]
+    _, student, steps = teacher_then_student(cfg, tiny_data, tmp_path)
     assert steps and all(np.isfinite(m["loss.seq_kd"]) and np.isfinite(m["loss.pseudo_label"]) for m in steps)
     assert student.metrics["seq_kd_sentences"] == 60 and student.metrics["pseudo_label_sentences"] > 0
     assert len(student.artifacts) == 2

@@ -24,7 +24,7 @@ from mgkd.models import build_model
 from mgkd.models.transformer import Seq2SeqOutput
 from mgkd.tasks.translation import PAD, Batch
 
-from .conftest import tiny_config
+from .conftest import teacher_then_student, tiny_config
 
 
 def _cfg(d_model: int = 32, enc: int = 2, dec: int = 2, heads: int = 2, **kw) -> ModelConfig:
@@ -391,12 +391,7 @@ def test_bigru_student_matches_the_transformer_encoder_through_a_projection(tmp_
         'generations.student.losses=[{"name": "label_smoothing"}, {"name": "internal", "params": {"layer_map": '
         '[{"teacher": 2, "student": 1, "side": "encoder"}]}}]',
     )  # fmt: skip
-    teacher_spec, student_spec = build_schedule(cfg)
-    teacher = train_generation(teacher_spec, tiny_data, tmp_path / "g0")
-    seen = []
-    student = train_generation(student_spec, tiny_data, tmp_path / "g1", teacher.checkpoint,
-                               teacher.checkpoint_sha256, seen.append)  # fmt: skip
-    steps = [e["metrics"] for e in seen if e["type"] == "step"]
+    _, student, steps = teacher_then_student(cfg, tiny_data, tmp_path)
     assert steps and all(math.isfinite(m["loss.internal"]) for m in steps)
     assert student.metrics["steps"] == 3
     bad = tiny_config(

@@ -64,6 +64,39 @@ def check_tracking_uri(uri: str) -> None:
         )
 
 
+LAST_LINEAGE = "last_lineage.json"  # in an output folder: its newest lineage, for ui/lineage/resume
+
+
+def write_last_lineage(output_dir: Path, record: dict[str, Any]) -> None:
+    Path(output_dir).mkdir(parents=True, exist_ok=True)
+    (Path(output_dir) / LAST_LINEAGE).write_text(json.dumps(record), encoding="utf-8")
+
+
+def read_last_lineage(output_dir: Path) -> dict[str, Any] | None:
+    """What the output folder's newest run recorded (lineage_id, tracking_uri, experiment, ...); None if no run."""
+    marker = Path(output_dir) / LAST_LINEAGE
+    if not marker.is_file():
+        return None
+    try:
+        last = json.loads(marker.read_text(encoding="utf-8"))
+        for key in ("lineage_id", "tracking_uri", "experiment"):
+            last[key]  # noqa: B018 - required keys
+    except (ValueError, KeyError, TypeError):
+        raise MgkdError(f"{marker} is unreadable; remove it or choose another --output-dir") from None
+    return last
+
+
+def lineage_config(tracking_uri: str, lineage_id: str) -> dict[str, Any]:
+    """The lineage's resolved config as its parent run recorded it (`config.yaml`), as raw data."""
+    import tempfile
+
+    import yaml
+
+    with tempfile.TemporaryDirectory(prefix="mgkd-config-") as tmp:
+        path = Path(_client(tracking_uri).download_artifacts(lineage_id, "config.yaml", tmp))
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+
+
 def _client(uri: str) -> Any:
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     from mlflow.tracking import MlflowClient

@@ -267,10 +267,11 @@ class Criterion:
         if student is not None:
             outputs["gold"] = (student, teacher, batch)  # type: ignore[assignment]
         weights = self.weights()
+        in_exclusive_phase = any(p.exclusive() for p in self.plugins)
         parts: dict[str, torch.Tensor] = {}
         total: torch.Tensor | float = 0.0
         for name, _, plugin in self.terms:
-            if weights[name] == 0.0 and any(p.exclusive() for p in self.plugins):
+            if weights[name] == 0.0 and in_exclusive_phase:
                 continue  # silenced by an exclusive phase: not computed
             if plugin.view not in outputs:
                 raise ValueError(f"loss {name!r} is computed on view {plugin.view!r}, which this step lacks")

@@ -156,6 +156,31 @@ def _length_sorted_batches(
         yield idx, src, max_lens
 
 
+def _decode_in_batches(
+    model: torch.nn.Module,
+    sources: list,
+    max_len_a: float,
+    max_len_b: int,
+    batch_size: int,
+    device: torch.device | str,
+    on_batch: Callable[[int], None] | None,
+    decode: Callable[[torch.Tensor, torch.Tensor], list],
+) -> list:
+    """`decode(src, max_lens)` over length-sorted batches in eval mode; results back in input order."""
+    was_training = model.training
+    model.eval()
+    out: list = [None] * len(sources)
+    try:
+        for idx, src, max_lens in _length_sorted_batches(sources, max_len_a, max_len_b, batch_size, device):
+            for i, result in zip(idx, decode(src, max_lens)):
+                out[i] = result
+            if on_batch:
+                on_batch(len(idx))
+    finally:
+        model.train(was_training)
+    return out
+
+
 def translate(
     model: torch.nn.Module,
     sources: list,  # token-id arrays, without EOS
@@ -169,19 +194,11 @@ def translate(
     on_batch: Callable[[int], None] | None = None,
 ) -> list[str]:
     """Decode many sentences in length-sorted batches; outputs come back in input order."""
-    was_training = model.training
-    model.eval()
-    out: list[str] = [""] * len(sources)
-    try:
-        for idx, src, max_lens in _length_sorted_batches(sources, max_len_a, max_len_b, batch_size, device):
-            ids = beam_decode(model, src, max_lens, beam_size, length_penalty)
-            for i, seq in zip(idx, ids):
-                out[i] = detokenize(seq)  # type: ignore[arg-type]
-            if on_batch:
-                on_batch(len(idx))
-    finally:
-        model.train(was_training)
-    return out
+
+    def decode(src: torch.Tensor, max_lens: torch.Tensor) -> list[str]:
+        return [detokenize(seq) for seq in beam_decode(model, src, max_lens, beam_size, length_penalty)]  # type: ignore[arg-type]
+
+    return _decode_in_batches(model, sources, max_len_a, max_len_b, batch_size, device, on_batch, decode)
 
 
 def translate_n_best(
@@ -202,16 +219,9 @@ def translate_n_best(
     Beam size 1 runs greedy search through `beam_search`, so its one output
     carries a score too (the same tokens as `greedy_decode`).
     """
-    was_training = model.training
-    model.eval()
-    out: list[list[tuple[float, str]]] = [[] for _ in sources]
-    try:
-        for idx, src, max_lens in _length_sorted_batches(sources, max_len_a, max_len_b, batch_size, device):
-            hyps = beam_search(model, src, max_lens, beam_size, length_penalty, n_best)
-            for i, h in zip(idx, hyps):
-                out[i] = [(score, detokenize(seq)) for score, seq in h]
-            if on_batch:
-                on_batch(len(idx))
-    finally:
-        model.train(was_training)
-    return out
+
+    def decode(src: torch.Tensor, max_lens: torch.Tensor) -> list[list[tuple[float, str]]]:
+        hyps = beam_search(model, src, max_lens, beam_size, length_penalty, n_best)
+        return [[(score, detokenize(seq)) for score, seq in h] for h in hyps]
+
+    return _decode_in_batches(model, sources, max_len_a, max_len_b, batch_size, device, on_batch, decode)

@@ -8,8 +8,6 @@ next generation's teacher. It coordinates; the runners train.
 
 from __future__ import annotations
 
-import json
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +21,7 @@ from mgkd.errors import MgkdError
 from mgkd.generations import GenerationResult, GenerationSpec, build_schedule
 from mgkd.generations.checkpoint import sha256_file
 from mgkd.lineage.tracking import (
+    LAST_LINEAGE,
     TAG_CHECKPOINT_SHA,
     TAG_MODEL,
     LineageRecorder,
@@ -30,8 +29,11 @@ from mgkd.lineage.tracking import (
     check_tracking_uri,
     dataset_inputs,
     default_tracking_uri,
+    lineage_config,
     lineage_plot,
+    read_last_lineage,
     read_lineage,
+    write_last_lineage,
 )
 from mgkd.models.external import folder_sha256
 from mgkd.orchestration.display import GenerationProgress, lineage_table
@@ -103,11 +105,7 @@ def run_lineage(cfg: ExperimentConfig, console: Console | None = None, force: bo
     )
     recorder.set_tags(lineage_id, {TAG_MODEL: _model_name(cfg, lineage_id)})
     recorder.log_inputs(lineage_id, _datasets(cfg, data))
-    lineage_dir = output_dir / "lineages" / lineage_id
-    lineage_dir.mkdir(parents=True, exist_ok=True)
-    config_file = lineage_dir / "config.yaml"
-    config_file.write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False), encoding="utf-8")
-    recorder.log_artifact(lineage_id, config_file)
+    _record_config(recorder, lineage_id, output_dir / "lineages" / lineage_id, cfg)
     recorder.log_artifact(lineage_id, data.cache_dir / "spm.model", "tokenizer")
     for split in ("train", "valid", "test"):
         recorder.log_artifact(lineage_id, data.cache_dir / f"{split}.jsonl", "data")
@@ -133,8 +131,7 @@ def resume_lineage(target: str, tracking_uri: str | None = None, console: Consol
     if info["status"] == "FINISHED":
         raise MgkdError(f"lineage {lineage_id} already finished; nothing to resume (mgkd lineage {lineage_id})")
     client = _client(tracking_uri)
-    with tempfile.TemporaryDirectory(prefix="mgkd-resume-") as tmp:
-        raw = yaml.safe_load(Path(client.download_artifacts(lineage_id, "config.yaml", tmp)).read_text("utf-8"))
+    raw = lineage_config(tracking_uri, lineage_id)
     # `--set` may change what the rest of the lineage does (e.g. a lower train.lr after a NaN); a change of a
     # generation's model or of the data is refused when its saved state or the data hash is checked.
     cfg = validate(apply_overrides(raw, overrides or []))
@@ -179,10 +176,7 @@ def resume_lineage(target: str, tracking_uri: str | None = None, console: Consol
             open_runs[k] = g["run_id"]
     recorder.reopen(lineage_id)
     if overrides:  # the lineage's config.yaml is what the next resume reads
-        config_file = lineage_dir / "config.yaml"
-        config_file.parent.mkdir(parents=True, exist_ok=True)
-        config_file.write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False), encoding="utf-8")
-        recorder.log_artifact(lineage_id, config_file)
+        _record_config(recorder, lineage_id, lineage_dir, cfg)
         recorder.set_tags(lineage_id, {"mgkd.resume_overrides": " ".join(overrides)[:5000]})
     _write_last(Path(cfg.output_dir).resolve(), lineage_id, tracking_uri, cfg, recorder)
     console.log(
@@ -288,23 +282,26 @@ def _datasets(cfg: ExperimentConfig, data: PreparedData) -> list:
     )
 
 
+def _record_config(recorder: LineageRecorder, lineage_id: str, lineage_dir: Path, cfg: ExperimentConfig) -> None:
+    """The resolved config as `config.yaml` in the lineage's folder and on its parent run (resume reads it)."""
+    lineage_dir.mkdir(parents=True, exist_ok=True)
+    config_file = lineage_dir / "config.yaml"
+    config_file.write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False), encoding="utf-8")
+    recorder.log_artifact(lineage_id, config_file)
+
+
 def _write_last(output_dir: Path, lineage_id: str, tracking_uri: str, cfg: ExperimentConfig,
                 recorder: LineageRecorder) -> None:  # fmt: skip
     last = {"lineage_id": lineage_id, "tracking_uri": tracking_uri, "experiment": cfg.experiment_name,
             "experiment_id": recorder.experiment_id}  # fmt: skip
-    output_dir.mkdir(parents=True, exist_ok=True)
-    (output_dir / "last_lineage.json").write_text(json.dumps(last), encoding="utf-8")
+    write_last_lineage(output_dir, last)
 
 
 def _check_output_dir(output_dir: Path, cfg: ExperimentConfig) -> None:
-    marker = output_dir / "last_lineage.json"
-    if not marker.is_file():
+    last = read_last_lineage(output_dir)
+    if last is None:
         return
-    try:
-        last = json.loads(marker.read_text(encoding="utf-8"))
-        lineage_id, experiment = last["lineage_id"], last["experiment"]
-    except (ValueError, KeyError):
-        raise MgkdError(f"{marker} is unreadable; remove it or choose another --output-dir") from None
+    lineage_id, experiment = last["lineage_id"], last["experiment"]
     if experiment != cfg.experiment_name:
         raise MgkdError(
             f"output folder {output_dir} holds lineage {lineage_id} of experiment {experiment!r}, not "
@@ -325,19 +322,18 @@ def _find_lineage(target: str, tracking_uri: str | None) -> tuple[str, str]:
     """(lineage run id, tracking URI) from an output folder or a run id."""
     folder = Path(target)
     if folder.is_dir():
-        marker = folder / "last_lineage.json"
-        if not marker.is_file():
-            raise MgkdError(f"{folder} holds no mgkd run (no last_lineage.json); give a lineage run id or a run folder")
-        last = json.loads(marker.read_text(encoding="utf-8"))
+        last = read_last_lineage(folder)
+        if last is None:
+            raise MgkdError(f"{folder} holds no mgkd run (no {LAST_LINEAGE}); give a lineage run id or a run folder")
         return last["lineage_id"], tracking_uri or last["tracking_uri"]
     if tracking_uri is None:
-        marker = Path("mgkd-runs") / "last_lineage.json"
-        if not marker.is_file():
+        last = read_last_lineage(Path("mgkd-runs"))
+        if last is None:
             raise MgkdError(
                 f"{target!r} is neither a run folder nor resolvable without a store: give --tracking-uri "
                 "(or MLFLOW_TRACKING_URI) with a lineage run id"
             )
-        tracking_uri = json.loads(marker.read_text(encoding="utf-8"))["tracking_uri"]
+        tracking_uri = last["tracking_uri"]
     return target, tracking_uri
 
 

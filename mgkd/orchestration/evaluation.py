@@ -15,12 +15,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 
 from mgkd.config import ExperimentConfig, validate
 from mgkd.errors import MgkdError
 from mgkd.generations.checkpoint import load_checkpoint
-from mgkd.lineage.tracking import TAG_KIND, TAG_LINEAGE, _client, read_lineage
+from mgkd.lineage.tracking import TAG_KIND, TAG_LINEAGE, _client, lineage_config, read_lineage
 from mgkd.models.decoding import translate
 from mgkd.models.ensemble import EnsembleSeq2Seq
 from mgkd.tasks.translation import prepare, score_translations
@@ -57,8 +56,7 @@ def evaluate_ensemble(
         raise MgkdError(f"an ensemble needs at least two generations, got {chosen}; e.g. --ensemble 1,2,3")
     client = _client(tracking_uri)
     with tempfile.TemporaryDirectory(prefix="mgkd-eval-") as tmp:
-        cfg_file = client.download_artifacts(info["lineage_id"], "config.yaml", tmp)
-        cfg: ExperimentConfig = validate(yaml.safe_load(Path(cfg_file).read_text(encoding="utf-8")))
+        cfg: ExperimentConfig = validate(lineage_config(tracking_uri, info["lineage_id"]))
         if output_dir is not None:
             cfg = cfg.model_copy(update={"output_dir": Path(output_dir)})
         if split not in ("valid", "test"):
