@@ -321,8 +321,32 @@ class RayConfig(_Strict):
     address: str | None = None
     # CPUs of a local Ray (None: all of this machine's).
     num_cpus: PositiveInt | None = None
+    # A generation's CPUs and GPUs, split evenly between its Ray Train workers.
     cpus_per_generation: PositiveFloat = 2
     gpus_per_generation: float = Field(0, ge=0)
+    # "train": each generation is a Ray Train run (TorchTrainer: data-parallel workers, checkpoints reported
+    # to storage, retries); "task": a plain Ray task (one process, no retries; ~10 s less start-up).
+    backend: Literal["train", "task"] = "train"
+    # Ray Train: data-parallel workers per generation (gloo on CPU, nccl on GPU); each takes every
+    # workers-th batch, so one step sees `workers` batches.
+    workers: PositiveInt = 1
+    # Ray Train: restarts of a generation whose worker died, each from its last reported training state
+    # (FailureConfig.max_failures; -1: unlimited). Errors of the run itself (bad config, NaN) never retry.
+    max_failures: int = Field(1, ge=-1)
+    # Ray Train: where each generation's reported training states go (None: <output_dir>/ray_train). On a
+    # multi-node cluster, a path every node reaches (a shared filesystem, or a URI such as s3://bucket/path).
+    storage_path: str | None = None
+
+    @model_validator(mode="after")
+    def _workers_fit(self) -> RayConfig:
+        if self.workers > 1 and self.backend == "task":
+            raise ValueError(f"ray.workers={self.workers} needs ray.backend 'train' (a Ray task is one process)")
+        if self.cpus_per_generation / self.workers < 1 and not self.gpus_per_generation:
+            raise ValueError(
+                f"ray.cpus_per_generation={self.cpus_per_generation:g} gives each of the {self.workers} workers "
+                "less than one CPU: raise ray.cpus_per_generation or lower ray.workers"
+            )
+        return self
 
 
 class TrackingConfig(_Strict):

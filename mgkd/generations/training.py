@@ -5,18 +5,26 @@ trains it on the weighted loss terms, keeps the checkpoint that is best on the
 validation split, and decodes the test split with it. It reports progress
 through `events` (a callable taking dicts) and touches neither Ray nor MLflow:
 the orchestration layer decides where it runs and what is recorded.
+
+Data parallelism: when a torch.distributed process group is up (Ray Train sets
+one up for its workers), each worker takes every world-th batch of the epoch's
+order and the gradients are averaged with one all-reduce per step; worker 0
+saves, selects and decodes. With one worker the run is the single-process one,
+step for step. A `Session` (Ray Train or Tune) receives the epoch metrics and
+the saved training states, and hands back a state after a restart.
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
+import os
 import random
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -45,6 +53,21 @@ from mgkd.models.external import HFTeacher
 from mgkd.tasks.translation import PAD, Batch, PreparedData, batch_indices, collate, iterate_batches, score_translations
 
 Events = Callable[[dict[str, Any]], None]
+
+
+class Session(Protocol):
+    """Where a generation reports besides `events`, when a framework runs it (Ray Train, Ray Tune)."""
+
+    # True: report at epoch ends only (a Tune scheduler compares trials there); False: at every saved state too.
+    epoch_reports_only: bool
+
+    def restored(self) -> Path | None:
+        """The folder holding the `train_state.pt` of an earlier attempt of this run, if it was restarted."""
+        ...
+
+    def report(self, metrics: dict[str, float], state: Path | None) -> None:
+        """Called by every worker at the same points; `state` (worker 0 only) is the saved training state."""
+        ...
 
 
 @dataclass
@@ -186,18 +209,23 @@ def train_generation(
     teacher_checkpoint: str | list[str] | None = None,
     teacher_sha256: str | list[str] | None = None,
     events: Events = lambda _: None,
-) -> GenerationResult:
-    """Train generation `spec.index` and return its selected checkpoint and metrics."""
+    session: Session | None = None,
+) -> GenerationResult | None:
+    """Train generation `spec.index` and return its selected checkpoint and metrics (None on workers > 0)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     if spec.train.threads:
         torch.set_num_threads(spec.train.threads)
+    rank, world = world_position()
+    if rank:
+        events = _no_events
     if spec.external is not None:  # a trained model from elsewhere: loaded and evaluated, not trained
         from mgkd.generations.external import evaluate_external  # it imports this module
 
-        return evaluate_external(spec, data, out_dir, events)
+        return evaluate_external(spec, data, out_dir, events) if rank == 0 else None
     device = resolve_device(spec.train.device)
-    seed_everything(spec.seed)
+    # Worker r > 0 draws its own dropout masks and noise; worker 0 draws what a single process would.
+    seed_everything(spec.seed + rank)
     criterion = Criterion(spec.losses)
 
     teacher = init_source = None
@@ -213,8 +241,10 @@ def train_generation(
     # teacher_signal "cached": the gold view reads the teacher's top-k from disk, built once per (teacher, data, k).
     cache = None
     if teacher is not None and spec.teacher_signal == "cached":
-        cache = load_or_build_cache(teacher, teacher_digest or sha256_file(Path(str(teacher_checkpoint))), data,
-                                    spec.cache_k, spec.train.max_tokens, device, events)  # fmt: skip
+        cache = _first_on_worker_0(world, lambda: load_or_build_cache(
+            teacher, teacher_digest or sha256_file(Path(str(teacher_checkpoint))), data, spec.cache_k,
+            spec.train.max_tokens, device, events,
+        ))  # fmt: skip
 
     student = build_student(spec, data.vocab_size, init_source).to(device)
     n_params = count_parameters(student)
@@ -227,7 +257,8 @@ def train_generation(
                           device, spec.seed, events)  # fmt: skip
         for name, _, plugin in criterion.terms:
             if plugin.view != "gold" and plugin.view not in views:
-                made = plugin.build_view(ctx)
+                # Worker 0 builds (and stores) the view; the others then read it from the store.
+                made = _first_on_worker_0(world, lambda plugin=plugin: plugin.build_view(ctx))
                 if made is None:
                     raise MgkdError(f"loss {name!r} is on view {plugin.view!r} but built no examples for it")
                 views[plugin.view] = made
@@ -238,7 +269,9 @@ def train_generation(
     extra_params = [q for plugin in criterion.plugins for q in plugin.setup(student, teacher)]
 
     train = data.splits["train"]
-    steps_per_epoch = len(batch_indices(train, spec.train.max_tokens, shuffle=False))
+    steps_per_epoch = len(batch_indices(train, spec.train.max_tokens, shuffle=False)) // world
+    if steps_per_epoch == 0:
+        raise MgkdError(f"generation {spec.index}: fewer training batches than the {world} data-parallel workers")
     total_steps = spec.train.max_epochs * steps_per_epoch
     if spec.train.max_steps is not None:
         total_steps = min(total_steps, spec.train.max_steps)
@@ -246,10 +279,18 @@ def train_generation(
     optimizer = torch.optim.AdamW(
         trainable, lr=spec.train.lr, betas=(0.9, 0.98), eps=1e-9, weight_decay=spec.train.weight_decay
     )
-    events({"type": "start", "generation": spec.index, "total_steps": total_steps, "parameters": n_params})
+    events(
+        {
+            "type": "start",
+            "generation": spec.index,
+            "total_steps": total_steps,
+            "parameters": n_params,
+            "pid": os.getpid(),
+        }
+    )
 
     unaligned = {v: _cycle_batches(d, spec.train.max_tokens, spec.seed) for v, d in views.items() if not d.aligned}
-    noise_rng = torch.Generator().manual_seed(spec.seed)
+    noise_rng = torch.Generator().manual_seed(spec.seed + rank)
     best: dict[str, Any] = {"score": math.inf, "state": None, "epoch": 0, "metrics": {}}
     step, tokens_seen, t_start = 0, 0, time.perf_counter()
     # Sums and counts per logged value: a term silenced in some steps (exclusive phases) is averaged
@@ -262,6 +303,9 @@ def train_generation(
     state_id = identity(spec.to_dict(), data.data_hash)
     skip, drawn = 0, dict.fromkeys(unaligned, 0)
     saved = load_train_state(out_dir, state_id)
+    restored = session.restored() if session is not None else None
+    if saved is None and restored is not None:  # a restarted Ray Train attempt on a node without out_dir's state
+        saved = load_train_state(restored, state_id)
     if saved is not None:
         student.load_state_dict(saved["student"])
         optimizer.load_state_dict(saved["optimizer"])
@@ -278,13 +322,23 @@ def train_generation(
         if skip:
             epoch -= 1  # the loop below re-enters the unfinished epoch
 
-    def save_state(batch_in_epoch: int) -> None:
-        save_train_state(out_dir, {
+    def save_state(batch_in_epoch: int) -> Path | None:
+        """Worker 0 writes the training state (every worker holds the same weights and optimizer)."""
+        if rank:
+            return None
+        return save_train_state(out_dir, {
             "identity": state_id, "student": student.state_dict(), "optimizer": optimizer.state_dict(),
             "extra": [q.detach() for q in extra_params], "step": step, "epoch": epoch,
             "batch_in_epoch": batch_in_epoch, "tokens": tokens_seen, "best": best, "drawn": drawn,
             "rng": rng_state(noise_rng),
         })  # fmt: skip
+
+    def checkpoint(batch_in_epoch: int, epoch_metrics: dict[str, float] | None = None) -> None:
+        """Save the state (unless training is over) and report it to the session, if any, with the epoch's
+        validation metrics; every worker calls this at the same points."""
+        path = save_state(batch_in_epoch) if step < total_steps else None
+        if session is not None and (epoch_metrics is not None or not session.epoch_reports_only):
+            session.report({"step": float(step), "epoch": float(epoch), **(epoch_metrics or {})}, path)
 
     student.train()
     # Ctrl-C (or Ray's cancel) lands as KeyboardInterrupt: the state after the last whole step is saved, so
@@ -295,6 +349,8 @@ def train_generation(
             epoch += 1
             done_position = skip
             order = batch_indices(train, spec.train.max_tokens, shuffle=True, seed=spec.seed * 100_003 + epoch)
+            if world > 1:  # worker r takes batches r, r + world, ...: one global step = world batches
+                order = order[rank::world][:steps_per_epoch]
             for position, idx in enumerate(order):
                 if position < skip:
                     continue
@@ -321,14 +377,20 @@ def train_generation(
                     outputs[view] = _forward(student, teacher, batch, *criterion.needs(view), cached)
                     ntok += batch.target_tokens
                 loss, parts = criterion(None, views=outputs)
-                if not torch.isfinite(loss):
+                finite = bool(torch.isfinite(loss))
+                optimizer.zero_grad(set_to_none=True)
+                if world > 1:  # every worker must learn of a non-finite loss anywhere, after the same all-reduce
+                    if finite:
+                        loss.backward()
+                    finite, ntok = average_gradients(trainable, finite, ntok, world)
+                if not finite:
                     bad = [n for n, v in parts.items() if not torch.isfinite(v)] or ["total"]
                     raise MgkdError(
                         f"generation {spec.index}: loss is not finite at step {step + 1} (term(s): {', '.join(bad)}); "
                         "lower train.lr or check the loss weights"
                     )
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                if world == 1:
+                    loss.backward()
                 if spec.train.clip_norm:
                     torch.nn.utils.clip_grad_norm_(trainable, spec.train.clip_norm)
                 updating = True
@@ -349,7 +411,7 @@ def train_generation(
                     window_loss, window_count, window_tokens, window_t0 = {}, {}, 0, time.perf_counter()
                 every = spec.train.checkpoint_every_steps
                 if every and step % every == 0 and step < total_steps and position + 1 < len(order):
-                    save_state(position + 1)
+                    checkpoint(position + 1)
             skip = 0
             last_epoch = step >= total_steps
             if epoch % spec.train.eval_every_epochs == 0 or last_epoch:
@@ -366,8 +428,11 @@ def train_generation(
                     best = {"score": score, "epoch": epoch, "metrics": dict(m),
                             "state": {k: v.detach().clone() for k, v in student.state_dict().items()}}  # fmt: skip
                 events({"type": "epoch", "step": step, "epoch": epoch, "metrics": m})
-            if step < total_steps:
-                save_state(0)
+                epoch_metrics = {**m, **{f"best_{k}": v for k, v in best["metrics"].items()}}
+            else:
+                epoch_metrics = None
+            if step < total_steps or (session is not None and epoch_metrics is not None):
+                checkpoint(0, epoch_metrics)
     except KeyboardInterrupt:
         if not updating and step < total_steps:
             if done_position == 0:
@@ -376,6 +441,8 @@ def train_generation(
             events({"type": "interrupted", "step": step, "epoch": epoch})
         raise
     train_time = time.perf_counter() - t_start
+    if rank:
+        return None  # worker 0 selects, saves and decodes
 
     # The selected (best on valid) weights become this generation's model.
     student.load_state_dict(best["state"])
@@ -421,6 +488,48 @@ def train_generation(
     return GenerationResult(
         spec.index, str(ckpt), sha, n_params, metrics, teacher_hash, str(translations), samples, artifacts
     )
+
+
+def _no_events(_: dict[str, Any]) -> None:
+    pass
+
+
+def world_position() -> tuple[int, int]:
+    """(rank, world size) of this worker in a torch.distributed group; (0, 1) outside one."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+def _first_on_worker_0(world: int, build: Callable[[], Any]) -> Any:
+    """Run `build` on worker 0, then on the others (which find what worker 0 stored): no two write at once."""
+    if world == 1:
+        return build()
+    rank = torch.distributed.get_rank()
+    out = build() if rank == 0 else None
+    torch.distributed.barrier()
+    return out if rank == 0 else build()
+
+
+def average_gradients(params: list[torch.Tensor], finite: bool, tokens: int, world: int) -> tuple[bool, int]:
+    """Data-parallel step: the mean of every worker's gradients, in one flat all-reduce (DDP's arithmetic).
+
+    torch's DDP wrapper is not used because a step runs the student once per data view and the loss
+    plugins own trainable tensors outside the model (projections); averaging the flat gradient covers
+    both. The same all-reduce sums whether every worker's loss was finite and the step's target tokens.
+    Returns (all finite, tokens over all workers).
+    """
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    flat = torch.cat([g.reshape(-1) for g in grads] + [grads[0].new_tensor([float(not finite), float(tokens)])])
+    torch.distributed.all_reduce(flat)
+    all_finite, total_tokens = float(flat[-2]) == 0, int(round(float(flat[-1])))
+    if all_finite:
+        flat = flat[:-2] / world
+        offset = 0
+        for p, g in zip(params, grads):
+            p.grad = flat[offset : offset + g.numel()].view_as(g)
+            offset += g.numel()
+    return all_finite, total_tokens
 
 
 def _forward(student: torch.nn.Module, teacher: torch.nn.Module | None, batch: Batch, t_needs: TeacherNeeds,

@@ -97,7 +97,7 @@ def run_lineage(cfg: ExperimentConfig, console: Console | None = None, force: bo
 
     data = prepare(cfg, console.log)
     recorder = LineageRecorder(tracking_uri, cfg.experiment_name, _artifact_root(cfg, tracking_uri))
-    runner: LocalRunner | RayRunner = RayRunner(cfg.ray, data) if cfg.ray.enabled else LocalRunner(data)
+    runner: LocalRunner | RayRunner = RayRunner(cfg.ray, data, cfg.output_dir) if cfg.ray.enabled else LocalRunner(data)
     console.log(f"runner: {runner.description}")
 
     lineage_id = recorder.start_lineage(
@@ -145,7 +145,7 @@ def resume_lineage(target: str, tracking_uri: str | None = None, console: Consol
             f"{data.data_hash[:12]}…): the corpus or tokenizer settings differ; restore them or start a new run"
         )
     recorder = LineageRecorder(tracking_uri, cfg.experiment_name, _artifact_root(cfg, tracking_uri))
-    runner: LocalRunner | RayRunner = RayRunner(cfg.ray, data) if cfg.ray.enabled else LocalRunner(data)
+    runner: LocalRunner | RayRunner = RayRunner(cfg.ray, data, cfg.output_dir) if cfg.ray.enabled else LocalRunner(data)
     lineage_dir = Path(cfg.output_dir).resolve() / "lineages" / lineage_id
     done: dict[int, tuple[str, GenerationResult]] = {}
     open_runs: dict[int, str] = {}
