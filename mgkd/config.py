@@ -195,6 +195,46 @@ class ExternalTeacherConfig(_Strict):
         return folder
 
 
+SEARCH_DOMAINS = ("choice", "uniform", "loguniform", "randint")
+
+
+class SearchConfig(_Strict):
+    """A Ray Tune sweep over one generation: each trial trains it with values drawn from `space`, and the
+    trial with the best validation metric (eval.select_by) becomes the generation and the next teacher.
+
+    Keys of `space`: `train.<field>` (e.g. train.lr), `loss.<plugin>.weight` or `loss.<plugin>.<param>` (e.g.
+    loss.soft_label.temperature) of a term the generation has. Values: {choice: [a, b, ...]},
+    {uniform: [low, high]}, {loguniform: [low, high]} or {randint: [low, high]} (high excluded).
+    """
+
+    space: dict[str, dict[str, list[Any]]]
+    num_samples: PositiveInt = 4
+    # Trials at once (None: as many as the cluster's CPUs hold at ray.cpus_per_generation each).
+    max_concurrent: PositiveInt | None = None
+    # "asha": stop trials that trail the others at epoch ends (ASHA); "fifo": every trial runs to its end.
+    scheduler: Literal["asha", "fifo"] = "asha"
+    # ASHA: epochs a trial runs before it may be stopped, and the fraction (1/reduction_factor) kept per rung.
+    grace_period: PositiveInt = 1
+    reduction_factor: float = Field(2, gt=1)
+
+    @field_validator("space")
+    @classmethod
+    def _domains_are_known(cls, v: dict[str, dict[str, list[Any]]]) -> dict[str, dict[str, list[Any]]]:
+        if not v:
+            raise ValueError("a search needs at least one key in space")
+        for key, domain in v.items():
+            if len(domain) != 1 or next(iter(domain)) not in SEARCH_DOMAINS:
+                raise ValueError(f"space.{key} must be one of {{{', '.join(SEARCH_DOMAINS)}: [...]}}, got {domain}")
+            kind, values = next(iter(domain.items()))
+            if kind == "choice" and not values:
+                raise ValueError(f"space.{key}: choice needs at least one value")
+            if kind != "choice" and (len(values) != 2 or not values[0] < values[1]):
+                raise ValueError(f"space.{key}: {kind} needs [low, high] with low < high, got {values}")
+            if kind == "loguniform" and values[0] <= 0:
+                raise ValueError(f"space.{key}: loguniform needs low > 0, got {values}")
+        return v
+
+
 class GenerationOverride(_Strict):
     """What one generation (or every student) changes from the shared defaults.
 
@@ -224,6 +264,8 @@ class GenerationOverride(_Strict):
     teacher_generations: list[int] | None = None
     # generations.teacher only: generation 0 is this trained model, loaded and evaluated, not trained.
     external: ExternalTeacherConfig | None = None
+    # A Ray Tune sweep: trials of this generation with values drawn from a search space (see SearchConfig).
+    search: SearchConfig | None = None
 
 
 def _default_teacher() -> GenerationOverride:
@@ -283,6 +325,10 @@ class GenerationsConfig(_Strict):
         for where, ov in students.items():
             if ov.external is not None:
                 raise ValueError(f"{where}.external: only generation 0 can be an external model (generations.teacher)")
+        if self.teacher.external is not None and self.teacher.search is not None:
+            raise ValueError(
+                "generations.teacher.search: an external generation 0 is evaluated, not trained: drop search"
+            )
         if self.teacher.external is not None and self.teacher.model:
             raise ValueError(
                 "generations.teacher.model describes a model mgkd trains, but generations.teacher.external makes "
@@ -395,6 +441,19 @@ class ExperimentConfig(_Strict):
                     cls.model_validate({**base.model_dump(), **patch})
                 except ValidationError as e:
                     raise ValueError(f"{where}.{section}: {format_validation_error(e)}") from None
+        return self
+
+    @model_validator(mode="after")
+    def _searches_run_on_tune(self) -> ExperimentConfig:
+        g = self.generations
+        searched = [w for w, ov in [("generations.teacher", g.teacher), ("generations.student", g.student),
+                                    *((f"generations.per_generation.{k}", v) for k, v in g.per_generation.items())]
+                    if ov.search is not None]  # fmt: skip
+        if searched and not (self.ray.enabled and self.ray.backend == "train"):
+            raise ValueError(
+                f"{searched[0]}.search runs its trials on Ray Tune as Ray Train runs: it needs ray.enabled true and "
+                "ray.backend 'train' (drop --no-ray)"
+            )
         return self
 
     @property

@@ -13,6 +13,7 @@ from mgkd.config import (
     GenerationOverride,
     LossTerm,
     ModelConfig,
+    SearchConfig,
     ShrinkConfig,
     TrainConfig,
 )
@@ -44,6 +45,8 @@ class GenerationSpec:
     teacher_external: ExternalTeacherConfig | None = None
     # k of the cached teacher signal (None: the largest top_k of the loss terms).
     teacher_cache_k: int | None = None
+    # A Ray Tune sweep over this generation (None: one run).
+    search: SearchConfig | None = None
 
     @property
     def has_teacher(self) -> bool:
@@ -91,6 +94,9 @@ class GenerationSpec:
             self.eval.model_dump(),
         )
         d["losses"] = [t.model_dump() for t in self.losses]
+        d["search"] = self.search.model_dump() if self.search is not None else None
+        if d["search"] is None:
+            del d["search"]
         for key in ("external", "teacher_external"):  # only where set: other specs read as before
             value = getattr(self, key)
             if value is None:
@@ -117,6 +123,7 @@ def _apply(cfg: ExperimentConfig, base: GenerationSpec | None, ov: GenerationOve
         cut_layers=ov.cut_layers if ov.cut_layers is not None else (base.cut_layers if base else None),  # type: ignore[arg-type]
         teacher_generations=None if index == 0 else sorted(ov.teacher_generations or [index - 1]),
         teacher_cache_k=ov.teacher_cache_k or (base.teacher_cache_k if base else None),
+        search=ov.search if ov.search is not None else (base.search if base else None),
     )
 
 
@@ -236,6 +243,13 @@ def _check(spec: GenerationSpec, teacher: GenerationSpec | None) -> GenerationSp
         )
     if spec.teacher_signal == "cached":
         _check_cached(spec, criterion, where)
+    if spec.search is not None:  # every trial's generation must be valid too
+        for point in search_corners(spec.search):
+            trial = apply_search(spec, point)
+            try:
+                Criterion(trial.losses).check(trial.model, teacher.model if teacher else None)
+            except MgkdError as e:
+                raise MgkdError(f"{where}: search.space {point}: {e}") from None
     shape = lambda m: m.model_dump(exclude={"dropout"})  # noqa: E731
     if spec.init == "teacher" and teacher is not None and shape(spec.model) != shape(teacher.model):
         raise MgkdError(
@@ -252,6 +266,51 @@ def _check(spec: GenerationSpec, teacher: GenerationSpec | None) -> GenerationSp
             raise MgkdError(f"{where}: {e}") from None
         return replace(spec, cut_layers=plan)
     return replace(spec, cut_layers=None)
+
+
+def apply_search(spec: GenerationSpec, point: dict[str, Any]) -> GenerationSpec:
+    """The generation with a Tune trial's values (`train.<field>`, `loss.<plugin>.weight|<param>`) put in."""
+    where = f"generation {spec.index}: search.space"
+    train = spec.train.model_dump()
+    losses = [t.model_copy(deep=True) for t in spec.losses]
+    for key, value in point.items():
+        section, _, rest = key.partition(".")
+        if section == "train" and rest in TrainConfig.model_fields:
+            train[rest] = value
+        elif section == "loss" and "." in rest:
+            name, _, param = rest.partition(".")
+            terms = [t for t in losses if t.name == name]
+            if not terms:
+                raise MgkdError(
+                    f"{where}.{key}: the generation has no loss term {name!r} (its terms: "
+                    f"{', '.join(t.name for t in losses) or 'none'})"
+                )
+            for t in terms:
+                if param == "weight":
+                    t.weight = value
+                else:
+                    t.params[param] = value
+        else:
+            raise MgkdError(
+                f"{where}.{key}: keys are train.<field> (one of {', '.join(TrainConfig.model_fields)}), "
+                "loss.<plugin>.weight or loss.<plugin>.<param>"
+            )
+    try:
+        new_train = TrainConfig.model_validate(train)
+        new_losses = [LossTerm.model_validate(t.model_dump()) for t in losses]
+    except ValueError as e:
+        raise MgkdError(f"{where}: {str(e).splitlines()[0]} ({point})") from None
+    return replace(spec, train=new_train, losses=new_losses)
+
+
+def search_corners(search: SearchConfig) -> list[dict[str, Any]]:
+    """Points that reach every value a domain can give at its ends: checked before anything trains."""
+    values = {}
+    for key, domain in search.space.items():
+        kind, v = next(iter(domain.items()))
+        values[key] = list(v) if kind == "choice" else ([v[0], v[1] - 1] if kind == "randint" else [v[0], v[1]])
+    longest = max(len(v) for v in values.values())
+    return [{k: v[min(i, len(v) - 1)] for k, v in values.items()} for i in range(longest)]
 
 
 def _check_cached(spec: GenerationSpec, criterion: Criterion, where: str) -> None:

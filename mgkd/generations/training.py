@@ -228,41 +228,23 @@ def train_generation(
     seed_everything(spec.seed + rank)
     criterion = Criterion(spec.losses)
 
-    teacher = init_source = None
+    teacher = init_source = cache = None
     teacher_hash = None
     teacher_digest = ""
     if spec.has_teacher:
-        if teacher_checkpoint is None:
-            raise ValueError(f"generation {spec.index} needs its teacher's checkpoint")
-        teacher, init_source, teacher_digest = load_teacher(teacher_checkpoint, teacher_sha256, spec.teacher_external)
-        teacher.to(device)
+        teacher, init_source, teacher_digest, cache = _teacher_signal(
+            spec, data, teacher_checkpoint, teacher_sha256, device, events, world
+        )
         teacher_hash = parameter_hash(teacher)
-
-    # teacher_signal "cached": the gold view reads the teacher's top-k from disk, built once per (teacher, data, k).
-    cache = None
-    if teacher is not None and spec.teacher_signal == "cached":
-        cache = _first_on_worker_0(world, lambda: load_or_build_cache(
-            teacher, teacher_digest or sha256_file(Path(str(teacher_checkpoint))), data, spec.cache_k,
-            spec.train.max_tokens, device, events,
-        ))  # fmt: skip
 
     student = build_student(spec, data.vocab_size, init_source).to(device)
     n_params = count_parameters(student)
 
-    # Teacher-made views of the data (pseudo-targets), built once per teacher and cached.
-    views: dict[str, ViewData] = {}
-    view_metrics: dict[str, float] = {}
-    if teacher is not None:
-        ctx = ViewContext(teacher, teacher_digest, data, spec.eval, Path(data.cache_dir) / "teacher",
-                          device, spec.seed, events)  # fmt: skip
-        for name, _, plugin in criterion.terms:
-            if plugin.view != "gold" and plugin.view not in views:
-                # Worker 0 builds (and stores) the view; the others then read it from the store.
-                made = _first_on_worker_0(world, lambda plugin=plugin: plugin.build_view(ctx))
-                if made is None:
-                    raise MgkdError(f"loss {name!r} is on view {plugin.view!r} but built no examples for it")
-                views[plugin.view] = made
-                view_metrics.update(made.metrics or {})
+    views, view_metrics = (
+        _teacher_views(criterion, teacher, teacher_digest, spec, data, device, events, world)
+        if teacher is not None
+        else ({}, {})
+    )
     missing = [v for v in criterion.views if v != "gold" and v not in views]
     if missing:
         raise MgkdError(f"generation {spec.index}: the view(s) {', '.join(missing)} need a teacher")
@@ -488,6 +470,57 @@ def train_generation(
     return GenerationResult(
         spec.index, str(ckpt), sha, n_params, metrics, teacher_hash, str(translations), samples, artifacts
     )
+
+
+TeacherSignal = tuple[torch.nn.Module, torch.nn.Module, str, "TeacherCache | None"]
+
+
+def _teacher_signal(spec: GenerationSpec, data: PreparedData, checkpoint: Any, sha256: Any, device: torch.device,
+                    events: Events, world: int) -> TeacherSignal:  # fmt: skip
+    """The frozen teacher on `device`, the model init copies from, its checksum, and with teacher_signal
+    "cached" its top-k on disk (built once per teacher, data and k)."""
+    if checkpoint is None:
+        raise ValueError(f"generation {spec.index} needs its teacher's checkpoint")
+    teacher, init_source, digest = load_teacher(checkpoint, sha256, spec.teacher_external)
+    teacher.to(device)
+    cache = None
+    if spec.teacher_signal == "cached":
+        cache = _first_on_worker_0(world, lambda: load_or_build_cache(
+            teacher, digest or sha256_file(Path(str(checkpoint))), data, spec.cache_k, spec.train.max_tokens,
+            device, events,
+        ))  # fmt: skip
+    return teacher, init_source, digest, cache
+
+
+def _teacher_views(criterion: Criterion, teacher: torch.nn.Module, digest: str, spec: GenerationSpec,
+                   data: PreparedData, device: torch.device, events: Events,
+                   world: int) -> tuple[dict[str, ViewData], dict[str, float]]:  # fmt: skip
+    """Teacher-made views of the data (pseudo-targets), built once per teacher and stored; worker 0 builds
+    each, the other workers then read it from the store."""
+    views: dict[str, ViewData] = {}
+    view_metrics: dict[str, float] = {}
+    ctx = ViewContext(teacher, digest, data, spec.eval, Path(data.cache_dir) / "teacher", device, spec.seed, events)
+    for name, _, plugin in criterion.terms:
+        if plugin.view != "gold" and plugin.view not in views:
+            made = _first_on_worker_0(world, lambda plugin=plugin: plugin.build_view(ctx))
+            if made is None:
+                raise MgkdError(f"loss {name!r} is on view {plugin.view!r} but built no examples for it")
+            views[plugin.view] = made
+            view_metrics.update(made.metrics or {})
+    return views, view_metrics
+
+
+def prepare_teacher_outputs(spec: GenerationSpec, data: PreparedData, teacher_checkpoint: Any, teacher_sha256: Any,
+                            events: Events = lambda _: None) -> None:  # fmt: skip
+    """Build and store what the teacher gives this generation (cached top-k, pseudo-target views) once, so the
+    Tune trials of the generation read it instead of each recomputing it (and racing to write it)."""
+    if not spec.has_teacher:
+        return
+    if spec.train.threads:
+        torch.set_num_threads(spec.train.threads)
+    device = resolve_device(spec.train.device)
+    teacher, _, digest, _ = _teacher_signal(spec, data, teacher_checkpoint, teacher_sha256, device, events, 1)
+    _teacher_views(Criterion(spec.losses), teacher, digest, spec, data, device, events, 1)
 
 
 def _no_events(_: dict[str, Any]) -> None:

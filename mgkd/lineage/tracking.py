@@ -157,6 +157,18 @@ class LineageRecorder:
         self._log_params(run.info.run_id, {k: str(v) for k, v in params.items()})
         return run.info.run_id
 
+    def start_trial(self, lineage_id: str, generation_run_id: str, index: int, trial_id: str,
+                    params: dict[str, Any], tags: dict[str, str]) -> str:  # fmt: skip
+        """A Tune trial of generation `index`: a run nested under the generation's run."""
+        tags = {"mlflow.parentRunId": generation_run_id, TAG_KIND: "trial", TAG_LINEAGE: lineage_id,
+                TAG_GENERATION: str(index), "mgkd.trial_id": trial_id, **tags}  # fmt: skip
+        run = self.client.create_run(self.experiment_id, run_name=f"gen-{index}-trial-{trial_id}", tags=tags)
+        self._log_params(run.info.run_id, {k: str(v) for k, v in params.items()})
+        return run.info.run_id
+
+    def log_params(self, run_id: str, params: dict[str, str]) -> None:
+        self._log_params(run_id, params)
+
     def _log_params(self, run_id: str, params: dict[str, str]) -> None:
         from mlflow.entities import Param
 

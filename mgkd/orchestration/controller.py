@@ -38,6 +38,7 @@ from mgkd.lineage.tracking import (
 from mgkd.models.external import folder_sha256
 from mgkd.orchestration.display import GenerationProgress, lineage_table
 from mgkd.orchestration.runners import LocalRunner, RayRunner
+from mgkd.orchestration.sweep import SweepOutcome, run_sweep
 from mgkd.tasks.translation import PreparedData, prepare
 
 
@@ -225,7 +226,13 @@ def _drive(cfg: ExperimentConfig, specs: list[GenerationSpec], data: PreparedDat
                         recorder.log_metrics(run_id, event["metrics"], event["step"])
                     progress(event)
 
-                result = runner.run(spec, lineage_dir / f"gen-{spec.index}", teacher, events)
+                if spec.search is not None:
+                    assert isinstance(runner, RayRunner)  # the config requires Ray for a search
+                    sweep = run_sweep(runner, spec, lineage_dir / f"gen-{spec.index}", teacher, events)
+                    _record_trials(recorder, lineage_id, run_id, spec.index, sweep)
+                    result = sweep.best
+                else:
+                    result = runner.run(spec, lineage_dir / f"gen-{spec.index}", teacher, events)
             _record_generation(recorder, run_id, model_name, result, data.cache_dir / "spm.model")
             results.append(result)
             run_ids.append(run_id)
@@ -261,6 +268,31 @@ def _drive(cfg: ExperimentConfig, specs: list[GenerationSpec], data: PreparedDat
     console.print(lineage_table(specs, results, f"lineage {lineage_id} ({wall / 60:.1f} min)"))
     output_dir = Path(cfg.output_dir).resolve()
     return LineageOutcome(lineage_id, recorder.uri, cfg.experiment_name, output_dir, specs, results, run_ids, wall)
+
+
+def _record_trials(recorder: LineageRecorder, lineage_id: str, run_id: str, index: int, sweep: SweepOutcome) -> None:
+    """Every trial as a run nested under the generation's run: its values, epoch metrics and outcome."""
+    for trial in sweep.trials:
+        selected = trial is sweep.best_trial
+        tags = {"mgkd.trial_status": trial.status, "mgkd.selected": str(selected).lower()}
+        if trial.error:
+            tags["mgkd.trial_error"] = trial.error[:5000]
+        trial_run = recorder.start_trial(lineage_id, run_id, index, trial.trial_id, trial.point, tags)
+        for i, row in enumerate(trial.history):
+            epoch = int(row.get("epoch", i + 1))
+            recorder.log_metrics(trial_run, {k: v for k, v in row.items() if k.startswith(("valid_", "best_"))}, epoch)
+        if trial.result is not None:
+            recorder.log_metrics(trial_run, trial.result.metrics, int(trial.result.metrics["steps"]))
+            recorder.set_tags(trial_run, {TAG_CHECKPOINT_SHA: trial.result.checkpoint_sha256})
+        recorder.end(trial_run, {"completed": "FINISHED", "stopped": "KILLED"}.get(trial.status, "FAILED"))
+    best = sweep.best_trial
+    recorder.set_tags(
+        run_id, {"mgkd.best_trial": best.trial_id, "mgkd.search_metric": f"{sweep.metric} ({sweep.mode})"}
+    )
+    recorder.log_metrics(run_id, {"search_trials": float(len(sweep.trials)),
+                                  "search_trials_completed": float(sum(t.status == "completed" for t in sweep.trials))},
+                         0)  # fmt: skip
+    recorder.log_params(run_id, {f"search.best.{k}": str(v) for k, v in best.point.items()})
 
 
 def _model_name(cfg: ExperimentConfig, lineage_id: str) -> str:

@@ -53,6 +53,18 @@ class GenerationProgress:
             if "valid_bleu" in m:
                 parts.append(f"valid BLEU {m['valid_bleu']:.2f}")
             self.console.log(f"{name} " + ", ".join(parts))
+        elif kind == "sweep" and event["phase"] == "teacher outputs":
+            self.console.log(f"{name}: the teacher's outputs for the sweep, built once for all trials")
+        elif kind == "sweep":
+            self.console.log(f"{name}: Ray Tune sweep, {event['trials']} trials, up to {event['concurrent']} at once")
+        elif kind == "trial" and event["status"] == "epoch":
+            point = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in event["point"].items())
+            epoch = int(event["epoch"]) if event.get("epoch") is not None else "?"
+            self.console.log(
+                f"{name} trial {event['trial']} ({point}): epoch {epoch} {event['metric']} {event['value']:.4f}"
+            )
+        elif kind == "trial":
+            self.console.log(f"{name} trial {event['trial']} ended")
         elif kind == "decode" and event["split"] in ("test", "pseudo", "teacher-cache"):
             split = event["split"]
             if split not in self.decode_tasks:
