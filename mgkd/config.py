@@ -195,7 +195,7 @@ class ExternalTeacherConfig(_Strict):
         return folder
 
 
-SEARCH_DOMAINS = ("choice", "uniform", "loguniform", "randint")
+SEARCH_DOMAINS = ("choice", "grid", "uniform", "loguniform", "randint")
 
 
 class SearchConfig(_Strict):
@@ -203,7 +203,8 @@ class SearchConfig(_Strict):
     trial with the best validation metric (eval.select_by) becomes the generation and the next teacher.
 
     Keys of `space`: `train.<field>` (e.g. train.lr), `loss.<plugin>.weight` or `loss.<plugin>.<param>` (e.g.
-    loss.soft_label.temperature) of a term the generation has. Values: {choice: [a, b, ...]},
+    loss.soft_label.temperature) of a term the generation has. Values: {choice: [a, b, ...]} (one drawn per
+    trial), {grid: [a, b, ...]} (every value, num_samples times each: trials = num_samples x the grid's size),
     {uniform: [low, high]}, {loguniform: [low, high]} or {randint: [low, high]} (high excluded).
     """
 
@@ -226,9 +227,9 @@ class SearchConfig(_Strict):
             if len(domain) != 1 or next(iter(domain)) not in SEARCH_DOMAINS:
                 raise ValueError(f"space.{key} must be one of {{{', '.join(SEARCH_DOMAINS)}: [...]}}, got {domain}")
             kind, values = next(iter(domain.items()))
-            if kind == "choice" and not values:
-                raise ValueError(f"space.{key}: choice needs at least one value")
-            if kind != "choice" and (len(values) != 2 or not values[0] < values[1]):
+            if kind in ("choice", "grid") and not values:
+                raise ValueError(f"space.{key}: {kind} needs at least one value")
+            if kind not in ("choice", "grid") and (len(values) != 2 or not values[0] < values[1]):
                 raise ValueError(f"space.{key}: {kind} needs [low, high] with low < high, got {values}")
             if kind == "loguniform" and values[0] <= 0:
                 raise ValueError(f"space.{key}: loguniform needs low > 0, got {values}")
@@ -387,11 +388,6 @@ class RayConfig(_Strict):
     def _workers_fit(self) -> RayConfig:
         if self.workers > 1 and self.backend == "task":
             raise ValueError(f"ray.workers={self.workers} needs ray.backend 'train' (a Ray task is one process)")
-        if self.cpus_per_generation / self.workers < 1 and not self.gpus_per_generation:
-            raise ValueError(
-                f"ray.cpus_per_generation={self.cpus_per_generation:g} gives each of the {self.workers} workers "
-                "less than one CPU: raise ray.cpus_per_generation or lower ray.workers"
-            )
         return self
 
 

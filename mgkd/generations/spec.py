@@ -308,7 +308,9 @@ def search_corners(search: SearchConfig) -> list[dict[str, Any]]:
     values = {}
     for key, domain in search.space.items():
         kind, v = next(iter(domain.items()))
-        values[key] = list(v) if kind == "choice" else ([v[0], v[1] - 1] if kind == "randint" else [v[0], v[1]])
+        values[key] = (
+            list(v) if kind in ("choice", "grid") else ([v[0], v[1] - 1] if kind == "randint" else [v[0], v[1]])
+        )
     longest = max(len(v) for v in values.values())
     return [{k: v[min(i, len(v) - 1)] for k, v in values.items()} for i in range(longest)]
 

@@ -59,6 +59,8 @@ def _domain(domain: dict[str, list[Any]]) -> Any:
     kind, values = next(iter(domain.items()))
     if kind == "choice":
         return tune.choice(values)
+    if kind == "grid":
+        return tune.grid_search(values)
     return {"uniform": tune.uniform, "loguniform": tune.loguniform, "randint": tune.randint}[kind](*values)
 
 
@@ -113,7 +115,8 @@ def run_sweep(runner: RayRunner, spec: GenerationSpec, out_dir: Path, teacher: T
         )  # fmt: skip
     else:
         scheduler = FIFOScheduler()
-    events({"type": "sweep", "phase": "trials", "trials": search.num_samples, "concurrent": concurrent})
+    grid = math.prod(len(d["grid"]) for d in search.space.values() if "grid" in d)
+    events({"type": "sweep", "phase": "trials", "trials": search.num_samples * grid, "concurrent": concurrent})
     tuner = tune.Tuner(
         # The trial function only drives its Ray Train run, whose workers hold the CPUs: it asks for no CPU
         # (and a token of memory, as Tune needs some resource for it).
@@ -131,10 +134,10 @@ def run_sweep(runner: RayRunner, spec: GenerationSpec, out_dir: Path, teacher: T
             name=f"{name}-tune", storage_path=storage, verbose=0, callbacks=[_trial_events(events, metric)]
         ),
     )
-    grid = tuner.fit()
+    results = tuner.fit()
 
     trials = []
-    for r in grid:
+    for r in results:
         trial_id = r.metrics.get("trial_id") if r.metrics else Path(r.path).name.split("_")[1]
         trial_dir = out_dir / "trials" / trial_id
         history = [] if r.metrics_dataframe is None else _history(r.metrics_dataframe, metric)
