@@ -180,7 +180,9 @@ class RayRunner:
             kwargs: dict[str, Any] = {
                 "include_dashboard": False,
                 "logging_level": logging.WARNING,
-                "log_to_driver": True,
+                # Workers report through mgkd's events; their own logs (Ray Train's controller and placement-group
+                # bookkeeping included) stay in Ray's session log folder instead of the console.
+                "log_to_driver": False,
             }
             if address:
                 kwargs["address"] = address
