@@ -71,9 +71,10 @@ def _mgkd(*args: str, **kw) -> subprocess.Popen:
 
 
 def test_sigkill_after_generation_1_then_resume(tmp_path):
+    """Through Ray Train (each generation a TorchTrainer run), as a user runs it."""
     out = tmp_path / "run"
     sets = [x for item in [*TINY, "generations.count=3", "train.max_epochs=3"] for x in ("--set", item)]
-    proc = _mgkd("run", *sets, "--no-ray", "--output-dir", str(out))
+    proc = _mgkd("run", *sets, "--output-dir", str(out))
     # wait until generation 1 is recorded as finished, then kill -9 (no cleanup runs)
     deadline = time.monotonic() + 300
     killed_info = None
