@@ -167,6 +167,13 @@ def sync(device: torch.device) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="12 sentences at batch size 1, 128 at the others")
+    ap.add_argument(
+        "--sentences",
+        type=int,
+        default=None,
+        help="sentences per batch size (default 24 at batch "
+        "size 1 and the 300 test sentences at the others; quick 12 and 128)",
+    )
     ap.add_argument("--device", default="cpu", help="cpu or cuda")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own choice)")
     ap.add_argument("--out", type=Path, default=ROOT / "mgkd-runs" / "bench-decoding")
@@ -188,8 +195,8 @@ def main() -> None:
     model = build_model(cfg.model, data.vocab_size).to(device).eval()
     hf = marian_like(model.cpu()).to(device)
     model.to(device)
-    n_single = 12 if args.quick else 24
-    n_batched = 128 if args.quick else len(test)
+    n_single = args.sentences or (12 if args.quick else 24)
+    n_batched = min(len(test), args.sentences or (128 if args.quick else len(test)))
     # Batch size 1: sentences spread over the test split's lengths; larger batches: the first n sentences.
     plans = {1: list(range(0, len(test), len(test) // n_single))[:n_single], 32: list(range(n_batched)),
              128: list(range(n_batched))}  # fmt: skip
@@ -220,7 +227,7 @@ def main() -> None:
         srcs = [test.src[i] for i in chosen]
         refs = [test.tgt[i] for i in chosen]
         batches = list(_length_sorted_batches(srcs, 1.0, 0, bs, device))
-        res = {n: {"time": [], "sents": []} for n in names}
+        res = {n: {"time": [], "cpu": [], "sents": []} for n in names}
         # Warm-up (allocator, thread pool, lazy imports in generate) on the first batch, untimed.
         warm = batches[0][1][:2]
         for fn in variants(warm, 3, torch.full((warm.size(0),), 3)).values():
@@ -232,17 +239,17 @@ def main() -> None:
             outs = {}
             for name in names[b % len(names) :] + names[: b % len(names)]:
                 sync(device)
-                t = time.perf_counter()
+                t, c = time.perf_counter(), time.process_time()
                 outs[name] = fns[name]()
                 sync(device)
                 res[name]["time"].append(time.perf_counter() - t)
+                res[name]["cpu"].append(time.process_time() - c)
                 res[name]["sents"].append(len(idx))
-            greedy = outs["mgkd greedy"]
-            checks["same length"] &= all(len(s) == length - 1 for s in greedy)  # type: ignore[union-attr]
-            checks["same length"] &= (
-                outs["HF greedy"].shape[1] == length + 1 and outs[f"HF beam {BEAM}"].shape[1] == length + 1
-            )  # type: ignore[union-attr]  # noqa: E501
-            checks["same length"] &= all(len(h[0][1]) == length - 1 for h in outs[f"mgkd beam {BEAM}"])  # type: ignore[union-attr]
+            greedy, beam = outs["mgkd greedy"], outs[f"mgkd beam {BEAM}"]
+            hf_widths = {outs["HF greedy"].shape[1], outs[f"HF beam {BEAM}"].shape[1]}  # type: ignore[attr-defined]
+            checks["same length"] &= hf_widths == {length + 1}  # the decoder start + L tokens
+            checks["same length"] &= all(len(s) == length - 1 for s in greedy)  # type: ignore[attr-defined]
+            checks["same length"] &= all(len(h[0][1]) == length - 1 for h in beam)  # type: ignore[attr-defined]
             checks["no cache = cached"] &= outs["mgkd greedy, no cache"] == greedy
         results[bs] = res
         print(f"  batch size {bs}: {len(chosen)} sentences in {len(batches)} batches, "
@@ -280,11 +287,10 @@ def main() -> None:
               "mgkd greedy, no cache": "mgkd greedy / no cache", "mgkd greedy, own lengths":
               "own lengths / mgkd greedy"}  # fmt: skip
 
-    def ratio(res: dict[str, dict[str, list[float]]], name: str) -> float:
-        other = baseline[name]
-        if name == "mgkd greedy, no cache":  # how much faster the cache makes it
-            return statistics.median(o / t for o, t in zip(res[name]["time"], res[other]["time"]))
-        return statistics.median(o / t for o, t in zip(res[other]["time"], res[name]["time"]))
+    def ratio(res: dict[str, dict[str, list[float]]], name: str, clock: str = "time") -> float:
+        """The median per-batch sentences/s ratio of the label (the faster side's advantage when > 1)."""
+        slow, fast = (name, baseline[name]) if name == "mgkd greedy, no cache" else (baseline[name], name)
+        return statistics.median(s / f for s, f in zip(res[slow][clock], res[fast][clock]))
 
     for name in names:
         rates = [f"{sum(r[name]['sents']) / sum(r[name]['time']):,.1f}" for r in results.values()]
@@ -295,8 +301,14 @@ def main() -> None:
     b32 = ratio(results[32], f"mgkd beam {BEAM}") if 32 in results else float("nan")
     lines += [
         "",
-        "ratio: median over batches of the per-batch time ratio (e.g. HF time / mgkd time); own lengths: each "
-        "sentence stops at its reference length + 1 and leaves the batch",
+        "ratio: median over batches of the per-batch ratio of sentences/s (HF time / mgkd time, ...); own lengths: "
+        "each sentence stops at its reference length + 1 and leaves the batch",
+        "the same ratios by the process's CPU time (time other jobs on a shared machine take does not count): "
+        + "; ".join(
+            f"{labels[n]} " + ", ".join(f"{ratio(r, n, 'cpu'):.2f}" for r in results.values())
+            for n in names
+            if n in baseline
+        ),
         f"target mgkd / HF >= 1.5 at batch 32 (sentences/s): greedy {r32:.2f} ({'met' if r32 >= 1.5 else 'not met'}), "
         f"beam {BEAM} {b32:.2f} ({'met' if b32 >= 1.5 else 'not met'})",
         f"bench wall time: {time.perf_counter() - t0:.0f}s",
