@@ -1,7 +1,8 @@
 """Benchmark: mgkd's batched greedy and beam search vs Hugging Face `generate` and vs non-incremental decoding.
 
-    python bench/decoding.py                 # the demo's model, batch sizes 1, 32, 128 (about 5 min on 2 cores)
-    python bench/decoding.py --quick         # fewer sentences (about 1 min)
+    python bench/decoding.py                 # the demo's model, batch sizes 1, 32, 128
+    python bench/decoding.py --threads 1     # the same on one thread (2.5 min on the busy shared 2 cores)
+    python bench/decoding.py --quick         # 12 sentences at batch size 1, 128 at the others
     python bench/decoding.py --device cuda   # the same on a GPU
 
 mgkd's Transformer of the demo (`configs/demo.yaml`: d128, 4 heads, 2+2

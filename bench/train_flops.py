@@ -1,7 +1,8 @@
 """Benchmark: achieved model FLOP/s of mgkd's training step vs this machine's fp32 matmul peak.
 
-    python bench/train_flops.py                 # demo d128 2+2, d256 3+3, d512 6+6 (about 6 min on 2 cores)
-    python bench/train_flops.py --quick         # d128 2+2 and d256 3+3, fewer rounds (about 1 min)
+    python bench/train_flops.py                 # demo d128 2+2, d256 3+3, d512 6+6
+    python bench/train_flops.py --threads 1     # the same on one thread (5.5 min on the busy shared 2 cores)
+    python bench/train_flops.py --quick         # d128 2+2 and d256 3+3, 4 rounds (15 s on the 2 idle cores)
     python bench/train_flops.py --device cuda   # the same on a GPU (fp32, TF32 off)
 
 The training step is the trainer's own (`mgkd.generations.training`): the
