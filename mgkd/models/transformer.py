@@ -272,8 +272,8 @@ class TransformerSeq2Seq(nn.Module):
 
         A beam step that only reorders hypotheses among the beams of each sentence
         leaves every row with the source it had: the memory and the cross-attention
-        keys/values are then kept as they are, not copied (they were a third of
-        beam search's time).
+        keys/values are then kept as they are, not copied (copying them took about
+        a quarter of a beam-4 search's time on the demo model).
         """
 
         def pick(t: torch.Tensor | None) -> torch.Tensor | None:
