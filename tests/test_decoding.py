@@ -45,6 +45,22 @@ def test_batch_of_mixed_lengths_equals_one_by_one(model, beam):
     assert all(len(out) < int(m) for out, m in zip(batched, max_lens))  # EOS counts toward the limit
 
 
+def test_beam_reordering_keeps_the_memory_side_tensors(model):
+    """Reordering rows among the beams of the same sentence keeps the cross-attention keys/values (no copy);
+    a change of sources (a sentence leaves) selects them, and every row keeps its own source's tensors."""
+    src = pad_sources(_sources(3, seed=2))
+    with torch.no_grad():
+        state = model.select_state(model.init_state(src), torch.arange(3).repeat_interleave(2))
+        model.decode_step(torch.full((6,), BOS), state, 0)
+        within = model.select_state(state, torch.tensor([1, 1, 2, 3, 5, 4]))  # beams swap, sources stay
+        assert within.cross_k[0] is state.cross_k[0] and within.memory is state.memory
+        torch.testing.assert_close(within.self_k[0], state.self_k[0][[1, 1, 2, 3, 5, 4]])
+        fewer = model.select_state(within, torch.tensor([4, 5]))  # sentences 0 and 1 finished
+        assert fewer.source.tolist() == [2, 2]
+        alone = model.init_state(src[2:3])
+        torch.testing.assert_close(fewer.cross_k[1], alone.cross_k[1].expand(2, -1, -1, -1))
+
+
 class ScriptedModel(torch.nn.Module):
     """Emits token 5 until its sentence's scripted step, then EOS; counts rows per step."""
 
