@@ -53,7 +53,7 @@ def _processes_of(session: int, temp_dir: str) -> list[int]:
             continue
         pid = int(entry.name)
         try:
-            if os.getsid(pid) == session or os.readlink(entry / "cwd").startswith(temp_dir):
+            if os.getsid(pid) == session or os.readlink(entry / "cwd").startswith(temp_dir + os.sep):
                 pids.append(pid)
         except OSError:
             continue
@@ -202,6 +202,24 @@ def test_a_job_that_fails_on_the_cluster_fails_follow(cluster, tmp_path):
     assert done.returncode == 1, done.stdout + done.stderr
     assert f"corpus.path {missing} is not on this machine" in done.stderr
     assert ": FAILED" in done.stdout and "mgkd-corpus.tsv" in done.stdout
+
+
+@pytest.mark.slow  # another job on the cluster: ~60 s on 2 shared cores
+def test_ray_job_submit_runs_mgkd_run_from_the_checkout(cluster, tmp_path):
+    """The other way in (README): `ray job submit --working-dir . -- python -m mgkd.cli run ...`."""
+    ray_head, url = cluster
+    root = Path(__file__).resolve().parents[1]
+    ray_bin = shutil.which("ray", path=str(Path(sys.executable).parent)) or "ray"
+    done = subprocess.run(
+        [ray_bin, "job", "submit", "--address", ray_head, "--working-dir", str(root), "--", "python", "-m",
+         "mgkd.cli", "run", "-g", "1", *tiny_sets("tracking.experiment=ray-job-submit"), "--output-dir",
+         str(tmp_path / "out"), "--tracking-uri", url],
+        cwd=root, env=cluster_env(RAY_AUTH_MODE="disabled"), capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "succeeded" in done.stdout + done.stderr
+    info = read_lineage(url, None, "ray-job-submit")
+    assert info["status"] == "FINISHED" and [g["generation"] for g in info["generations"]] == [0, 1]
 
 
 @pytest.mark.slow  # a second head and two more CLI runs: ~40 s on 2 shared cores
