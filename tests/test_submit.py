@@ -26,8 +26,7 @@ from mgkd.errors import MgkdError
 from mgkd.lineage.tracking import read_lineage
 from mgkd.orchestration.submit import JOB_CONFIG, job_entrypoint, stage_working_dir, submit_lineage
 
-from .conftest import TINY, tiny_config
-from .test_mlflow_server import free_port, stop, wait_for_health
+from .conftest import TINY, free_port, tiny_config
 
 HEAD_PORTS = ("port", "dashboard-port", "ray-client-server-port", "dashboard-agent-listen-port",
               "dashboard-agent-grpc-port", "runtime-env-agent-port", "metrics-export-port", "node-manager-port",
@@ -123,29 +122,15 @@ def wait_for_head(head: Head, timeout: float = 120) -> None:
         raise
 
 
-def launch_tracking_server(root: Path) -> tuple[subprocess.Popen, str]:
-    """A real `mlflow server` (sqlite backend, served artifacts) on 127.0.0.1, as test_mlflow_server starts it."""
-    port = free_port()
-    mlflow_bin = shutil.which("mlflow", path=str(Path(sys.executable).parent)) or "mlflow"
-    cmd = [mlflow_bin, "server", "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
-           "--artifacts-destination", str(root / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
-           "--workers", "1"]  # fmt: skip
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
-                            env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"})  # fmt: skip
-    return proc, f"http://127.0.0.1:{port}"
-
-
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
-    """(dashboard URL, tracking URL): a Ray head without token auth and a tracking server, started side by side."""
+def cluster(request):
+    """(dashboard URL, tracking URL): a Ray head without token auth, and the session's tracking server."""
     head = launch_head(RAY_AUTH_MODE="disabled")
-    tracking, url = launch_tracking_server(tmp_path_factory.mktemp("submit-mlflow"))
     try:
-        wait_for_health(url, tracking)
+        url, _ = request.getfixturevalue("server")  # the head starts meanwhile if the server is not up yet
         wait_for_head(head)
         yield head.url, url
     finally:
-        stop(tracking)
         head.stop()
 
 
@@ -223,15 +208,16 @@ def test_ray_job_submit_runs_mgkd_run_from_the_checkout(cluster, tmp_path):
 
 
 @pytest.mark.slow  # a second head and two more CLI runs: ~40 s on 2 shared cores
-def test_a_token_cluster_refuses_a_submit_without_its_token_and_accepts_one_with_it(cluster, tmp_path):
+def test_a_token_cluster_refuses_a_submit_without_its_token_and_accepts_one_with_it(server, tmp_path):
     """Ray 2.60 token auth: the client sends `Authorization: Bearer` when RAY_AUTH_MODE=token and a token is set."""
-    _, url = cluster
+    url, _ = server
     token = "mgkd-test-" + os.urandom(16).hex()
     head = launch_head(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token)
     address = head.url
     try:
         wait_for_head(head)
-        args = ("--address", address, "-g", "1", *tiny_sets(), "--output-dir", str(tmp_path / "out"),
+        args = ("--address", address, "-g", "1", *tiny_sets("tracking.experiment=token-cluster"),
+                "--output-dir", str(tmp_path / "out"),
                 "--tracking-uri", url)  # fmt: skip
         refused = mgkd_submit(*args, env=cluster_env(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN="wrong-token"))
         assert refused.returncode == 2, refused.stdout + refused.stderr

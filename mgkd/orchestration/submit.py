@@ -207,8 +207,10 @@ def _jobs_client(address: str):
 
 
 def _jobs_error(address: str, e: Exception) -> MgkdError:
+    from ray.exceptions import AuthenticationError
+
     text = str(e)
-    if "401" in text or "403" in text or "uthenticat" in text or "Unauthorized" in text:
+    if isinstance(e, AuthenticationError):  # Ray's client raises it for HTTP 401 (no token) and 403 (wrong one)
         return MgkdError(
             f"the Ray cluster at {address} requires a token: set RAY_AUTH_MODE=token and the cluster's token in "
             "RAY_AUTH_TOKEN, in a file named by RAY_AUTH_TOKEN_PATH, or in ~/.ray/auth_token (`ray get-auth-token` "
@@ -222,7 +224,7 @@ def _jobs_error(address: str, e: Exception) -> MgkdError:
 
 
 def submit_lineage(cfg: ExperimentConfig, address: str | None, *, force: bool = False,
-                   env: dict[str, str] | None = None, staging_root: Path | None = None) -> SubmittedJob:  # fmt: skip
+                   env: dict[str, str] | None = None) -> SubmittedJob:  # fmt: skip
     """Submit the lineage `cfg` describes as a Ray job; returns when the cluster has accepted it."""
     import tempfile
 
@@ -235,7 +237,7 @@ def submit_lineage(cfg: ExperimentConfig, address: str | None, *, force: bool = 
     client = _jobs_client(url)
 
     job_id = f"mgkd-{cfg.name}-{uuid.uuid4().hex[:8]}"
-    with tempfile.TemporaryDirectory(prefix="mgkd-job-", dir=staging_root) as tmp:
+    with tempfile.TemporaryDirectory(prefix="mgkd-job-") as tmp:
         folder = Path(tmp)
         job_cfg, staged_warnings = stage_working_dir(cfg, folder)
         warnings += staged_warnings
@@ -248,20 +250,11 @@ def submit_lineage(cfg: ExperimentConfig, address: str | None, *, force: bool = 
         try:
             client.submit_job(
                 entrypoint=entrypoint, submission_id=job_id, runtime_env=runtime_env,
-                metadata={"mgkd.config_name": cfg.name, "mgkd.tracking_uri": str(cfg.tracking.uri)},
+                metadata={"mgkd.config_name": cfg.name, "mgkd.experiment": cfg.experiment_name},
             )  # fmt: skip
         except Exception as e:  # noqa: BLE001
             raise _jobs_error(url, e) from None
     return SubmittedJob(job_id, url, entrypoint, output_dir, size, warnings)
-
-
-def job_status(address: str, job_id: str) -> str:
-    try:
-        return str(_jobs_client(address).get_job_status(job_id).value)
-    except MgkdError:
-        raise
-    except Exception as e:  # noqa: BLE001
-        raise _jobs_error(address, e) from None
 
 
 def follow_job(address: str, job_id: str, write: Callable[[str], None], poll_s: float = 1.0) -> str:
@@ -279,4 +272,4 @@ def follow_job(address: str, job_id: str, write: Callable[[str], None], poll_s: 
     return status
 
 
-__all__ = ["SubmittedJob", "follow_job", "job_status", "submit_lineage"]
+__all__ = ["SubmittedJob", "follow_job", "submit_lineage"]
