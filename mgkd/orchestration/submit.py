@@ -11,7 +11,8 @@ head node.
 What stays on the cluster: the job writes its output_dir (caches, checkpoints)
 on the filesystem of the node running the job's driver; a relative output_dir
 is taken under that node's home folder, because the job's own working
-directory is deleted with the job. What comes back: the lineage, recorded in
+directory is Ray's temporary copy in the session folder, garbage-collected
+after the job. What comes back: the lineage, recorded in
 an MLflow tracking server that the cluster can reach (a local sqlite store
 would stay on the cluster's disk, so submitted jobs require a server).
 """
@@ -183,7 +184,7 @@ def job_entrypoint(cfg: ExperimentConfig, force: bool) -> tuple[str, str]:
 
     `python -m mgkd.cli` runs the uploaded package (the working directory is first on sys.path), whatever
     mgkd version the cluster has installed. A relative output_dir goes under the job's $HOME: the working
-    directory is removed when the job ends.
+    directory is Ray's temporary copy, garbage-collected after the job.
     """
     output_dir = str(cfg.output_dir)
     if Path(output_dir).is_absolute():
@@ -265,10 +266,13 @@ def follow_job(address: str, job_id: str, write: Callable[[str], None], poll_s: 
         async for chunk in client.tail_job_logs(job_id):
             write(chunk)
 
-    asyncio.run(tail())
-    # The log stream closes when the job ends; the status may lag it by a moment.
-    while (status := str(client.get_job_status(job_id).value)) not in TERMINAL:
-        time.sleep(poll_s)
+    try:
+        asyncio.run(tail())
+        # The log stream closes when the job ends; the status may lag it by a moment.
+        while (status := str(client.get_job_status(job_id).value)) not in TERMINAL:
+            time.sleep(poll_s)
+    except Exception as e:  # noqa: BLE001 - the dashboard went away or refused us while following
+        raise _jobs_error(address, e) from None
     return status
 
 
