@@ -12,13 +12,16 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from mgkd.errors import MgkdError
+
+if TYPE_CHECKING:
+    from mgkd.config import ExperimentConfig
 
 app = typer.Typer(
     help="mgkd: multi-generation knowledge distillation (teacher -> student -> ...), run by Ray, recorded in MLflow.",
@@ -86,7 +89,7 @@ def _option_overrides(overrides: list[str] | None, generations: int | None, sche
     return sets
 
 
-def _experiment(config: Path | None, preset: str | None, sets: list[str]) -> Any:
+def _experiment(config: Path | None, preset: str | None, sets: list[str]) -> ExperimentConfig:
     from mgkd.config import build_config
 
     if config is not None and preset is not None:
