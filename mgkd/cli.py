@@ -411,7 +411,9 @@ def ui(
         if last:
             url += f"#/experiments/{last.get('experiment_id', '')}/runs/{last['lineage_id']}"
         console.print(f"MLflow UI over {store}\nlineage: {url}\nCtrl-C stops it.", soft_wrap=True, highlight=False)
-        env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"}
+        # MLflow 3.x servers start a job runner with 7 huey consumers by default; a lineage UI needs none, and
+        # they hold up Ctrl-C (the server waited >30 s for them on 2 busy cores).
+        env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
         proc = subprocess.Popen(cmd, env=env)
         try:
             proc.wait()

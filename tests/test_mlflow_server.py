@@ -20,7 +20,7 @@ from mgkd.generations.checkpoint import sha256_file
 from mgkd.lineage.tracking import _client, read_lineage
 from mgkd.orchestration.controller import run_lineage
 
-from .conftest import free_port, stop, tiny_config, wait_for_health
+from .conftest import QUIET_MLFLOW_SERVER, free_port, stop, tiny_config, wait_for_health
 
 
 @pytest.fixture(scope="module")
@@ -227,7 +227,7 @@ def test_lineage_survives_a_tracking_server_restart(tmp_path):
     cmd = [mlflow_bin, "server", "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
            "--artifacts-destination", str(root / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
            "--workers", "1"]  # fmt: skip
-    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"}
+    env = {**os.environ, **QUIET_MLFLOW_SERVER}
     url = f"http://127.0.0.1:{port}"
     procs = [subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, env=env)]
     wait_for_health(url, procs[0])
