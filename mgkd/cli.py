@@ -12,13 +12,16 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from mgkd.errors import MgkdError
+
+if TYPE_CHECKING:
+    from mgkd.config import ExperimentConfig
 
 app = typer.Typer(
     help="mgkd: multi-generation knowledge distillation (teacher -> student -> ...), run by Ray, recorded in MLflow.",
@@ -68,6 +71,32 @@ def _store_of(tracking_uri: str | None, lineage_id: str | None, experiment: str 
     return uri, experiment
 
 
+def _option_overrides(overrides: list[str] | None, generations: int | None, schedule: str | None,
+                      output_dir: Path | None, tracking_uri: str | None, seed: int | None) -> list[str]:  # fmt: skip
+    """The experiment options `run` and `submit` share, as `--set` overrides (after the user's own)."""
+    sets = list(overrides or [])
+    if generations is not None:
+        sets.append(f"generations.count={generations}")
+    if schedule is not None:
+        sets.append(f"generations.schedule={schedule}")
+    if output_dir is not None:
+        sets.append(f"output_dir={output_dir}")
+    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+    if uri:
+        sets.append(f"tracking.uri={uri}")
+    if seed is not None:
+        sets.append(f"seed={seed}")
+    return sets
+
+
+def _experiment(config: Path | None, preset: str | None, sets: list[str]) -> ExperimentConfig:
+    from mgkd.config import build_config
+
+    if config is not None and preset is not None:
+        raise MgkdError("give either --config or --preset, not both")
+    return build_config(config, preset, sets)
+
+
 @app.command()
 def run(
     config: Annotated[Path | None, typer.Option("--config", "-c", help="YAML experiment file (see configs/).")] = None,
@@ -107,34 +136,104 @@ def run(
     With no options it runs the `demo` preset: English -> French on the built-in
     Bible corpus, a small Transformer teacher and 4 born-again students.
     """
-    from mgkd.config import build_config
-
     with user_errors():
-        if config is not None and preset is not None:
-            raise MgkdError("give either --config or --preset, not both")
-        sets = list(overrides or [])
-        if generations is not None:
-            sets.append(f"generations.count={generations}")
-        if schedule is not None:
-            sets.append(f"generations.schedule={schedule}")
-        if output_dir is not None:
-            sets.append(f"output_dir={output_dir}")
-        uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
-        if uri:
-            sets.append(f"tracking.uri={uri}")
+        sets = _option_overrides(overrides, generations, schedule, output_dir, tracking_uri, seed)
         if ray_address:
             sets.append(f"ray.address={ray_address}")
         if no_ray:
             sets.append("ray.enabled=false")
-        if seed is not None:
-            sets.append(f"seed={seed}")
-        cfg = build_config(config, preset, sets)
+        cfg = _experiment(config, preset, sets)
 
         from mgkd.orchestration.controller import run_lineage, ui_command
 
         outcome = run_lineage(cfg, console, force=force)
         console.print(f"MLflow store: {outcome.tracking_uri}  (lineage run {outcome.lineage_id})")
         console.print(f"Browse the lineage: {ui_command(outcome)}")
+
+
+@app.command()
+def submit(
+    address: Annotated[
+        str | None,
+        typer.Option(help="The cluster's dashboard (Jobs API): http://HEAD:8265 (default: RAY_ADDRESS)."),
+    ] = None,
+    config: Annotated[Path | None, typer.Option("--config", "-c", help="YAML experiment file (see configs/).")] = None,
+    preset: Annotated[
+        str | None, typer.Option("--preset", "-p", help="Built-in experiment by name (default: demo).")
+    ] = None,
+    overrides: Annotated[
+        list[str] | None,
+        typer.Option("--set", "-s", help="Override a config key: --set train.max_epochs=3 (repeatable)."),
+    ] = None,
+    generations: Annotated[
+        int | None,
+        typer.Option("--generations", "-g", help="Distilled generations after the teacher (generations.count)."),
+    ] = None,
+    output_dir: Annotated[
+        Path | None,
+        typer.Option(help="Folder on the cluster for caches and checkpoints; a relative one is under the job's $HOME."),
+    ] = None,
+    tracking_uri: Annotated[
+        str | None,
+        typer.Option(help="MLflow tracking server the cluster can reach, http://HOST:5000 (env MLFLOW_TRACKING_URI)."),
+    ] = None,
+    schedule: Annotated[
+        str | None,
+        typer.Option(help="born_again (students keep the teacher's size) or shrink (generations.schedule)."),
+    ] = None,
+    seed: Annotated[int | None, typer.Option(help="Random seed (seed).")] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Start even if the output folder holds another or unfinished lineage.")
+    ] = False,
+    env: Annotated[
+        list[str] | None,
+        typer.Option("--env", help="KEY=VALUE set in the job's environment, e.g. MLFLOW_TRACKING_TOKEN (repeatable)."),
+    ] = None,
+    follow: Annotated[
+        bool, typer.Option("--follow", "-f", help="Stream the job's logs until it ends; exit 1 unless it succeeds.")
+    ] = False,
+) -> None:
+    """Submit the lineage to a Ray cluster as a job (Ray Jobs API); print its id, or follow its logs.
+
+    The config is built and validated here; the job uploads the mgkd package and the resolved config
+    (no caches or outputs) and runs `mgkd run` on the cluster, logging to the MLflow server given.
+    """
+    from mgkd.orchestration.submit import follow_job, submit_lineage
+
+    with user_errors():
+        cfg = _experiment(config, preset, _option_overrides(overrides, generations, schedule, output_dir,
+                                                            tracking_uri, seed))  # fmt: skip
+        job_env = {}
+        for item in env or []:
+            key, sep, value = item.partition("=")
+            if not sep or not key:
+                raise MgkdError(f"--env {item!r} must look like KEY=VALUE")
+            job_env[key] = value
+        job = submit_lineage(cfg, address, force=force, env=job_env)
+        for warning in job.warnings:
+            err_console.print(f"[yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
+        console.print(
+            f"submitted job [bold]{job.job_id}[/] to {job.address} ({job.upload_bytes / 1024:.0f} KiB uploaded)\n"
+            f"  entrypoint: {job.entrypoint}\n  lineage recorded in {cfg.tracking.uri}; outputs on the cluster in "
+            f"{job.output_dir}\n"
+            f"  follow: ray job logs --follow {job.job_id} --address {job.address}\n"
+            f"  status: ray job status {job.job_id} --address {job.address}\n"
+            f"  stop:   ray job stop {job.job_id} --address {job.address}",
+            highlight=False, soft_wrap=True,
+        )  # fmt: skip
+        if not follow:
+            return
+        try:
+            status = follow_job(job.address, job.job_id, lambda text: print(text, end="", flush=True))
+        except KeyboardInterrupt:
+            err_console.print(
+                f"stopped following; the job keeps running (ray job stop {job.job_id} --address {job.address})",
+                highlight=False, soft_wrap=True,
+            )  # fmt: skip
+            raise typer.Exit(130) from None
+        console.print(f"job {job.job_id}: {status}", highlight=False)
+        if status != "SUCCEEDED":
+            raise typer.Exit(1)
 
 
 @app.command()
@@ -312,7 +411,9 @@ def ui(
         if last:
             url += f"#/experiments/{last.get('experiment_id', '')}/runs/{last['lineage_id']}"
         console.print(f"MLflow UI over {store}\nlineage: {url}\nCtrl-C stops it.", soft_wrap=True, highlight=False)
-        env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"}
+        # MLflow 3.x servers start a job runner with 7 huey consumers by default; a lineage UI needs none, and
+        # they hold up Ctrl-C (the server waited >30 s for them on 2 busy cores).
+        env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
         proc = subprocess.Popen(cmd, env=env)
         try:
             proc.wait()

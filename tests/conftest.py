@@ -3,6 +3,13 @@
 from __future__ import annotations
 
 import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -81,3 +88,61 @@ def teacher_then_student(cfg: ExperimentConfig, data, tmp_path: Path):
     student = train_generation(student_spec, data, tmp_path / "g1", teacher.checkpoint, teacher.checkpoint_sha256,
                                seen.append)  # fmt: skip
     return teacher, student, [e["metrics"] for e in seen if e["type"] == "step"]
+
+
+# No telemetry, and no job runner (7 huey consumer processes that mgkd never uses, busy on 2 shared cores).
+QUIET_MLFLOW_SERVER = {"MLFLOW_DISABLE_TELEMETRY": "true", "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_health(url: str, proc: subprocess.Popen, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}")
+        try:
+            with urllib.request.urlopen(url + "/health", timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.5)
+    raise TimeoutError(f"{url} did not answer /health in {timeout}s")
+
+
+def stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory):
+    """A real tracking server: sqlite backend, artifacts served by the server, 127.0.0.1, a free port.
+
+    One per session (it takes ~30 s to start on 2 shared cores): test_mlflow_server and test_submit share it,
+    each in its own experiment.
+    """
+    root = tmp_path_factory.mktemp("mlflow-server")
+    port = free_port()
+    mlflow_bin = shutil.which("mlflow") or str(Path(sys.executable).with_name("mlflow"))
+    cmd = [mlflow_bin, "server", "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
+           "--artifacts-destination", str(root / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
+           "--workers", "1"]  # fmt: skip
+    log = open(root / "server.log", "w")
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **QUIET_MLFLOW_SERVER})
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for_health(url, proc)
+        yield url, root
+    finally:
+        stop(proc)
+        log.close()

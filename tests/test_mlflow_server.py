@@ -6,8 +6,6 @@ import json
 import os
 import re
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,59 +20,7 @@ from mgkd.generations.checkpoint import sha256_file
 from mgkd.lineage.tracking import _client, read_lineage
 from mgkd.orchestration.controller import run_lineage
 
-from .conftest import tiny_config
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for_health(url: str, proc: subprocess.Popen, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode}")
-        try:
-            with urllib.request.urlopen(url + "/health", timeout=2) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.5)
-    raise TimeoutError(f"{url} did not answer /health in {timeout}s")
-
-
-def stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    """A real tracking server: sqlite backend, artifacts served by the server, 127.0.0.1, a free port."""
-    root = tmp_path_factory.mktemp("mlflow-server")
-    port = free_port()
-    mlflow_bin = shutil.which("mlflow") or str(Path(sys.executable).with_name("mlflow"))
-    cmd = [mlflow_bin, "server", "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
-           "--artifacts-destination", str(root / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
-           "--workers", "1"]  # fmt: skip
-    log = open(root / "server.log", "w")
-    proc = subprocess.Popen(
-        cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"}
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_for_health(url, proc)
-        yield url, root
-    finally:
-        stop(proc)
-        log.close()
+from .conftest import QUIET_MLFLOW_SERVER, free_port, stop, tiny_config, wait_for_health
 
 
 @pytest.fixture(scope="module")
@@ -281,7 +227,7 @@ def test_lineage_survives_a_tracking_server_restart(tmp_path):
     cmd = [mlflow_bin, "server", "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
            "--artifacts-destination", str(root / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
            "--workers", "1"]  # fmt: skip
-    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"}
+    env = {**os.environ, **QUIET_MLFLOW_SERVER}
     url = f"http://127.0.0.1:{port}"
     procs = [subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, env=env)]
     wait_for_health(url, procs[0])
