@@ -19,7 +19,7 @@ NEGATIVE = ["awful", "hate", "terrible", "boring", "sad"]
 FILLER = "the a this movie film plot actor scene was is it and but really very quite so story end".split()
 
 
-def _sentiment_csv(path: Path, n: int = 720) -> Path:
+def sentiment_csv(path: Path, n: int = 720) -> Path:
     """Short reviews whose label is carried by one sentiment word among filler words (neutral: none)."""
     rng = random.Random(0)
     with open(path, "w", newline="", encoding="utf-8") as f:
@@ -59,7 +59,7 @@ TINY_CLASSIFICATION = [
 @pytest.fixture(scope="module")
 def lineage(tmp_path_factory, ray_session):
     tmp = tmp_path_factory.mktemp("classification")
-    data = _sentiment_csv(tmp / "reviews.csv")
+    data = sentiment_csv(tmp / "reviews.csv")
     args = ["run", "--task", "classification", "--generations", "2", "--output-dir", str(tmp / "out"),
             "--set", f"classification.source={data}"]  # fmt: skip
     for item in TINY_CLASSIFICATION:
@@ -121,3 +121,21 @@ def test_the_lineage_records_the_final_accuracy_and_its_plot(lineage, tmp_path):
     local = client.download_artifacts(last["run_id"], "checkpoint/checkpoint.pt", str(tmp_path))
     assert sha256_file(Path(local)) == last["checkpoint_sha256"]
     assert parent.data.params["task"] == "classification"
+
+
+def test_lineage_listing_shows_accuracy_and_evaluate_refuses_the_task(lineage):
+    _, uri, info = lineage
+    out_dir = uri.removeprefix("sqlite:///").rsplit("/", 1)[0]
+    listing = CliRunner().invoke(app, ["lineage", "--output-dir", out_dir])
+    assert listing.exit_code == 0, listing.output
+    text = " ".join(listing.output.split())
+    for g in info["generations"]:
+        m = g["metrics"]
+        assert (
+            f"test accuracy {m['test_accuracy']:.2f} macro-F1 {m['test_macro_f1']:.2f} MCC {m['test_mcc']:.2f}" in text
+        )
+    refused = CliRunner().invoke(app, ["evaluate", "--output-dir", out_dir])
+    assert refused.exit_code == 2
+    assert "is task 'classification': `mgkd evaluate` ensembles translation lineages" in " ".join(
+        refused.output.split()
+    )

@@ -397,8 +397,11 @@ def prepare_classification(cfg: ExperimentConfig, log: Callable[[str], None] = l
                                    ensure_ascii=False) + "\n" for e in ex)  # fmt: skip
         _write_atomic(cache / f"{name}.jsonl", lines.encode("utf-8"))
     counts = np.bincount(data.splits["train"].labels, minlength=len(label_names))
+    kept = sum(len(s) for s in splits.values())
     log(
-        f"data: {len(unique)} examples -> train {len(splits['train'])}, valid {len(splits['valid'])}, "
+        f"data: {len(unique)} examples"
+        + (f", {kept} kept (classification.max_examples)" if kept < len(unique) else "")
+        + f" -> train {len(splits['train'])}, valid {len(splits['valid'])}, "
         f"test {len(splits['test'])}; labels "
         + ", ".join(f"{n} {k}" for n, k in zip(label_names, counts))
         + f" (train) ({time.perf_counter() - t0:.1f}s)"
