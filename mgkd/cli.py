@@ -180,6 +180,7 @@ def losses(
             {
                 "name": name,
                 "view": cls.view,
+                "tasks": list(cls.tasks),
                 "parameters": cls.parameters(),
                 "teacher_needs": cls.teacher_needs.names(),
                 "description": cls.description,
@@ -196,7 +197,8 @@ def losses(
             table.add_column(col, overflow="fold")
         for r in rows:
             params = "\n".join(f"{k}={v}" for k, v in r["parameters"].items())
-            table.add_row(r["name"], r["view"], params or "-", ", ".join(r["teacher_needs"]) or "-", r["description"])
+            data = f"{r['view']} ({', '.join(r['tasks'])})"
+            table.add_row(r["name"], data, params or "-", ", ".join(r["teacher_needs"]) or "-", r["description"])
         console.print(table)
 
 

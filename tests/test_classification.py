@@ -293,3 +293,16 @@ def test_a_killed_student_resumes_to_the_same_checkpoint(tmp_path, one_torch_thr
     assert resumed.checkpoint_sha256 == straight.checkpoint_sha256  # bit for bit
     assert resumed.metrics["test_accuracy"] == straight.metrics["test_accuracy"]
     assert not (tmp_path / "killed" / STATE_FILE).exists()
+
+
+def test_losses_command_says_which_tasks_each_plugin_serves():
+    from typer.testing import CliRunner
+
+    from mgkd.cli import app
+
+    result = CliRunner().invoke(app, ["losses", "--json"])
+    assert result.exit_code == 0, result.output
+    tasks = {r["name"]: r["tasks"] for r in json.loads(result.output)}
+    for name in ("label_smoothing", "soft_label", "internal"):
+        assert tasks[name] == ["translation", "classification"]
+    assert tasks["seq_kd"] == tasks["pseudo_label"] == ["translation"]
