@@ -280,7 +280,7 @@ def _datasets(cfg: ExperimentConfig, data: PreparedData) -> list:
                 # translation: target tokens; classification: input tokens
                 **(
                     {"target_tokens": int(sum(len(t) + 1 for t in s.tgt))}
-                    if hasattr(s, "tgt")
+                    if cfg.task == "translation"
                     else {"tokens": int(sum(len(t) for t in s.src))}
                 ),
             }  # fmt: skip
