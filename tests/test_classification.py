@@ -306,3 +306,14 @@ def test_losses_command_says_which_tasks_each_plugin_serves():
     for name in ("label_smoothing", "soft_label", "internal"):
         assert tasks[name] == ["translation", "classification"]
     assert tasks["seq_kd"] == tasks["pseudo_label"] == ["translation"]
+
+
+def test_a_relative_data_file_in_a_config_is_relative_to_that_file(tmp_path):
+    (tmp_path / "exp").mkdir()
+    config = tmp_path / "exp" / "cls.yaml"
+    config.write_text(PRESET.read_text().replace("source: builtin", "source: data/reviews.csv"))
+    assert build_config(config).classification.source == str(tmp_path / "exp" / "data" / "reviews.csv")
+    assert build_config(PRESET).classification.source == "builtin"
+    hf = config.read_text().replace("source: data/reviews.csv", "source: hf:glue/cola")
+    config.write_text(hf)
+    assert build_config(config).classification.source == "hf:glue/cola"
