@@ -127,6 +127,10 @@ def run(
     ] = None,
     no_ray: Annotated[bool, typer.Option("--no-ray", help="Train in this process without Ray (debugging).")] = False,
     seed: Annotated[int | None, typer.Option(help="Random seed (seed).")] = None,
+    task: Annotated[
+        str | None,
+        typer.Option(help="translation or classification (task); alone, it picks that task's preset."),
+    ] = None,
     force: Annotated[
         bool, typer.Option("--force", help="Start even if the output folder holds another or unfinished lineage.")
     ] = False,
@@ -142,6 +146,10 @@ def run(
             sets.append(f"ray.address={ray_address}")
         if no_ray:
             sets.append("ray.enabled=false")
+        if task is not None:
+            sets.append(f"task={task}")
+            if config is None and preset is None and task == "classification":
+                preset = "classification"  # a working classification run out of the box
         cfg = _experiment(config, preset, sets)
 
         from mgkd.orchestration.controller import run_lineage, ui_command
@@ -271,6 +279,7 @@ def losses(
             {
                 "name": name,
                 "view": cls.view,
+                "tasks": list(cls.tasks),
                 "parameters": cls.parameters(),
                 "teacher_needs": cls.teacher_needs.names(),
                 "description": cls.description,
@@ -287,7 +296,8 @@ def losses(
             table.add_column(col, overflow="fold")
         for r in rows:
             params = "\n".join(f"{k}={v}" for k, v in r["parameters"].items())
-            table.add_row(r["name"], r["view"], params or "-", ", ".join(r["teacher_needs"]) or "-", r["description"])
+            data = f"{r['view']} ({', '.join(r['tasks'])})"
+            table.add_row(r["name"], data, params or "-", ", ".join(r["teacher_needs"]) or "-", r["description"])
         console.print(table)
 
 
@@ -319,13 +329,20 @@ def lineage(
             lines.append(
                 f"[bold]gen {g['generation']}[/]  {g['arch'] or '?'} d{p.get('model.d_model', '?')} "
                 f"{p.get('model.encoder_layers', '?')}+{p.get('model.decoder_layers', '?')}  "
-                f"{m.get('parameters', 0) / 1e6:.2f}M params  test BLEU {m.get('test_bleu', float('nan')):.2f}  "
-                f"chrF {m.get('test_chrf', float('nan')):.2f}  {teacher}  {g['status']}"
+                f"{m.get('parameters', 0) / 1e6:.2f}M params  {_scores(m)}  {teacher}  {g['status']}"
             )
             lines.append(f"       run {g['run_id']}  checkpoint sha256 {g['checkpoint_sha256'] or '-'}")
             if g["teacher_run_id"]:
                 lines.append(f"       teacher run {g['teacher_run_id']}  sha256 {g['teacher_checkpoint_sha256']}")
         console.print("\n".join(lines), soft_wrap=True, highlight=False)
+
+
+def _scores(m: dict[str, float]) -> str:
+    """A generation's test scores: accuracy/macro-F1 for classification, BLEU/chrF for translation."""
+    if "test_accuracy" in m:
+        mcc = f"  MCC {m['test_mcc']:.2f}" if "test_mcc" in m else ""
+        return f"test accuracy {m['test_accuracy']:.2f}  macro-F1 {m.get('test_macro_f1', float('nan')):.2f}{mcc}"
+    return f"test BLEU {m.get('test_bleu', float('nan')):.2f}  chrF {m.get('test_chrf', float('nan')):.2f}"
 
 
 @app.command()

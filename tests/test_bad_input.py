@@ -32,7 +32,7 @@ def _run(tmp_path: Path, *args: str):
 
 
 def test_unknown_model_and_schedule_list_the_choices(tmp_path):
-    assert "unknown model arch 'lstm'; known architectures: bigru, transformer" in _run(
+    assert "unknown model arch 'lstm'; known architectures: bigru, transformer, transformer_classifier" in _run(
         tmp_path, "--no-ray", "--set", "model.arch=lstm"
     )
     out = _run(tmp_path, "--no-ray", "--schedule", "grow")

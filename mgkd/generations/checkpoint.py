@@ -44,6 +44,8 @@ def save_checkpoint(path: Path, model: nn.Module, vocab_size: int, **meta: Any) 
         "format": FORMAT,
         "model_config": model.cfg.model_dump(),  # type: ignore[union-attr]
         "vocab_size": int(vocab_size),
+        # Classifiers: the number of classes (their head's size), so the checkpoint rebuilds them alone.
+        **({"num_classes": int(model.num_classes)} if getattr(model, "num_classes", None) else {}),
         "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
         "meta": meta,
     }
@@ -75,7 +77,7 @@ def load_checkpoint(path: Path, expected_sha256: str | None = None) -> tuple[nn.
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise MgkdError(f"{path} is not an mgkd checkpoint (format {FORMAT} expected)")
     cfg = ModelConfig.model_validate(payload["model_config"])
-    model = build_model(cfg, payload["vocab_size"])
+    model = build_model(cfg, payload["vocab_size"], payload.get("num_classes"))
     try:
         missing, unexpected = model.load_state_dict(payload["state_dict"], strict=False)
     except RuntimeError as e:  # shapes differ

@@ -19,7 +19,8 @@ from mgkd.config import (
 )
 from mgkd.errors import MgkdError
 from mgkd.losses import Criterion
-from mgkd.models import check_arch
+from mgkd.losses.base import registry
+from mgkd.models import TASK_ARCHS, check_arch
 from mgkd.models.cutting import plan_cut
 
 
@@ -166,6 +167,7 @@ def build_schedule(cfg: ExperimentConfig) -> list[GenerationSpec]:
             specs.append(_apply(cfg, defaults, ov, k, model_base=base_model))
         else:
             specs.append(_apply(cfg, student_defaults, ov, k))
+    _check_task(cfg, specs)
     for i, spec in enumerate(specs):
         tg = spec.teacher_generations or []
         bad = [t for t in tg if not 0 <= t < spec.index]
@@ -187,6 +189,54 @@ def build_schedule(cfg: ExperimentConfig) -> list[GenerationSpec]:
                     "internal-representation losses need a single teacher"
                 )
     return specs
+
+
+def _check_task(cfg: ExperimentConfig, specs: list[GenerationSpec]) -> None:
+    """Every generation's architecture and loss terms must belong to the config's task."""
+    task = cfg.task
+    for spec in specs:
+        where = "generations.teacher" if spec.index == 0 else f"generation {spec.index}"
+        if spec.external is not None:
+            if task != "translation":
+                raise MgkdError(f"{where}: an external (Hugging Face seq2seq) teacher is for task translation, "
+                                f"not {task}; drop generations.teacher.external")  # fmt: skip
+            continue
+        check_arch(spec.model.arch)
+        if spec.model.arch not in TASK_ARCHS[task]:
+            raise MgkdError(
+                f"{where}: arch {spec.model.arch!r} does not fit task {task!r} (its architectures: "
+                f"{', '.join(sorted(TASK_ARCHS[task]))}); set model.arch"
+                + ("; `--task classification` with no --config runs the classification preset"
+                   if task == "classification" else "")
+            )  # fmt: skip
+        try:
+            criterion = Criterion(spec.losses)
+        except MgkdError as e:
+            raise MgkdError(f"{where}: {e}") from None
+        wrong = [name for name, _, p in criterion.terms if task not in p.tasks]
+        if wrong:
+            fits = sorted(n for n, cls in registry().items() if task in cls.tasks)
+            raise MgkdError(
+                f"{where}: loss(es) {', '.join(wrong)} work on task(s) "
+                f"{', '.join(sorted({t for n, _, p in criterion.terms if n in wrong for t in p.tasks}))}, "
+                f"not on task {task!r}; use {', '.join(fits)}"
+            )
+        if task == "classification":
+            if cfg.classification.max_length > spec.model.max_positions:
+                raise MgkdError(f"{where}: classification.max_length={cfg.classification.max_length} exceeds "
+                                f"model.max_positions={spec.model.max_positions}; raise max_positions or lower "
+                                "max_length")  # fmt: skip
+            if spec.teacher_signal == "cached":
+                raise MgkdError(f"{where}: teacher_signal 'cached' stores per-token top-k for translation; a "
+                                "classifier's teacher is cheap to run: use teacher_signal: online")  # fmt: skip
+            if spec.search is not None:
+                raise MgkdError(f"{where}: a Tune search runs translation generations (their epoch reports "
+                                "drive the scheduler); drop search for classification")  # fmt: skip
+            if cfg.ray.workers > 1:
+                raise MgkdError(f"{where}: a classification generation trains on one worker: set ray.workers=1")
+            if len(spec.teacher_generations or []) > 1:
+                raise MgkdError(f"{where}: an ensemble teacher (teacher_generations {spec.teacher_generations}) is "
+                                "for task translation; give classification generations one teacher")  # fmt: skip
 
 
 def _check_external_student(spec: GenerationSpec, external: ExternalTeacherConfig) -> ExternalTeacherConfig:

@@ -50,6 +50,7 @@ from mgkd.models.cutting import cut_layers
 from mgkd.models.decoding import translate
 from mgkd.models.ensemble import EnsembleSeq2Seq
 from mgkd.models.external import HFTeacher
+from mgkd.tasks.classification import ClassificationData
 from mgkd.tasks.translation import PAD, Batch, PreparedData, batch_indices, collate, iterate_batches, score_translations
 
 Events = Callable[[dict[str, Any]], None]
@@ -223,6 +224,12 @@ def train_generation(
         from mgkd.generations.external import evaluate_external  # it imports this module
 
         return evaluate_external(spec, data, out_dir, events) if rank == 0 else None
+    if isinstance(data, ClassificationData):  # the classification task has its own loop (no decoding, no views)
+        from mgkd.generations.classify import train_classifier_generation  # it imports this module
+
+        if world > 1:
+            raise MgkdError("a classification generation trains on one worker: set ray.workers=1")
+        return train_classifier_generation(spec, data, out_dir, teacher_checkpoint, teacher_sha256, events)
     device = resolve_device(spec.train.device)
     # Worker r > 0 draws its own dropout masks and noise; worker 0 draws what a single process would.
     seed_everything(spec.seed + rank)

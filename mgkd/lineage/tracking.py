@@ -292,7 +292,11 @@ def dataset_inputs(name: str, splits: dict[str, dict[str, Any]]) -> list[Any]:
             source=json.dumps({"uri": info["uri"]}),
             schema=json.dumps({"columns": ["id", "source", "target"]}),
             profile=json.dumps(
-                {"num_rows": info["rows"], "target_tokens": info["target_tokens"], "sha256": info["digest"]}
+                {
+                    "num_rows": info["rows"],
+                    **{k: v for k, v in info.items() if k.endswith("tokens")},
+                    "sha256": info["digest"],
+                }
             ),
         )
         out.append(DatasetInput(ds, tags=[InputTag("mlflow.data.context", split)]))
@@ -300,7 +304,7 @@ def dataset_inputs(name: str, splits: dict[str, dict[str, Any]]) -> list[Any]:
 
 
 def lineage_plot(generations: list[dict[str, float]], path: Path) -> Path:
-    """Test BLEU/chrF and parameter count across generations, as a PNG."""
+    """Test BLEU/chrF (classification: accuracy/macro-F1) and parameter count across generations, as a PNG."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -308,8 +312,11 @@ def lineage_plot(generations: list[dict[str, float]], path: Path) -> Path:
 
     xs = [int(g["generation"]) for g in generations]
     fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
-    ax.plot(xs, [g["test_bleu"] for g in generations], "o-", label="test BLEU")
-    ax.plot(xs, [g["test_chrf"] for g in generations], "s--", label="test chrF")
+    first, second = ("test_bleu", "test_chrf") if "test_bleu" in generations[0] else ("test_accuracy", "test_macro_f1")
+    label = {"test_bleu": "test BLEU", "test_chrf": "test chrF", "test_accuracy": "test accuracy (%)",
+             "test_macro_f1": "test macro-F1 (%)"}  # fmt: skip
+    ax.plot(xs, [g[first] for g in generations], "o-", label=label[first])
+    ax.plot(xs, [g[second] for g in generations], "s--", label=label[second])
     ax.set_xlabel("generation (0 = teacher)")
     ax.set_ylabel("score")
     ax.set_xticks(xs)

@@ -116,6 +116,9 @@ class LossPlugin:
     student_needs: ClassVar[TeacherNeeds] = TeacherNeeds()
     # The data the term is computed on (see the module docstring).
     view: ClassVar[str] = "gold"
+    # The tasks (ExperimentConfig.task) whose batches and outputs the term understands; the schedule
+    # refuses a term on any other task before anything trains.
+    tasks: ClassVar[tuple[str, ...]] = ("translation",)
     # Share of the training budget done, in [0, 1]; set by the trainer every step.
     progress: float = 0.0
 

@@ -21,6 +21,7 @@ from mgkd.config import ModelConfig
 from mgkd.errors import MgkdError
 from mgkd.losses.base import LossPlugin, TeacherNeeds, register
 from mgkd.models.transformer import Seq2SeqOutput
+from mgkd.tasks.classification import ClassBatch
 from mgkd.tasks.translation import PAD, Batch
 
 SIDES = ("encoder", "decoder")  # bottom-up: the decoder reads the encoder's output
@@ -39,6 +40,8 @@ ARCH_FEATURES: dict[str, frozenset[tuple[str, str]]] = {
     # The BiGRU returns one hidden entry per side (the top encoder states, the decoder's attentional
     # states), so it counts as one layer per side here; its attention is not per layer and head.
     "bigru": frozenset({("encoder", "hidden"), ("decoder", "hidden")}),
+    # The encoder classifier: its layers' states and attention (hidden states are compared at [CLS] only).
+    "transformer_classifier": frozenset({("encoder", "hidden"), ("encoder", "attention")}),
 }
 
 # Probabilities are clamped before the log: masked keys have probability 0.
@@ -175,6 +178,8 @@ class InternalRepresentation(LossPlugin):
     """
 
     name = "internal"
+    # Classification compares hidden states at [CLS] only and attention at every real query, as the paper.
+    tasks = ("translation", "classification")
     description = (
         "internal-representation KD (Aguilar et al. 2020): hidden cosine/MSE with projections and attention KL "
         "on mapped layers; joint, progressive or stacked schedule"
@@ -353,7 +358,7 @@ class InternalRepresentation(LossPlugin):
         return self._weighted(student, teacher, batch)
 
     def _weighted(self, student: Seq2SeqOutput, teacher: Seq2SeqOutput, batch: Batch) -> torch.Tensor:
-        masks = {"encoder": batch.src.ne(PAD), "decoder": batch.tgt_out.ne(PAD)}
+        masks = _masks(batch)
         total: torch.Tensor | float = 0.0
         weights = 0.0
         self.last_pair_losses = {}
@@ -361,7 +366,7 @@ class InternalRepresentation(LossPlugin):
             s, t = _feature(student, p, "student"), _feature(teacher, p, "teacher")
             if p.key in self.projections:
                 s = self.projections[p.key](s)
-            value = DISTANCES[p.loss](s, t, masks[p.side])
+            value = DISTANCES[p.loss](s, t, masks[(p.side, p.feature)])
             self.last_pair_losses[p.key] = value.detach()
             total = total + p.weight * value
             weights += p.weight
@@ -369,6 +374,15 @@ class InternalRepresentation(LossPlugin):
 
 
 # -- helpers -------------------------------------------------------------------
+
+
+def _masks(batch: Batch | ClassBatch) -> dict[tuple[str, str], torch.Tensor]:
+    """Where each (side, feature) is compared: real tokens; a classifier's hidden states at [CLS] only
+    (the vector its prediction reads, as Aguilar et al. match it)."""
+    if isinstance(batch, ClassBatch):
+        return {("encoder", "hidden"): batch.cls_mask(), ("encoder", "attention"): batch.src.ne(PAD)}
+    enc, dec = batch.src.ne(PAD), batch.tgt_out.ne(PAD)
+    return {(side, feature): (enc if side == "encoder" else dec) for side in SIDES for feature in FEATURES}
 
 
 def _error(message: str) -> MgkdError:

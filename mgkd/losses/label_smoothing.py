@@ -7,6 +7,7 @@ import torch.nn.functional as F
 
 from mgkd.losses.base import LossPlugin, register
 from mgkd.models.transformer import Seq2SeqOutput
+from mgkd.tasks.classification import ClassBatch
 from mgkd.tasks.translation import PAD, Batch
 
 
@@ -20,6 +21,7 @@ class LabelSmoothing(LossPlugin):
 
     name = "label_smoothing"
     description = "cross-entropy with the gold targets, label-smoothed; the teacher-free baseline"
+    tasks = ("translation", "classification")
 
     def __init__(self, *, smoothing: float = 0.1) -> None:
         if not 0.0 <= smoothing < 1.0:
@@ -28,6 +30,8 @@ class LabelSmoothing(LossPlugin):
 
     def __call__(self, student: Seq2SeqOutput, teacher: Seq2SeqOutput | None, batch: Batch) -> torch.Tensor:
         logits = student.logits
+        if isinstance(batch, ClassBatch):  # one label per example: (B, C) logits
+            return F.cross_entropy(logits.float(), batch.labels, label_smoothing=self.smoothing)
         return F.cross_entropy(
             logits.reshape(-1, logits.size(-1)).float(),
             batch.tgt_out.reshape(-1),

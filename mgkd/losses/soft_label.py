@@ -7,6 +7,7 @@ import torch.nn.functional as F
 
 from mgkd.losses.base import LossPlugin, TeacherNeeds, register
 from mgkd.models.transformer import Seq2SeqOutput
+from mgkd.tasks.classification import ClassBatch
 from mgkd.tasks.translation import PAD, Batch
 
 
@@ -58,6 +59,8 @@ class SoftLabel(LossPlugin):
 
     name = "soft_label"
     description = "token-level KL(teacher_T || student_T) * T^2 over non-padding tokens; optional top-k, T schedule"
+    # Classification: the same KL over the classes, one distribution per example (logits (B, C)).
+    tasks = ("translation", "classification")
 
     def __init__(self, *, temperature: float = 2.0, final_temperature: float | None = None, top_k: int = 0) -> None:
         if temperature <= 0 or (final_temperature is not None and final_temperature <= 0):
@@ -80,7 +83,10 @@ class SoftLabel(LossPlugin):
     def __call__(self, student: Seq2SeqOutput, teacher: Seq2SeqOutput | None, batch: Batch) -> torch.Tensor:
         if teacher is None:
             raise ValueError("soft_label needs a teacher; generation 0 has none")
-        mask = batch.tgt_out.ne(PAD)
+        if isinstance(batch, ClassBatch):
+            mask = torch.ones(batch.labels.shape, dtype=torch.bool, device=batch.labels.device)
+        else:
+            mask = batch.tgt_out.ne(PAD)
         t = self.current_temperature()
         if not self.top_k:
             return soft_label_kd(student.logits, teacher.logits, mask, t)

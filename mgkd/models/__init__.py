@@ -7,11 +7,19 @@ from torch import nn
 from mgkd.config import ModelConfig
 from mgkd.errors import MgkdError
 from mgkd.models.bigru import BiGRUSeq2Seq
+from mgkd.models.classifier import TransformerClassifier
 from mgkd.models.transformer import Seq2SeqOutput, TransformerSeq2Seq
 
 MODELS: dict[str, type[nn.Module]] = {
     "transformer": TransformerSeq2Seq,
     "bigru": BiGRUSeq2Seq,
+    # task classification: an encoder with a [CLS] head; its class count comes from the data.
+    "transformer_classifier": TransformerClassifier,
+}
+# The architectures of each task (a config pairing a task with another's model is refused).
+TASK_ARCHS: dict[str, frozenset[str]] = {
+    "translation": frozenset({"transformer", "bigru"}),
+    "classification": frozenset({"transformer_classifier"}),
 }
 
 
@@ -30,8 +38,11 @@ def exposed_features(arch: str) -> frozenset[str]:
     return frozenset(getattr(MODELS[arch], "exposes", frozenset()))
 
 
-def build_model(cfg: ModelConfig, vocab_size: int) -> nn.Module:
+def build_model(cfg: ModelConfig, vocab_size: int, num_classes: int | None = None) -> nn.Module:
+    """The model a config describes; `num_classes` (from the data's labels) for classifiers only."""
     check_arch(cfg.arch)
+    if cfg.arch in TASK_ARCHS["classification"]:
+        return MODELS[cfg.arch](cfg, vocab_size, num_classes)
     return MODELS[cfg.arch](cfg, vocab_size)
 
 
@@ -39,4 +50,4 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-__all__ = ["MODELS", "Seq2SeqOutput", "build_model", "check_arch", "count_parameters", "exposed_features"]
+__all__ = ["MODELS", "TASK_ARCHS", "Seq2SeqOutput", "build_model", "check_arch", "count_parameters", "exposed_features"]

@@ -21,6 +21,8 @@ from mgkd.errors import MgkdError
 
 CutLayers = str | list[int] | dict[str, list[int]]
 SIDES = (("encoder", "encoder_layers"), ("decoder", "decoder_layers"))
+# The layer stacks each cuttable architecture has (the classifier is an encoder only).
+CUT_SIDES = {"transformer": SIDES, "transformer_classifier": SIDES[:1]}
 
 
 def select_layers(how: str | list[int], n_teacher: int, n_student: int, side: str = "encoder") -> list[int]:
@@ -49,10 +51,10 @@ def select_layers(how: str | list[int], n_teacher: int, n_student: int, side: st
 
 def plan_cut(how: CutLayers, student: ModelConfig, teacher: ModelConfig) -> dict[str, list[int]]:
     """Check that a cut is possible and return the teacher layers per side; raises MgkdError otherwise."""
-    if student.arch != "transformer" or teacher.arch != "transformer":
+    if student.arch != teacher.arch or student.arch not in CUT_SIDES:
         raise MgkdError(
-            f"init: cut copies Transformer layers; got teacher {teacher.arch} and student {student.arch} "
-            "(use init: scratch across architectures)"
+            f"init: cut copies Transformer layers between models of one arch ({', '.join(CUT_SIDES)}); got teacher "
+            f"{teacher.arch} and student {student.arch} (use init: scratch across architectures)"
         )
     same = ("d_model", "n_heads", "ff_dim")
     diff = [k for k in same if getattr(student, k) != getattr(teacher, k)]
@@ -63,7 +65,7 @@ def plan_cut(how: CutLayers, student: ModelConfig, teacher: ModelConfig) -> dict
             + "; change only encoder_layers/decoder_layers, or use init: scratch"
         )
     plan = {}
-    for side, attr in SIDES:
+    for side, attr in CUT_SIDES[student.arch]:
         spec = how.get(side, "first") if isinstance(how, dict) else how
         plan[side] = select_layers(spec, getattr(teacher, attr), getattr(student, attr), side)
     return plan

@@ -39,7 +39,8 @@ from mgkd.models.external import folder_sha256
 from mgkd.orchestration.display import GenerationProgress, lineage_table
 from mgkd.orchestration.runners import LocalRunner, RayRunner
 from mgkd.orchestration.sweep import SweepOutcome, run_sweep
-from mgkd.tasks.translation import PreparedData, prepare
+from mgkd.tasks import prepare  # the config's task: translation or classification
+from mgkd.tasks.translation import PreparedData
 
 
 @dataclass
@@ -242,7 +243,8 @@ def _drive(cfg: ExperimentConfig, specs: list[GenerationSpec], data: PreparedDat
                     f"  [dim]src[/]  {s['source']}\n  [dim]ref[/]  {s['reference']}\n  [dim]hyp[/]  {s['hypothesis']}"
                 )
         wall = time.perf_counter() - t0
-        recorder.log_metrics(lineage_id, {"wall_time_s": wall, "final_test_bleu": results[-1].metrics["test_bleu"]}, 0)
+        final = {f"final_{k}": v for k, v in results[-1].metrics.items() if k in ("test_bleu", "test_accuracy")}
+        recorder.log_metrics(lineage_id, {"wall_time_s": wall, **final}, 0)
         plot = lineage_plot([{"generation": r.index, **r.metrics} for r in results], lineage_dir / "lineage.png")
         recorder.log_artifact(lineage_id, plot)
         status = "FINISHED"
@@ -307,7 +309,12 @@ def _datasets(cfg: ExperimentConfig, data: PreparedData) -> list:
                 "digest": s.digest,
                 "uri": str((data.cache_dir / f"{name}.jsonl").resolve()),
                 "rows": len(s),
-                "target_tokens": int(sum(len(t) + 1 for t in s.tgt)),
+                # translation: target tokens; classification: input tokens
+                **(
+                    {"target_tokens": int(sum(len(t) + 1 for t in s.tgt))}
+                    if cfg.task == "translation"
+                    else {"tokens": int(sum(len(t) for t in s.src))}
+                ),
             }  # fmt: skip
             for name, s in data.splits.items()
         },

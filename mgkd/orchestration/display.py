@@ -52,6 +52,8 @@ class GenerationProgress:
             parts = [f"epoch {event['epoch']}: valid loss {m['valid_loss']:.3f}"]
             if "valid_bleu" in m:
                 parts.append(f"valid BLEU {m['valid_bleu']:.2f}")
+            if "valid_accuracy" in m:
+                parts.append(f"valid accuracy {m['valid_accuracy']:.2f}, macro-F1 {m['valid_macro_f1']:.2f}")
             self.console.log(f"{name} " + ", ".join(parts))
         elif kind == "sweep" and event["phase"] == "teacher outputs":
             self.console.log(f"{name}: the teacher's outputs for the sweep, built once for all trials")
@@ -76,11 +78,18 @@ class GenerationProgress:
 
 def lineage_table(specs: list[GenerationSpec], results: list[GenerationResult], title: str) -> Table:
     table = Table(title=title)
-    for col in ("gen", "architecture", "params", "valid loss", "test BLEU", "test chrF", "train time", "teacher"):
+    # Classification shows accuracy and macro-F1 (and MCC where configured) where translation shows BLEU/chrF.
+    scores = [("test_bleu", "test BLEU"), ("test_chrf", "test chrF")]
+    if results and "test_accuracy" in results[0].metrics:
+        scores = [("test_accuracy", "test acc"), ("test_macro_f1", "test macro-F1")]
+        scores += [("test_mcc", "test MCC")] if "test_mcc" in results[0].metrics else []
+    for col in ("gen", "architecture", "params", "valid loss", *(c for _, c in scores), "train time", "teacher"):
         table.add_column(col, justify="right" if col not in ("architecture", "teacher") else "left")
     for spec, r in zip(specs, results):
         m = spec.model
         arch = f"{m.arch} d{m.d_model} {m.encoder_layers}+{m.decoder_layers}"
+        if m.arch == "transformer_classifier":
+            arch = f"{m.arch} d{m.d_model} {m.encoder_layers}L"
         if spec.external is not None:
             arch = f"external {spec.external.kind}: {spec.external.path.name}"
         tg = spec.teacher_generations or []
@@ -89,6 +98,6 @@ def lineage_table(specs: list[GenerationSpec], results: list[GenerationResult], 
         met = r.metrics
         table.add_row(
             str(spec.index), arch, f"{r.parameters / 1e6:.2f}M", f"{met.get('best_valid_loss', float('nan')):.3f}",
-            f"{met['test_bleu']:.2f}", f"{met['test_chrf']:.2f}", f"{met['train_time_s']:.0f}s", teacher,
+            *(f"{met[k]:.2f}" for k, _ in scores), f"{met['train_time_s']:.0f}s", teacher,
         )  # fmt: skip
     return table

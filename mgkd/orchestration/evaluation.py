@@ -57,6 +57,11 @@ def evaluate_ensemble(
     client = _client(tracking_uri)
     with tempfile.TemporaryDirectory(prefix="mgkd-eval-") as tmp:
         cfg: ExperimentConfig = validate(lineage_config(tracking_uri, info["lineage_id"]))
+        if cfg.task != "translation":
+            raise MgkdError(
+                f"lineage {info['lineage_id']} is task {cfg.task!r}: `mgkd evaluate` ensembles translation lineages; "
+                "its generations' test accuracy and macro-F1 are in `mgkd lineage`"
+            )
         if output_dir is not None:
             cfg = cfg.model_copy(update={"output_dir": Path(output_dir)})
         if split not in ("valid", "test"):
