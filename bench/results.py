@@ -88,13 +88,13 @@ BUDGETS = {
         note="pipeline check only: a few steps per generation on 1500 pairs",
     ),
     # The demo preset's sizes: d128 2+2 teacher for 7 epochs, born-again students 1 epoch from their teacher;
-    # the small students (d64 1+1) 4 epochs from scratch.
+    # the small students (d64 1+1) 3 epochs from scratch.
     "demo": Budget(
         name="demo",
         base="configs/demo.yaml",
         overrides=[],
         small_model=SMALL_D64,
-        small_train={"max_epochs": 4, "max_steps": None, "lr": 0.002, "warmup_steps": 100},
+        small_train={"max_epochs": 3, "max_steps": None, "lr": 0.002, "warmup_steps": 100},
         seq_kd={"beam_size": 4, "select": "top"},
         note="the demo preset's sizes (configs/demo.yaml)",
     ),
@@ -123,6 +123,7 @@ class Lineage:
     key: str  # the folder under runs_dir/<budget>/
     raw: dict[str, Any]  # the complete config (validated before anything runs)
     what: str
+    parts: str  # which parts of the report it feeds: A, B, C, E
 
 
 def _losses(recipe: str, seq_kd: dict[str, Any]) -> list[dict[str, Any]]:
@@ -140,11 +141,14 @@ def _losses(recipe: str, seq_kd: dict[str, Any]) -> list[dict[str, Any]]:
     raise ValueError(recipe)
 
 
-RECIPES = {  # B's generations, in this order; C's student is generation 1's recipe
-    1: ("word_kd", "word-level KD (soft_label T=2, 0.5 + label smoothing 0.5)"),
-    2: ("scratch", "from scratch, label loss only (label smoothing 0.1)"),
-    3: ("seq_kd", "seq-KD (teacher's beam outputs, 0.5 + label smoothing 0.5)"),
-    4: ("seq_kd_internal", "seq-KD + internal (hidden + attention, joint, weight 0.5)"),
+# B's students are generations 5-8 of the first seed's A lineage (after the born-again chain 1-4), so A and B
+# share one teacher: on the shared 2-core machine a teacher is the dearest part of the matrix.
+# C's student has generation 5's recipe.
+RECIPES = {
+    5: ("word_kd", "word-level KD (soft_label T=2, 0.5 + label smoothing 0.5)"),
+    6: ("scratch", "from scratch, label loss only (label smoothing 0.1)"),
+    7: ("seq_kd", "seq-KD (teacher's beam outputs, 0.5 + label smoothing 0.5)"),
+    8: ("seq_kd_internal", "seq-KD + internal (hidden + attention, joint, weight 0.5)"),
 }
 
 
@@ -157,30 +161,30 @@ def matrix(budget: Budget, seeds: list[int], runs: Path, ray: bool) -> dict[str,
     base = apply_overrides(load_raw(ROOT / budget.base), budget.overrides + ([] if ray else ["ray.enabled=false"]))
     out: dict[str, Lineage] = {}
 
-    def add(key: str, raw: dict[str, Any], what: str) -> None:
+    def add(key: str, raw: dict[str, Any], what: str, parts: str) -> None:
         raw = copy.deepcopy(raw)
         raw["output_dir"] = str(runs / budget.name / key)
         validate(raw)  # a bad matrix stops before anything trains
-        out[key] = Lineage(key, raw, what)
+        out[key] = Lineage(key, raw, what, parts)
 
-    for seed in seeds:
+    for i, seed in enumerate(seeds):
         raw = copy.deepcopy(base)
         raw["seed"] = seed
         raw["name"] = "results_born_again"
         raw["generations"]["count"] = 4
-        add(f"a-born-again-seed{seed}", raw, f"A: born-again lineage, seed {seed}")
-    raw = copy.deepcopy(base)
-    raw["seed"], raw["name"] = seeds[0], "results_small_students"
-    raw["generations"]["count"] = 4
-    raw["generations"]["per_generation"] = {k: _small(budget, r) for k, (r, _) in RECIPES.items()}
-    add("b-small-students", raw, "B: one teacher, four small students (teacher_generations [0])")
+        if i == 0:  # B's small students ride on this lineage's teacher
+            raw["generations"]["count"] = max(RECIPES)
+            raw["generations"]["per_generation"] = {k: _small(budget, r) for k, (r, _) in RECIPES.items()}
+            add(f"ab-seed{seed}", raw, f"A+B: born-again generations 1-4 and small students 5-8, seed {seed}", "AB")
+        else:
+            add(f"a-born-again-seed{seed}", raw, f"A: born-again lineage, seed {seed}", "A")
     raw = copy.deepcopy(base)
     raw["seed"], raw["name"] = seeds[0], "results_plain_teacher"
     raw["generations"]["count"] = 1
     raw["generations"]["teacher"] = {"losses": [{"name": "label_smoothing", "weight": 1.0,
                                                  "params": {"smoothing": 0.0}}]}  # fmt: skip
-    raw["generations"]["per_generation"] = {1: _small(budget, RECIPES[1][0])}
-    add("c-plain-teacher", raw, "C: plain (no label smoothing) teacher + B's generation-1 student")
+    raw["generations"]["per_generation"] = {1: _small(budget, RECIPES[5][0])}
+    add("c-plain-teacher", raw, "C: plain (no label smoothing) teacher + the word-KD small student", "C")
     return out
 
 
@@ -189,7 +193,7 @@ def full_smoke_lineage(runs: Path, ray: bool) -> Lineage:
     raw["output_dir"] = str(runs / "full-smoke")
     validate(load_raw(ROOT / "configs/full.yaml"))  # the preset itself, unchanged, must validate
     validate(raw)
-    return Lineage("full-smoke", raw, "E: configs/full.yaml, a few steps")
+    return Lineage("full-smoke", raw, "E: configs/full.yaml, a few steps", "E")
 
 
 # --- running ---------------------------------------------------------------------------------------------
@@ -298,18 +302,23 @@ def hardware_line() -> str:
 
 @dataclass
 class Record:
-    """A finished lineage as MLflow holds it."""
+    """A lineage as MLflow holds it: its finished generations (all of them once the lineage finished)."""
 
     lin: Lineage
     info: dict[str, Any]  # read_lineage
     parent: Any  # the parent run (metrics, tags)
     ensemble: dict[str, float] | None
+    finished: bool
+
+    def has(self, *ks: int) -> bool:
+        done = {g["generation"] for g in self.info["generations"] if g["status"] == "FINISHED"}
+        return all(k in done for k in ks)
 
     def gen(self, k: int) -> dict[str, Any]:
         for g in self.info["generations"]:
-            if g["generation"] == k:
+            if g["generation"] == k and g["status"] == "FINISHED":
                 return g
-        raise MgkdError(f"lineage {self.info['lineage_id']} ({self.lin.key}) has no generation {k}")
+        raise MgkdError(f"lineage {self.info['lineage_id']} ({self.lin.key}) has no finished generation {k}")
 
     def m(self, k: int, key: str) -> float:
         metrics = self.gen(k)["metrics"]
@@ -325,7 +334,7 @@ def read_record(lin: Lineage) -> Record | None:
         raise
     except Exception:  # noqa: BLE001 - an unreadable store: report the lineage as missing
         return None
-    if state != "finished":
+    if state == "absent":
         return None
     info = _read_lineage(last["tracking_uri"], last["lineage_id"])
     parent = _client(last["tracking_uri"]).get_run(last["lineage_id"])
@@ -333,7 +342,7 @@ def read_record(lin: Lineage) -> Record | None:
     runs = _evaluation_runs(last, ENSEMBLE)
     if runs:
         ens = {k: float(v) for k, v in runs[0].data.metrics.items()}
-    return Record(lin, info, parent, ens)
+    return Record(lin, info, parent, ens, state == "finished")
 
 
 # --- the report ------------------------------------------------------------------------------------------
@@ -367,12 +376,12 @@ def _data_line(rec: Record) -> str:
 
 def _run_line(rec: Record) -> str:
     t, pm, p = rec.parent.data.tags, rec.parent.data.metrics, rec.parent.data.params
-    wall = f"{pm['wall_time_s'] / 60:.1f} min" if "wall_time_s" in pm else "?"
+    wall = f"{pm['wall_time_s'] / 60:.1f} min" if "wall_time_s" in pm else "- (lineage not finished)"
     threads = p.get("train.threads", "None")
     if threads in ("None", None):
         threads = (f"{float(p['ray.cpus_per_generation']):g} (Ray cpus_per_generation)"
                    if p.get("ray.enabled") == "True" else "torch default")  # fmt: skip
-    hw = t.get("bench.hardware", "hardware not recorded (lineage not run by this script)")
+    hw = t.get("bench.hardware", f"{hardware_line()} (read when this report was written)")
     load = (f"load average {t['bench.loadavg_start']} at start, {t['bench.loadavg_end']} at end (1/5/15 min)"
             if "bench.loadavg_start" in t else "load not recorded")  # fmt: skip
     runner = "Ray" if p.get("ray.enabled") == "True" else "in-process (--no-ray)"
@@ -469,7 +478,7 @@ def write_report(args: argparse.Namespace, budget: Budget, lineages: dict[str, L
     figs = out.parent / "results"
     figs.mkdir(parents=True, exist_ok=True)
     recs = {k: read_record(lin) for k, lin in lineages.items()}
-    missing = [f"{lin.what} (`{k}`)" for k, lin in lineages.items() if recs[k] is None]
+    missing = [f"{lin.what} (`{k}`)" for k, lin in lineages.items() if recs[k] is None or not recs[k].finished]
     rel = lambda p: os.path.relpath(p, out.parent)  # noqa: E731
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout
     md = ["# mgkd quality report", ""]
@@ -499,7 +508,7 @@ def write_report(args: argparse.Namespace, budget: Budget, lineages: dict[str, L
     headline = ""
 
     # A
-    a = [recs[k] for k in lineages if k.startswith("a-") and recs[k] is not None]
+    a = [r for r in recs.values() if r is not None and "A" in r.lin.parts and r.has(0, 1, 2, 3, 4)]
     md += ["## A. Teacher vs born-again generations 1-4", ""]
     if a:
         table, rows = table_a(a)
@@ -520,17 +529,16 @@ def write_report(args: argparse.Namespace, budget: Budget, lineages: dict[str, L
         md += ["Not run yet.", ""]
 
     # B
-    b = recs.get("b-small-students")
-    if b is not None:
-        ratio = b.m(0, "parameters") / b.m(1, "parameters")
-        md += [f"## B. A {ratio:.1f}x smaller student: from scratch vs word-KD vs seq-KD vs seq-KD + internal", ""]
-        tp = b.m(0, "parameters")
-        order = [2, 1, 3, 4]
-        md += [f"One lineage: generation 0 is the teacher ({_model_name(b.gen(0))}, {tp / 1e6:.2f}M parameters); "
-               "generations 1-4 all learn from generation 0 (`teacher_generations: [0]`) and are the same small "
-               f"model ({_model_name(b.gen(1))}, {b.m(1, 'parameters') / 1e6:.2f}M parameters, "
-               f"**{tp / b.m(1, 'parameters'):.2f}x** fewer than the teacher), trained from scratch with the same "
-               "budget; only the loss differs.", ""]  # fmt: skip
+    b = next((r for r in recs.values() if r is not None and "B" in r.lin.parts), None)
+    order = [k for k in (6, 5, 7, 8) if b is not None and b.has(0, k)]  # scratch first: the baseline
+    if b is not None and order:
+        tp, sp = b.m(0, "parameters"), b.m(order[0], "parameters")
+        md += [f"## B. A {tp / sp:.1f}x smaller student: from scratch vs word-KD vs seq-KD vs seq-KD + internal", ""]
+        md += [f"Lineage `{b.lin.key}` (the seed-{b.lin.raw['seed']} lineage of A): generation 0 is the teacher "
+               f"({_model_name(b.gen(0))}, {tp / 1e6:.2f}M parameters); generations 5-8 all learn from generation 0 "
+               f"(`teacher_generations: [0]`) and are the same small model ({_model_name(b.gen(order[0]))}, "
+               f"{sp / 1e6:.2f}M parameters, **{tp / sp:.2f}x** fewer than the teacher), trained from scratch with the "
+               "same budget; only the loss differs.", ""]  # fmt: skip
         head = "| gen | student recipe | params | test BLEU | test chrF | best valid loss | steps | train time s |"
         md += [head, "|---|---|---|---|---|---|---|---|"]
         md += [f"| 0 | teacher ({_model_name(b.gen(0))}) | {tp / 1e6:.2f}M | {_fmt(b.m(0, 'test_bleu'))} | "
@@ -540,66 +548,63 @@ def write_report(args: argparse.Namespace, budget: Budget, lineages: dict[str, L
             md += [f"| {k} | {RECIPES[k][1]} | {b.m(k, 'parameters') / 1e6:.2f}M | {_fmt(b.m(k, 'test_bleu'))} | "
                    f"{_fmt(b.m(k, 'test_chrf'))} | {b.m(k, 'best_valid_loss'):.3f} | {int(b.m(k, 'steps'))} | "
                    f"{b.m(k, 'train_time_s'):.0f} |"]  # fmt: skip
-        seq = b.gen(3)["metrics"]
-        if "seq_kd_pseudo_bleu" in seq:
-            reused = b.gen(4)["metrics"].get("seq_kd_cached") == 1.0
-            md += ["", f"- seq-KD targets: the teacher's beam-{b.gen(3)['params'].get('loss.seq_kd.beam_size', '?')} "
+        not_yet = [f"{k} ({RECIPES[k][0]})" for k in RECIPES if k not in order]
+        if not_yet:
+            md += ["", f"- **Not finished yet**: generation(s) {', '.join(not_yet)}."]
+        md += [""]
+        if b.has(7) and "seq_kd_pseudo_bleu" in b.gen(7)["metrics"]:
+            seq = b.gen(7)["metrics"]
+            reused = b.has(8) and b.gen(8)["metrics"].get("seq_kd_cached") == 1.0
+            md += [f"- seq-KD targets: the teacher's beam-{b.gen(7)['params'].get('loss.seq_kd.beam_size', '?')} "
                    f"outputs for {int(seq.get('seq_kd_sentences', 0))} training sources (their BLEU against the "
-                   f"references {seq['seq_kd_pseudo_bleu']:.2f}), decoded by generation 3 in "
-                   f"{seq.get('seq_kd_decode_s', float('nan')):.0f} s; generation 4 "
-                   + ("reused the stored outputs." if reused else "decoded them again.")]  # fmt: skip
-        md += [f"- Budget: teacher {_budget_of(b, 0)}; each student {_budget_of(b, 1)}.",
+                   f"references {seq['seq_kd_pseudo_bleu']:.2f}), decoded by generation 7 in "
+                   f"{seq.get('seq_kd_decode_s', float('nan')):.0f} s"
+                   + ("; generation 8 reused the stored outputs." if reused else ".")]  # fmt: skip
+        md += [f"- Budget: teacher {_budget_of(b, 0)}; each student {_budget_of(b, order[0])}.",
                "- The valid loss is the unsmoothed cross-entropy of the gold valid targets (the selection metric), "
                "the same measure for every row.", f"- Data: {_data_line(b)}.", f"- Run: {_run_line(b)}."]  # fmt: skip
-        a1 = next((r for r in a if int(r.lin.raw["seed"]) == int(b.lin.raw["seed"])), None)
-        if a1 is not None:
-            md += [f"- Determinism check: this teacher has the config and seed of A's seed-{a1.lin.raw['seed']} "
-                   "teacher, "
-                   f"trained again in its own lineage: test BLEU {_fmt(b.m(0, 'test_bleu'))} here, "
-                   f"{_fmt(a1.m(0, 'test_bleu'))} there; best valid loss {b.m(0, 'best_valid_loss'):.4f} vs "
-                   f"{a1.m(0, 'best_valid_loss'):.4f}."]  # fmt: skip
-        labels = ["scratch", "word-KD", "seq-KD", "seq-KD\n+internal"]
-        _bars(figs / "b_small_students.png", "B. small student recipes (same budget, same teacher)", labels,
+        names = {5: "word-KD", 6: "scratch", 7: "seq-KD", 8: "seq-KD\n+internal"}
+        _bars(figs / "b_small_students.png", "B. small student recipes (same budget, same teacher)",
+              [names[k] for k in order],
               {"test BLEU": [b.m(k, "test_bleu") for k in order], "test chrF": [b.m(k, "test_chrf") for k in order]},
               {"test BLEU": b.m(0, "test_bleu"), "test chrF": b.m(0, "test_chrf")})  # fmt: skip
         md += ["", f"![B]({rel(figs / 'b_small_students.png')})", ""]
     else:
-        md += [
-            "## B. A smaller student: from scratch vs word-KD vs seq-KD vs seq-KD + internal",
-            "",
-            "Not run yet.",
-            "",
-        ]
+        md += ["## B. A smaller student: from scratch vs word-KD vs seq-KD vs seq-KD + internal", "",
+               "Not run yet.", ""]  # fmt: skip
 
     # C
-    c = recs.get("c-plain-teacher")
+    c = next((r for r in recs.values() if r is not None and "C" in r.lin.parts), None)
     md += ["## C. Label-smoothed vs plain teacher as a teacher (Müller et al. 2019)", ""]
-    if b is not None and c is not None:
-        same = {k: v for k, v in b.gen(1)["params"].items() if k not in ("teacher_generations",)}
-        other = {k: v for k, v in c.gen(1)["params"].items() if k not in ("teacher_generations",)}
+    if b is not None and c is not None and b.has(0, 5) and c.has(0, 1):
+        ignore = ("generation", "seed", "teacher_generations")
+        same = {k: v for k, v in b.gen(5)["params"].items() if k not in ignore}
+        other = {k: v for k, v in c.gen(1)["params"].items() if k not in ignore}
         if same != other:
             diff = sorted(k for k in set(same) | set(other) if same.get(k) != other.get(k))
             raise MgkdError(f"C: the two students' recipes differ in {diff}; the comparison would not be fair")
-        md += ["Two teachers of the same architecture, seed and budget, one trained with label smoothing 0.1 (lineage "
-               "B's generation 0) and one without (smoothing 0); each teaches the same student (B's generation-1 "
-               "recipe: word-level KD into the small model, same seed, read from MLflow and checked identical).",
-               ""]  # fmt: skip
+        md += ["Two teachers of the same architecture, seed and budget, one trained with label smoothing 0.1 "
+               f"(generation 0 of `{b.lin.key}`) and one without (smoothing 0, lineage `{c.lin.key}`); each teaches "
+               "the same student recipe (word-level KD into the small model of B, from scratch; the two students' "
+               "MLflow params were read back and checked identical except the generation index and its seed: "
+               f"{b.gen(5)['params'].get('seed')} and {c.gen(1)['params'].get('seed')}).", ""]  # fmt: skip
         md += ["| teacher | teacher BLEU | teacher chrF | student BLEU | student chrF | student − teacher BLEU |",
                "|---|---|---|---|---|---|"]  # fmt: skip
         vals = {}
-        for name, rec in (("label-smoothed (0.1)", b), ("plain (0)", c)):
-            tb, sb = rec.m(0, "test_bleu"), rec.m(1, "test_bleu")
+        for name, rec, k in (("label-smoothed (0.1)", b, 5), ("plain (0)", c, 1)):
+            tb, sb = rec.m(0, "test_bleu"), rec.m(k, "test_bleu")
             vals[name] = (tb, sb)
             md += [f"| {name} | {_fmt(tb)} | {_fmt(rec.m(0, 'test_chrf'))} | {_fmt(sb)} | "
-                   f"{_fmt(rec.m(1, 'test_chrf'))} | {sb - tb:+.2f} |"]  # fmt: skip
+                   f"{_fmt(rec.m(k, 'test_chrf'))} | {sb - tb:+.2f} |"]  # fmt: skip
         md += ["", f"- Budget: teachers {_budget_of(c, 0)}; students {_budget_of(c, 1)}.",
-               f"- Data: {_data_line(c)}.", f"- Runs: label-smoothed: lineage B; plain: {_run_line(c)}."]  # fmt: skip
+               f"- Data: {_data_line(c)}.", f"- Runs: label-smoothed: lineage `{b.lin.key}` (above); plain: "
+               f"{_run_line(c)}."]  # fmt: skip
         _bars(figs / "c_label_smoothing.png", "C. teacher with / without label smoothing, and its student",
               ["LS teacher", "LS student", "plain teacher", "plain student"],
               {"test BLEU": [v for pair in vals.values() for v in pair]}, {})  # fmt: skip
         md += ["", f"![C]({rel(figs / 'c_label_smoothing.png')})", ""]
     else:
-        md += ["Not run yet (needs lineages B and C).", ""]
+        md += ["Not run yet (needs the plain-teacher lineage and generation 5 of the first A lineage).", ""]
 
     # D
     md += [f"## D. Ensemble of generations {','.join(map(str, ENSEMBLE))} vs the best single generation", ""]
@@ -687,31 +692,27 @@ def main() -> int:
         lineages = matrix(budget, seeds, runs, not args.no_ray)
         full = full_smoke_lineage(runs, not args.no_ray)
         parts = set((args.only or "A,B,C,D,E").upper().split(","))
-        # Order: the headline lineage first, then one of each comparison, then the extra seeds.
+        # Order: the headline lineage (with B's students) and its ensemble first, the cheap full-preset smoke,
+        # then the plain teacher of C, then the other seeds.
         plan: list[tuple[str, Lineage]] = []
-        first_a = f"a-born-again-seed{seeds[0]}"
-        if "A" in parts or "D" in parts:
-            plan.append(("A", lineages[first_a]))
-            if "D" in parts:
-                plan.append(("D", lineages[first_a]))
-        if "B" in parts or "C" in parts:
-            plan.append(("B", lineages["b-small-students"]))
-        if "C" in parts:
-            plan.append(("C", lineages["c-plain-teacher"]))
-        for s in seeds[1:]:
-            if "A" in parts or "D" in parts:
-                plan.append(("A", lineages[f"a-born-again-seed{s}"]))
-                if "D" in parts:
-                    plan.append(("D", lineages[f"a-born-again-seed{s}"]))
+        for lin in lineages.values():
+            if "B" in lin.parts and parts & {"A", "B", "D"}:
+                plan += [("A", lin)] + ([("D", lin)] if "D" in parts else [])
         if "E" in parts:
             plan.append(("E", full))
+        if "C" in parts:
+            plan += [("C", lin) for lin in lineages.values() if "C" in lin.parts]
+        for lin in lineages.values():
+            if lin.parts == "A" and parts & {"A", "D"}:
+                plan += [("A", lin)] + ([("D", lin)] if "D" in parts else [])
         failures = []
         if not args.report_only:
             for part, lin in plan:
                 try:
                     if part == "D":
                         state, last = _state(lin)
-                        if state == "finished":
+                        rec = read_record(lin)
+                        if rec is not None and rec.has(*ENSEMBLE):
                             ensure_ensemble(lin, last, log)
                     else:
                         ensure_lineage(lin, log)
