@@ -504,6 +504,7 @@ def write_report(args: argparse.Namespace, budget: Budget, lineages: dict[str, L
                "time in all (each lineage's `wall_time_s` in MLflow; the ensemble evaluations come on top).",
                ""]  # fmt: skip
     if missing:
+        md += [f"Load average of the machine when this report was written: {_loadavg()} (1/5/15 min).", ""]
         md += ["**Missing** (not finished when this report was written): " + "; ".join(missing) + ".", ""]
     headline = ""
 
@@ -696,15 +697,15 @@ def main() -> int:
         # then the plain teacher of C, then the other seeds.
         plan: list[tuple[str, Lineage]] = []
         for lin in lineages.values():
-            if "B" in lin.parts and parts & {"A", "B", "D"}:
-                plan += [("A", lin)] + ([("D", lin)] if "D" in parts else [])
+            if "B" in lin.parts:  # D alone (--only D) evaluates what finished, never trains
+                plan += ([("A", lin)] if parts & {"A", "B"} else []) + ([("D", lin)] if "D" in parts else [])
         if "E" in parts:
             plan.append(("E", full))
         if "C" in parts:
             plan += [("C", lin) for lin in lineages.values() if "C" in lin.parts]
         for lin in lineages.values():
-            if lin.parts == "A" and parts & {"A", "D"}:
-                plan += [("A", lin)] + ([("D", lin)] if "D" in parts else [])
+            if lin.parts == "A":
+                plan += ([("A", lin)] if "A" in parts else []) + ([("D", lin)] if "D" in parts else [])
         failures = []
         if not args.report_only:
             for part, lin in plan:
