@@ -309,6 +309,7 @@ class Record:
     parent: Any  # the parent run (metrics, tags)
     ensemble: dict[str, float] | None
     finished: bool
+    tracking_uri: str
 
     def has(self, *ks: int) -> bool:
         done = {g["generation"] for g in self.info["generations"] if g["status"] == "FINISHED"}
@@ -342,7 +343,7 @@ def read_record(lin: Lineage) -> Record | None:
     runs = _evaluation_runs(last, ENSEMBLE)
     if runs:
         ens = {k: float(v) for k, v in runs[0].data.metrics.items()}
-    return Record(lin, info, parent, ens, state == "finished")
+    return Record(lin, info, parent, ens, state == "finished", last["tracking_uri"])
 
 
 # --- the report ------------------------------------------------------------------------------------------
@@ -561,6 +562,14 @@ def write_report(args: argparse.Namespace, budget: Budget, lineages: dict[str, L
                    f"references {seq['seq_kd_pseudo_bleu']:.2f}), decoded by generation 7 in "
                    f"{seq.get('seq_kd_decode_s', float('nan')):.0f} s"
                    + ("; generation 8 reused the stored outputs." if reused else ".")]  # fmt: skip
+        steps = int(b.m(order[0], "steps"))
+        history = _client(b.tracking_uri).get_metric_history(b.gen(0)["run_id"], "valid_loss")
+        at = [h.value for h in history if h.step == steps]
+        if at:
+            md += [f"- For scale: the teacher itself, after the same {steps} steps of its own training, had a valid "
+                   f"loss of {at[0]:.3f} (and {b.m(0, 'best_valid_loss'):.3f} after its {int(b.m(0, 'steps'))}); the "
+                   "small students' budget is short for a model trained from scratch, so read the valid loss "
+                   "beside the BLEU."]  # fmt: skip
         md += [f"- Budget: teacher {_budget_of(b, 0)}; each student {_budget_of(b, order[0])}.",
                "- The valid loss is the unsmoothed cross-entropy of the gold valid targets (the selection metric), "
                "the same measure for every row.", f"- Data: {_data_line(b)}.", f"- Run: {_run_line(b)}."]  # fmt: skip
