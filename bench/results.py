@@ -522,6 +522,11 @@ def write_report(args: argparse.Namespace, budget: Budget, lineages: dict[str, L
                "trains from scratch on label-smoothed gold labels; each generation k >= 1 starts from a copy of "
                "generation k-1 and is distilled from it (soft_label T=2, 0.5 + label smoothing 0.5). With two seeds "
                "the spread is their min–max, not a confidence interval.", ""]  # fmt: skip
+        for r in a:
+            if "B" in r.lin.parts:
+                md[-2] += (f" The seed-{r.lin.raw['seed']} lineage (`{r.lin.key}`) also holds B's small students as "
+                           "generations 5-8; they train after generation 4 and teach nobody, so they change nothing "
+                           "here.")  # fmt: skip
         md += [table, ""]
         md += [f"- Budget: teacher {_budget_of(r0, 0)}; each student {_budget_of(r0, 1)}.",
                f"- Data: {_data_line(r0)}."]  # fmt: skip
