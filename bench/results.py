@@ -603,15 +603,20 @@ def write_report(args: argparse.Namespace, budget: Budget, lineages: dict[str, L
                "the same student recipe (word-level KD into the small model of B, from scratch; the two students' "
                "MLflow params were read back and checked identical except the generation index and its seed: "
                f"{b.gen(5)['params'].get('seed')} and {c.gen(1)['params'].get('seed')}).", ""]  # fmt: skip
-        md += ["| teacher | teacher BLEU | teacher chrF | student BLEU | student chrF | student − teacher BLEU |",
-               "|---|---|---|---|---|---|"]  # fmt: skip
+        md += ["| teacher | teacher BLEU | teacher chrF | teacher valid loss | student BLEU | student chrF | "
+               "student valid loss | student − teacher BLEU |", "|---|---|---|---|---|---|---|---|"]  # fmt: skip
         vals = {}
         for name, rec, k in (("label-smoothed (0.1)", b, 5), ("plain (0)", c, 1)):
             tb, sb = rec.m(0, "test_bleu"), rec.m(k, "test_bleu")
             vals[name] = (tb, sb)
-            md += [f"| {name} | {_fmt(tb)} | {_fmt(rec.m(0, 'test_chrf'))} | {_fmt(sb)} | "
-                   f"{_fmt(rec.m(k, 'test_chrf'))} | {sb - tb:+.2f} |"]  # fmt: skip
-        md += ["", f"- Budget: teachers {_budget_of(c, 0)}; students {_budget_of(c, 1)}.",
+            md += [f"| {name} | {_fmt(tb)} | {_fmt(rec.m(0, 'test_chrf'))} | {rec.m(0, 'best_valid_loss'):.3f} | "
+                   f"{_fmt(sb)} | {_fmt(rec.m(k, 'test_chrf'))} | {rec.m(k, 'best_valid_loss'):.3f} | "
+                   f"{sb - tb:+.2f} |"]  # fmt: skip
+        short = all(sb < 1.0 for _, sb in vals.values())
+        md += ["", "- Valid loss: the unsmoothed cross-entropy of the gold valid targets, best epoch."
+               + (" Both students' BLEU is below 1 at this budget (B's short one), so their valid loss says more."
+                  if short else ""),
+               f"- Budget: teachers {_budget_of(c, 0)}; students {_budget_of(c, 1)}.",
                f"- Data: {_data_line(c)}.", f"- Runs: label-smoothed: lineage `{b.lin.key}` (above); plain: "
                f"{_run_line(c)}."]  # fmt: skip
         _bars(figs / "c_label_smoothing.png", "C. teacher with / without label smoothing, and its student",
