@@ -30,15 +30,15 @@ def _average_in_worker(rank: int, world: int, port: int, grads: list[list[torch.
     params = [torch.nn.Parameter(torch.zeros_like(g)) for g in grads[rank]]
     for p, g in zip(params, grads[rank]):
         p.grad = None if g is None else g.clone()
-    finite, tokens = average_gradients(params, rank != 1 or out["finite1"], 10 + rank, world)
-    out[rank] = (finite, tokens, [p.grad.clone() for p in params])
+    finite, tokens, stop = average_gradients(params, rank != 1 or out["finite1"], 10 + rank, world, rank == 0)
+    out[rank] = (finite, tokens, stop, [p.grad.clone() for p in params])
     torch.distributed.destroy_process_group()
 
 
 @pytest.mark.parametrize("finite1", [True, False])
 def test_gradients_are_averaged_over_workers_in_one_all_reduce(finite1):
-    """Two gloo workers: each ends with the mean of both gradients (DDP's arithmetic), the tokens summed, and a
-    non-finite loss on one worker stops both."""
+    """Two gloo workers: each ends with the mean of both gradients (DDP's arithmetic), the tokens summed, a
+    non-finite loss on one worker stops both, and so does a stop request (Ctrl-C) seen by worker 0 only."""
     import socket
 
     g = torch.Generator().manual_seed(0)
@@ -57,8 +57,9 @@ def test_gradients_are_averaged_over_workers_in_one_all_reduce(finite1):
         p.join(60)
     assert all(p.exitcode == 0 for p in procs)
     for rank in range(2):
-        finite, tokens, averaged = out[rank]
+        finite, tokens, stop, averaged = out[rank]
         assert tokens == 21
+        assert stop is True
         assert finite == finite1
         if finite1:
             for a, g0, g1 in zip(averaged, grads[0], grads[1]):
@@ -131,6 +132,35 @@ def test_a_killed_worker_is_restarted_from_its_reported_state(ray_session, tiny_
     assert resumes and resumes[0]["step"] >= 4  # from a reported state, not from scratch
     assert result.checkpoint_sha256 == straight.checkpoint_sha256
     assert result.metrics["test_bleu"] == straight.metrics["test_bleu"]
+
+
+def test_ctrl_c_stops_the_workers_after_a_whole_step_with_the_state_saved(ray_session, tiny_data, tmp_path):
+    """Ctrl-C in the driver while Ray Train trains: the worker finishes its step, saves the training state (no
+    periodic state exists yet) and the run ends; running the generation again resumes at that step and ends
+    with the checkpoint an uninterrupted run makes."""
+    cfg, spec = _spec(tmp_path, "train.checkpoint_every_steps=1000", "train.log_every_steps=1", "train.max_epochs=4")
+    straight = train_generation(spec, tiny_data, tmp_path / "straight")
+    out_dir = tmp_path / "lineages" / "L" / "gen-0"
+    runner = RayRunner(cfg.ray, tiny_data, tmp_path)
+    seen: list[dict] = []
+
+    def events(event: dict) -> None:
+        seen.append(event)
+        if event["type"] == "step" and event["step"] == 3:
+            os.kill(os.getpid(), signal.SIGINT)  # as a terminal's Ctrl-C reaches the driver
+
+    with pytest.raises(KeyboardInterrupt):
+        runner.run(spec, out_dir, None, events)
+    stopped = [e for e in seen if e["type"] == "interrupted"]
+    assert len(stopped) == 1 and stopped[0]["step"] >= 3
+    assert (out_dir / "train_state.pt").is_file()
+    assert not (out_dir / "checkpoint.pt").exists()
+
+    seen.clear()
+    result = runner.run(spec, out_dir, None, seen.append)
+    resumes = [e for e in seen if e["type"] == "resume"]
+    assert [e["step"] for e in resumes] == [stopped[0]["step"]]
+    assert result.checkpoint_sha256 == straight.checkpoint_sha256
 
 
 def test_an_error_of_the_run_itself_is_not_retried(ray_session, tiny_data, tmp_path):

@@ -126,11 +126,14 @@ def test_sigkill_after_generation_1_then_resume(tmp_path):
     assert Path(out / "lineages").is_dir()
 
 
-def test_ctrl_c_saves_the_state_marks_runs_killed_and_resume_finishes(tmp_path):
+@pytest.mark.parametrize("ray", [False, True], ids=["in-process", "Ray Train"])
+def test_ctrl_c_saves_the_state_marks_runs_killed_and_resume_finishes(tmp_path, ray):
+    """Ctrl-C as a terminal sends it: SIGINT to the whole process group (under Ray: the driver, Ray's own
+    processes it started and the training worker)."""
     out = tmp_path / "run"
     sets = [x for item in [*TINY, "generations.count=1", "generations.student.train={max_epochs: 10}",
                            "train.checkpoint_every_steps=1000"] for x in ("--set", item)]  # fmt: skip
-    proc = _mgkd("run", *sets, "--no-ray", "--output-dir", str(out))
+    proc = _mgkd("run", *sets, *([] if ray else ["--no-ray"]), "--output-dir", str(out), start_new_session=True)
     uri = f"sqlite:///{out / 'mlflow.db'}"
     deadline = time.monotonic() + 300
     state = None
@@ -141,7 +144,7 @@ def test_ctrl_c_saves_the_state_marks_runs_killed_and_resume_finishes(tmp_path):
         except Exception:  # noqa: BLE001 - the store may be mid-write
             gens = []
         if len(gens) == 2 and "loss" in gens[1]["metrics"]:
-            proc.send_signal(signal.SIGINT)
+            os.killpg(proc.pid, signal.SIGINT)
             state = next((out / "lineages").glob("*/gen-1")) / STATE_FILE
             break
         time.sleep(0.2)

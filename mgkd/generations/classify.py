@@ -77,8 +77,10 @@ def train_classifier_generation(
     teacher_checkpoint: str | list[str] | None = None,
     teacher_sha256: str | list[str] | None = None,
     events: Events = lambda _: None,
+    session: Any = None,
 ) -> GenerationResult:
-    """Train classifier generation `spec.index`; return its selected checkpoint and metrics."""
+    """Train classifier generation `spec.index`; return its selected checkpoint and metrics. Of `session`
+    (training.Session, under Ray Train) only the stop request is used: one worker, restarts from out_dir."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     device = resolve_device(spec.train.device)
@@ -197,6 +199,8 @@ def train_classifier_generation(
                     metrics["train_tokens_per_s"] = window_tokens / max(dt, 1e-9)
                     events({"type": "step", "step": step, "epoch": epoch, "metrics": metrics})
                     window_loss, window_count, window_tokens, window_t0 = {}, {}, 0, time.perf_counter()
+                if session is not None and step < total_steps and session.stop_requested():
+                    raise KeyboardInterrupt  # the driver's Ctrl-C under Ray Train
                 every = spec.train.checkpoint_every_steps
                 if every and step % every == 0 and step < total_steps and position + 1 < len(order):
                     save_state(position + 1)

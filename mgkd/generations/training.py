@@ -70,6 +70,11 @@ class Session(Protocol):
         """Called by every worker at the same points; `state` (worker 0 only) is the saved training state."""
         ...
 
+    def stop_requested(self) -> bool:
+        """Whether the driver asked the run to stop (its Ctrl-C): checked once per step; the run then saves its
+        state after that step and ends as interrupted, as a Ctrl-C in this process would."""
+        ...
+
 
 @dataclass
 class GenerationResult:
@@ -229,7 +234,7 @@ def train_generation(
 
         if world > 1:
             raise MgkdError("a classification generation trains on one worker: set ray.workers=1")
-        return train_classifier_generation(spec, data, out_dir, teacher_checkpoint, teacher_sha256, events)
+        return train_classifier_generation(spec, data, out_dir, teacher_checkpoint, teacher_sha256, events, session)
     device = resolve_device(spec.train.device)
     # Worker r > 0 draws its own dropout masks and noise; worker 0 draws what a single process would.
     seed_everything(spec.seed + rank)
@@ -367,11 +372,12 @@ def train_generation(
                     ntok += batch.target_tokens
                 loss, parts = criterion(None, views=outputs)
                 finite = bool(torch.isfinite(loss))
+                stop = session is not None and session.stop_requested()
                 optimizer.zero_grad(set_to_none=True)
-                if world > 1:  # every worker must learn of a non-finite loss anywhere, after the same all-reduce
+                if world > 1:  # every worker learns of a non-finite loss or a stop anywhere, in the same all-reduce
                     if finite:
                         loss.backward()
-                    finite, ntok = average_gradients(trainable, finite, ntok, world)
+                    finite, ntok, stop = average_gradients(trainable, finite, ntok, world, stop)
                 if not finite:
                     bad = [n for n, v in parts.items() if not torch.isfinite(v)] or ["total"]
                     raise MgkdError(
@@ -398,6 +404,8 @@ def train_generation(
                     metrics["train_tokens_per_s"] = window_tokens / max(dt, 1e-9)
                     events({"type": "step", "step": step, "epoch": epoch, "metrics": metrics})
                     window_loss, window_count, window_tokens, window_t0 = {}, {}, 0, time.perf_counter()
+                if stop and step < total_steps:  # the driver's Ctrl-C: every worker stops after this same step
+                    raise KeyboardInterrupt
                 every = spec.train.checkpoint_every_steps
                 if every and step % every == 0 and step < total_steps and position + 1 < len(order):
                     checkpoint(position + 1)
@@ -551,25 +559,28 @@ def _first_on_worker_0(world: int, build: Callable[[], Any]) -> Any:
     return out if rank == 0 else build()
 
 
-def average_gradients(params: list[torch.Tensor], finite: bool, tokens: int, world: int) -> tuple[bool, int]:
+def average_gradients(
+    params: list[torch.Tensor], finite: bool, tokens: int, world: int, stop: bool = False
+) -> tuple[bool, int, bool]:
     """Data-parallel step: the mean of every worker's gradients, in one flat all-reduce (DDP's arithmetic).
 
     torch's DDP wrapper is not used because a step runs the student once per data view and the loss
     plugins own trainable tensors outside the model (projections); averaging the flat gradient covers
-    both. The same all-reduce sums whether every worker's loss was finite and the step's target tokens.
-    Returns (all finite, tokens over all workers).
+    both. The same all-reduce sums whether every worker's loss was finite, the step's target tokens and
+    whether any worker was asked to stop. Returns (all finite, tokens over all workers, any stop).
     """
     grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-    flat = torch.cat([g.reshape(-1) for g in grads] + [grads[0].new_tensor([float(not finite), float(tokens)])])
+    tail = grads[0].new_tensor([float(not finite), float(tokens), float(stop)])
+    flat = torch.cat([g.reshape(-1) for g in grads] + [tail])
     torch.distributed.all_reduce(flat)
-    all_finite, total_tokens = float(flat[-2]) == 0, int(round(float(flat[-1])))
+    all_finite, total_tokens, any_stop = float(flat[-3]) == 0, int(round(float(flat[-2]))), float(flat[-1]) > 0
     if all_finite:
-        flat = flat[:-2] / world
+        flat = flat[:-3] / world
         offset = 0
         for p, g in zip(params, grads):
             p.grad = flat[offset : offset + g.numel()].view_as(g)
             offset += g.numel()
-    return all_finite, total_tokens
+    return all_finite, total_tokens, any_stop
 
 
 def _forward(student: torch.nn.Module, teacher: torch.nn.Module | None, batch: Batch, t_needs: TeacherNeeds,

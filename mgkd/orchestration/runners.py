@@ -20,6 +20,7 @@ import os
 import shutil
 import socket
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -70,6 +71,11 @@ def _train_in_worker(spec: GenerationSpec, data: PreparedData, out_dir: str, tea
 
 RESULT_FILE = "result.json"
 ERROR_FILE = "error.txt"
+# The driver's Ctrl-C under Ray Train: it writes STOP_FILE, the workers finish their step, save the training
+# state and leave INTERRUPTED_FILE (the Ray task backend gets the same through Ray's gentle cancel).
+STOP_FILE = "stop.request"
+INTERRUPTED_FILE = "interrupted"
+STOP_WAIT_S = 60.0
 
 
 class RayTrainSession:
@@ -85,6 +91,9 @@ class RayTrainSession:
 
         checkpoint = ray.train.get_checkpoint()
         return Path(checkpoint.to_directory()) if checkpoint is not None else None
+
+    def stop_requested(self) -> bool:
+        return (self.out_dir / STOP_FILE).exists()
 
     def report(self, metrics: dict[str, float], state: Path | None) -> None:
         import ray.train
@@ -123,6 +132,11 @@ def train_loop(config: dict[str, Any]) -> None:
                                   events, session)  # fmt: skip
     except MgkdError as e:
         write_atomic(out_dir / ERROR_FILE, str(e).encode())
+        return
+    except KeyboardInterrupt:
+        if not session.stop_requested():
+            raise
+        write_atomic(out_dir / INTERRUPTED_FILE, b"")  # the state is saved; the run ends without a result
         return
     if result is not None:
         write_atomic(out_dir / RESULT_FILE, json.dumps(dataclasses.asdict(result)).encode())
@@ -266,7 +280,7 @@ class RayRunner:
     ) -> GenerationResult:
         import ray
 
-        for stale in (RESULT_FILE, ERROR_FILE):
+        for stale in (RESULT_FILE, ERROR_FILE, STOP_FILE, INTERRUPTED_FILE):
             (out_dir / stale).unlink(missing_ok=True)
         out_dir.mkdir(parents=True, exist_ok=True)
         checkpoint, sha256 = teacher_files(teacher)
@@ -293,9 +307,20 @@ class RayRunner:
         try:
             trainer.fit()
         except KeyboardInterrupt:
-            # Ctrl-C: stop the run; its last reported training state is on disk for `mgkd resume`.
-            if trainer.controller is not None:
-                ray.get(trainer.controller.abort.remote())
+            # Ctrl-C: the workers stop after their current step and save the training state for `mgkd resume`
+            # (as in-process training does); the run is aborted once they have, or after STOP_WAIT_S.
+            try:
+                write_atomic(out_dir / STOP_FILE, b"")
+                deadline = time.monotonic() + STOP_WAIT_S
+                ends = [out_dir / f for f in (INTERRUPTED_FILE, RESULT_FILE, ERROR_FILE)]
+                while time.monotonic() < deadline and not any(f.is_file() for f in ends):
+                    time.sleep(0.2)
+            finally:
+                if trainer.controller is not None:
+                    try:
+                        ray.get(trainer.controller.abort.remote())
+                    except ray.exceptions.RayActorError:
+                        pass  # the run already ended (its workers stopped and returned): nothing to abort
             raise
         except Exception as e:  # noqa: BLE001 - Ray Train wraps worker failures; ours are in the folder
             error = out_dir / ERROR_FILE
@@ -335,6 +360,8 @@ def train_run(spec: GenerationSpec, cfg: RayConfig, data: Any, out_dir: Path, te
         def _register_sigint_handler(self, controller: Any) -> None:
             self.controller = controller
 
+    # Ray Train's controller polls its workers every 2 s by default, which a generation pays at start and end.
+    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
     use_gpu = cfg.gpus_per_generation > 0
     config = {
         "spec": spec, "data": data, "out_dir": str(out_dir), "teacher_checkpoint": teacher_checkpoint,
