@@ -4,6 +4,8 @@
     python bench/teacher_signal.py --quick    # 1000 examples
     python bench/teacher_signal.py --examples 0 --threads 1   # the whole train split, one torch thread
     python bench/teacher_signal.py --student-model d_model=64 encoder_layers=1   # a smaller student (init scratch)
+    python bench/teacher_signal.py --teacher-model d_model=256 ff_dim=1024 encoder_layers=3 decoder_layers=3
+                                              # a larger teacher than the demo student (init scratch)
 
 The demo's Transformer (d128, 2+2 layers, vocabulary 4000 on the built-in
 corpus, `configs/demo.yaml`) distilled with label_smoothing + soft_label
@@ -69,6 +71,14 @@ def main() -> None:
         metavar="KEY=VALUE",
         help="change the student's model config (the teacher stays the demo's), e.g. decoder_layers=1",
     )
+    ap.add_argument(
+        "--teacher-model",
+        nargs="*",
+        default=[],
+        metavar="KEY=VALUE",
+        help="change the teacher's model config (the student then starts from scratch), e.g. d_model=256 "
+        "ff_dim=1024 encoder_layers=3 decoder_layers=3",
+    )
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own choice)")
     ap.add_argument("--out", type=Path, default=ROOT / "mgkd-runs" / "bench-teacher-signal")
     args = ap.parse_args()
@@ -82,7 +92,9 @@ def main() -> None:
         "generations.student.teacher_signal=cached", "generations.student.teacher_cache_k=8",
         *([f"generations.student.model={{{', '.join(kv.replace('=', ': ') for kv in args.student_model)}}}",
            "generations.student.init=scratch"] if args.student_model else []),
+        *(["generations.student.init=scratch"] if args.teacher_model else []),
     ])  # fmt: skip
+    teacher_model = cfg.model.model_copy(update={k: int(v) for k, v in (kv.split("=") for kv in args.teacher_model)})
     full = prepare(cfg, lambda msg: print(f"  {msg}", flush=True))
     n = args.examples if args.examples is not None else 1000 if args.quick else 4000
     train = subset(full.splits["train"], n or None)
@@ -92,7 +104,7 @@ def main() -> None:
     device = torch.device("cpu")
 
     torch.manual_seed(0)
-    teacher = build_model(cfg.model, data.vocab_size).eval().requires_grad_(False)
+    teacher = build_model(teacher_model, data.vocab_size).eval().requires_grad_(False)
     fake_sha = hashlib.sha256(b"bench teacher, random weights").hexdigest()
     t, c = time.perf_counter(), time.process_time()
     cache = load_or_build_cache(teacher, fake_sha, data, spec.cache_k, spec.train.max_tokens, device)
@@ -146,7 +158,7 @@ def main() -> None:
         return (f"| {label} | {wall:.1f} | {cpu:.1f} | {median} | {tokens / wall:,.0f} | {wall / on['wall']:.2f} | "
                 f"{cpu / on['cpu']:.2f} | {s} |")  # fmt: skip
 
-    m, sm = cfg.model, spec.model
+    m, sm = teacher_model, spec.model
     student = f"{sm.arch} d{sm.d_model} {sm.encoder_layers}+{sm.decoder_layers} ff{sm.ff_dim}"
     teacher_desc = f"{m.arch} d{m.d_model} {m.encoder_layers}+{m.decoder_layers} ff{m.ff_dim}"
     per_token = cache.metrics()["teacher_cache_bytes_per_token"]
