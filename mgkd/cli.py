@@ -33,6 +33,21 @@ console = Console()
 err_console = Console(stderr=True)
 
 
+# The options `mgkd run` and `mgkd submit` share: an experiment is described the same way for both.
+ConfigOption = Annotated[Path | None, typer.Option("--config", "-c", help="YAML experiment file (see configs/).")]
+PresetOption = Annotated[
+    str | None, typer.Option("--preset", "-p", help="Built-in experiment by name (default: demo).")
+]
+SetOption = Annotated[
+    list[str] | None,
+    typer.Option("--set", "-s", help="Override a config key: --set train.max_epochs=3 (repeatable)."),
+]
+GenerationsOption = Annotated[
+    int | None,
+    typer.Option("--generations", "-g", help="Distilled generations after the teacher (generations.count)."),
+]
+
+
 @contextlib.contextmanager
 def user_errors() -> Iterator[None]:
     """An MgkdError is the user's to fix: print it without a traceback, exit 2."""
@@ -99,18 +114,10 @@ def _experiment(config: Path | None, preset: str | None, sets: list[str]) -> Exp
 
 @app.command()
 def run(
-    config: Annotated[Path | None, typer.Option("--config", "-c", help="YAML experiment file (see configs/).")] = None,
-    preset: Annotated[
-        str | None, typer.Option("--preset", "-p", help="Built-in experiment by name (default: demo).")
-    ] = None,
-    overrides: Annotated[
-        list[str] | None,
-        typer.Option("--set", "-s", help="Override a config key: --set train.max_epochs=3 (repeatable)."),
-    ] = None,
-    generations: Annotated[
-        int | None,
-        typer.Option("--generations", "-g", help="Distilled generations after the teacher (generations.count)."),
-    ] = None,
+    config: ConfigOption = None,
+    preset: PresetOption = None,
+    overrides: SetOption = None,
+    generations: GenerationsOption = None,
     output_dir: Annotated[
         Path | None, typer.Option(help="Folder for the MLflow store, caches and checkpoints (output_dir).")
     ] = None,
@@ -165,18 +172,10 @@ def submit(
         str | None,
         typer.Option(help="The cluster's dashboard (Jobs API): http://HEAD:8265 (default: RAY_ADDRESS)."),
     ] = None,
-    config: Annotated[Path | None, typer.Option("--config", "-c", help="YAML experiment file (see configs/).")] = None,
-    preset: Annotated[
-        str | None, typer.Option("--preset", "-p", help="Built-in experiment by name (default: demo).")
-    ] = None,
-    overrides: Annotated[
-        list[str] | None,
-        typer.Option("--set", "-s", help="Override a config key: --set train.max_epochs=3 (repeatable)."),
-    ] = None,
-    generations: Annotated[
-        int | None,
-        typer.Option("--generations", "-g", help="Distilled generations after the teacher (generations.count)."),
-    ] = None,
+    config: ConfigOption = None,
+    preset: PresetOption = None,
+    overrides: SetOption = None,
+    generations: GenerationsOption = None,
     output_dir: Annotated[
         Path | None,
         typer.Option(help="Folder on the cluster for caches and checkpoints; a relative one is under the job's $HOME."),

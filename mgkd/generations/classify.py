@@ -31,7 +31,15 @@ from mgkd.generations.train_state import (
     save_train_state,
     set_rng_state,
 )
-from mgkd.generations.training import Events, GenerationResult, load_teacher, lr_at, resolve_device, seed_everything
+from mgkd.generations.training import (
+    Events,
+    GenerationResult,
+    StepWindow,
+    load_teacher,
+    lr_at,
+    resolve_device,
+    seed_everything,
+)
 from mgkd.losses import Criterion
 from mgkd.models import build_model, count_parameters
 from mgkd.models.cutting import cut_layers
@@ -124,9 +132,7 @@ def train_classifier_generation(
     select = SELECT[spec.eval.select_by]
     best: dict[str, Any] = {"score": math.inf, "state": None, "epoch": 0, "metrics": {}}
     step, epoch, skip, tokens_seen, t_start = 0, 0, 0, 0, time.perf_counter()
-    window_loss: dict[str, float] = {}
-    window_count: dict[str, int] = {}
-    window_tokens, window_t0 = 0, time.perf_counter()
+    window = StepWindow()
     noise_rng = torch.Generator().manual_seed(spec.seed)  # no noise here; kept so the state format is shared
     state_id = identity(spec.to_dict(), data.data_hash)
     saved = load_train_state(out_dir, state_id)
@@ -188,17 +194,9 @@ def train_classifier_generation(
                 done_position, updating = position + 1, False
                 ntok = batch.tokens
                 tokens_seen += ntok
-                window_tokens += ntok
-                for key, value in [("loss", loss), *((f"loss.{n}", v) for n, v in parts.items())]:
-                    window_loss[key] = window_loss.get(key, 0.0) + float(value.detach())
-                    window_count[key] = window_count.get(key, 0) + 1
+                window.add(loss, parts, ntok)
                 if step % spec.train.log_every_steps == 0 or step == total_steps:
-                    dt = time.perf_counter() - window_t0
-                    metrics = {k: v / window_count[k] for k, v in window_loss.items()}
-                    metrics["lr"] = optimizer.param_groups[0]["lr"]
-                    metrics["train_tokens_per_s"] = window_tokens / max(dt, 1e-9)
-                    events({"type": "step", "step": step, "epoch": epoch, "metrics": metrics})
-                    window_loss, window_count, window_tokens, window_t0 = {}, {}, 0, time.perf_counter()
+                    window.emit(events, step, epoch, optimizer.param_groups[0]["lr"])
                 if session is not None and step < total_steps and session.stop_requested():
                     raise KeyboardInterrupt  # the driver's Ctrl-C under Ray Train
                 every = spec.train.checkpoint_every_steps

@@ -76,6 +76,33 @@ class Session(Protocol):
         ...
 
 
+class StepWindow:
+    """The loss terms' means and the target-token rate over the steps since the last step event."""
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.sums: dict[str, float] = {}
+        self.counts: dict[str, int] = {}
+        self.tokens, self.t0 = 0, time.perf_counter()
+
+    def add(self, loss: torch.Tensor, parts: dict[str, torch.Tensor], tokens: int) -> None:
+        self.tokens += tokens
+        for key, value in [("loss", loss), *((f"loss.{n}", v) for n, v in parts.items())]:
+            self.sums[key] = self.sums.get(key, 0.0) + float(value.detach())
+            self.counts[key] = self.counts.get(key, 0) + 1
+
+    def emit(self, events: Events, step: int, epoch: int, lr: float) -> None:
+        """One step event with the window's means, lr and tokens/s; then a new window starts."""
+        dt = time.perf_counter() - self.t0
+        metrics = {k: v / self.counts[k] for k, v in self.sums.items()}
+        metrics["lr"] = lr
+        metrics["train_tokens_per_s"] = self.tokens / max(dt, 1e-9)
+        events({"type": "step", "step": step, "epoch": epoch, "metrics": metrics})
+        self.reset()
+
+
 @dataclass
 class GenerationResult:
     index: int
@@ -289,9 +316,7 @@ def train_generation(
     step, tokens_seen, t_start = 0, 0, time.perf_counter()
     # Sums and counts per logged value: a term silenced in some steps (exclusive phases) is averaged
     # over the steps that computed it.
-    window_loss: dict[str, float] = {}
-    window_count: dict[str, int] = {}
-    window_tokens, window_t0 = 0, time.perf_counter()
+    window = StepWindow()
     epoch = 0
     # Resume a killed generation from its last saved training state (same model and data only).
     state_id = identity(spec.to_dict(), data.data_hash)
@@ -393,17 +418,9 @@ def train_generation(
                 step += 1
                 done_position, updating = position + 1, False
                 tokens_seen += ntok
-                window_tokens += ntok
-                for key, value in [("loss", loss), *((f"loss.{n}", v) for n, v in parts.items())]:
-                    window_loss[key] = window_loss.get(key, 0.0) + float(value.detach())
-                    window_count[key] = window_count.get(key, 0) + 1
+                window.add(loss, parts, ntok)
                 if step % spec.train.log_every_steps == 0 or step == total_steps:
-                    dt = time.perf_counter() - window_t0
-                    metrics = {k: v / window_count[k] for k, v in window_loss.items()}
-                    metrics["lr"] = optimizer.param_groups[0]["lr"]
-                    metrics["train_tokens_per_s"] = window_tokens / max(dt, 1e-9)
-                    events({"type": "step", "step": step, "epoch": epoch, "metrics": metrics})
-                    window_loss, window_count, window_tokens, window_t0 = {}, {}, 0, time.perf_counter()
+                    window.emit(events, step, epoch, optimizer.param_groups[0]["lr"])
                 if stop and step < total_steps:  # the driver's Ctrl-C: every worker stops after this same step
                     raise KeyboardInterrupt
                 every = spec.train.checkpoint_every_steps

@@ -20,7 +20,6 @@ import hashlib
 import io
 import json
 import math
-import random
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -33,7 +32,16 @@ import torch
 
 from mgkd.config import ClassificationDataConfig, ExperimentConfig
 from mgkd.errors import MgkdError
-from mgkd.tasks.translation import BOS, EOS, PAD, SPLITS, _write_atomic, split_pairs, train_sentencepiece
+from mgkd.tasks.translation import (
+    BOS,
+    EOS,
+    PAD,
+    SPLITS,
+    _write_atomic,
+    length_batches,
+    split_pairs,
+    train_sentencepiece,
+)
 
 # sentencepiece's <s> and </s> serve as [CLS] and [SEP]: the vocabulary needs no extra pieces.
 CLS, SEP = BOS, EOS
@@ -446,26 +454,8 @@ def collate(split: ClassificationSplit, indices: list[int]) -> ClassBatch:
 
 def batch_indices(split: ClassificationSplit, max_tokens: int, shuffle: bool, seed: int = 0) -> list[list[int]]:
     """Token-budget batches of similar lengths (padded tokens <= max_tokens), as translation's."""
-    rng = random.Random(seed)
-    order = list(range(len(split)))
-    if shuffle:
-        rng.shuffle(order)
-    order.sort(key=lambda i: len(split.src[i]))
-    batches: list[list[int]] = []
-    cur: list[int] = []
-    width = 0
-    for i in order:
-        w = len(split.src[i])
-        if cur and max(width, w) * (len(cur) + 1) > max_tokens:
-            batches.append(cur)
-            cur, width = [], 0
-        cur.append(i)
-        width = max(width, w)
-    if cur:
-        batches.append(cur)
-    if shuffle:
-        rng.shuffle(batches)
-    return batches
+    widths = [len(s) for s in split.src]
+    return length_batches(widths, widths, max_tokens, shuffle, seed)
 
 
 def iterate_batches(split: ClassificationSplit, max_tokens: int, shuffle: bool, seed: int = 0) -> Iterator[ClassBatch]:

@@ -283,16 +283,28 @@ def batch_indices(split: SplitData, max_tokens: int, shuffle: bool, seed: int = 
     Sorting by length (ties broken by a seeded shuffle) keeps padding low; the
     batch order is shuffled too, so each epoch sees a different sequence.
     """
+    return length_batches(
+        [(len(t), len(s)) for t, s in zip(split.tgt, split.src)],
+        [max(len(t), len(s)) + 1 for t, s in zip(split.tgt, split.src)],
+        max_tokens,
+        shuffle,
+        seed,
+    )
+
+
+def length_batches(keys: list, widths: list[int], max_tokens: int, shuffle: bool, seed: int) -> list[list[int]]:
+    """Example indices in batches of width x size <= max_tokens, sorted by `keys` (ties in a seeded random
+    order), the batch order shuffled by the same generator; every task's batching."""
     rng = random.Random(seed)
-    order = list(range(len(split)))
+    order = list(range(len(keys)))
     if shuffle:
         rng.shuffle(order)
-    order.sort(key=lambda i: (len(split.tgt[i]), len(split.src[i])))
+    order.sort(key=keys.__getitem__)
     batches: list[list[int]] = []
     cur: list[int] = []
     width = 0
     for i in order:
-        w = max(len(split.tgt[i]), len(split.src[i])) + 1
+        w = widths[i]
         if cur and max(width, w) * (len(cur) + 1) > max_tokens:
             batches.append(cur)
             cur, width = [], 0
