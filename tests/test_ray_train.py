@@ -103,22 +103,19 @@ def test_two_data_parallel_workers_split_each_step(ray_session, tiny_data, tmp_p
     assert 0.8 * per_epoch <= seen_tokens <= per_epoch * 1.0001
 
 
-def test_a_killed_worker_is_restarted_from_its_reported_state(ray_session, tiny_data, tmp_path):
-    """SIGKILL the training worker mid-generation: Ray Train restarts it (max_failures=1) from the last state
-    it reported to storage (the local copy is removed first, as on another node), and the generation ends with
-    the checkpoint an uninterrupted run makes."""
-    cfg, spec = _spec(tmp_path, "ray.max_failures=1")
-    straight = train_generation(spec, tiny_data, tmp_path / "straight")
-    out_dir = tmp_path / "lineages" / "L" / "gen-0"
-    runner = RayRunner(cfg.ray, tiny_data, tmp_path)
+def _kill_the_worker_mid_run(runner: RayRunner, spec, out_dir: Path):
+    """Run the generation through Ray Train (states reported every 4 steps) and SIGKILL its worker once step 10
+    is logged, after removing the local training state (as on another node); what the run returned.
+
+    Why step 10: a worker's report waits until Ray Train's controller has collected the one before (a result
+    queue of one), so once the worker is past its step-8 report, the step-4 state is registered; a kill any
+    earlier could beat the controller's poll (every 0.5 s) and restart the run from scratch."""
     seen: list[dict] = []
     killed: list[int] = []
 
     def events(event: dict) -> None:
         seen.append(event)
-        if event["type"] == "start" and killed:
-            return
-        if event["type"] == "step" and event["step"] >= 6 and not killed:
+        if event["type"] == "step" and event["step"] >= 10 and not killed:
             pid = next(e["pid"] for e in seen if e["type"] == "start")
             (out_dir / "train_state.pt").unlink(missing_ok=True)
             os.kill(pid, signal.SIGKILL)
@@ -130,8 +127,77 @@ def test_a_killed_worker_is_restarted_from_its_reported_state(ray_session, tiny_
     assert len(starts) == 2 and starts[1]["pid"] != killed[0]  # a new worker process
     resumes = [e for e in seen if e["type"] == "resume"]
     assert resumes and resumes[0]["step"] >= 4  # from a reported state, not from scratch
+    return result
+
+
+def test_a_killed_worker_is_restarted_from_its_reported_state(ray_session, tiny_data, tmp_path):
+    """SIGKILL the training worker mid-generation: Ray Train restarts it (max_failures=1) from the last state
+    it reported to storage (the local copy is removed first, as on another node), and the generation ends with
+    the checkpoint an uninterrupted run makes."""
+    cfg, spec = _spec(tmp_path, "ray.max_failures=1")
+    straight = train_generation(spec, tiny_data, tmp_path / "straight")
+    runner = RayRunner(cfg.ray, tiny_data, tmp_path)
+    result = _kill_the_worker_mid_run(runner, spec, tmp_path / "lineages" / "L" / "gen-0")
     assert result.checkpoint_sha256 == straight.checkpoint_sha256
     assert result.metrics["test_bleu"] == straight.metrics["test_bleu"]
+
+
+@pytest.fixture(scope="module")
+def classification_data(tmp_path_factory):
+    from mgkd.tasks import prepare
+
+    tmp = tmp_path_factory.mktemp("classification-data")
+    cfg = _classification_config(tmp)
+    return prepare(cfg)
+
+
+def _classification_config(tmp_path: Path, *extra: str):
+    from mgkd.config import build_config
+
+    from .test_classification_lineage import TINY_CLASSIFICATION, sentiment_csv
+
+    data = tmp_path / "reviews.csv"
+    if not data.is_file():
+        sentiment_csv(data)
+    return build_config(preset="classification", overrides=[
+        *TINY_CLASSIFICATION, f"classification.source={data}", f"output_dir={tmp_path / 'out'}",
+        "generations.count=1", "train.checkpoint_every_steps=4", "train.log_every_steps=1", "train.max_epochs=2",
+        *extra,
+    ])  # fmt: skip
+
+
+def test_a_killed_classification_worker_is_restarted_from_its_reported_state(
+    ray_session, classification_data, tmp_path
+):
+    """The same for the classification task's loop: its states reach Ray Train storage too."""
+    cfg = _classification_config(tmp_path, "ray.max_failures=1")
+    spec, data = build_schedule(cfg)[0], classification_data
+    straight = train_generation(spec, data, tmp_path / "straight")
+    runner = RayRunner(cfg.ray, data, tmp_path)
+    result = _kill_the_worker_mid_run(runner, spec, tmp_path / "lineages" / "L" / "gen-0")
+    assert result.checkpoint_sha256 == straight.checkpoint_sha256
+    assert result.metrics["test_accuracy"] == straight.metrics["test_accuracy"]
+
+
+def test_two_data_parallel_classification_workers_split_each_step(ray_session, classification_data, tmp_path):
+    from mgkd.tasks.classification import batch_indices, collate
+
+    cfg = _classification_config(tmp_path, "ray.workers=2", "ray.cpus_per_generation=2")
+    spec, data = build_schedule(cfg)[0], classification_data
+    seen: list[dict] = []
+    result = RayRunner(cfg.ray, data, tmp_path).run(spec, tmp_path / "lineages" / "L" / "gen-0", None, seen.append)
+    start = next(e for e in seen if e["type"] == "start")
+    batches = len(batch_indices(data.splits["train"], spec.train.max_tokens, shuffle=False))
+    assert start["total_steps"] == 2 * (batches // 2)  # 2 epochs of half as many (twice as large) steps
+    assert result.metrics["steps"] == start["total_steps"]
+    # Each step saw both workers' batches: the tokens are those of (almost) all batches of the 2 epochs.
+    train = data.splits["train"]
+    per_epoch = sum(collate(train, idx).tokens for idx in batch_indices(train, spec.train.max_tokens, shuffle=False))
+    seen_tokens = result.metrics["train_tokens_per_s"] * result.metrics["train_time_s"] / 2
+    assert 0.8 * per_epoch <= seen_tokens <= per_epoch * 1.0001
+    # Worker 0 wrote the checkpoint and scored the test split.
+    assert Path(result.checkpoint).is_file() and 0 <= result.metrics["test_accuracy"] <= 100
+    assert [e["type"] for e in seen].count("start") == 1  # worker 1 sends no events
 
 
 def test_ctrl_c_stops_the_workers_after_a_whole_step_with_the_state_saved(ray_session, tiny_data, tmp_path):

@@ -9,6 +9,7 @@ import math
 import pytest
 from rich.console import Console
 
+from mgkd.config import build_config
 from mgkd.errors import MgkdError
 from mgkd.generations import build_schedule
 from mgkd.lineage.tracking import _client, read_lineage
@@ -85,3 +86,44 @@ def test_a_search_is_checked_before_anything_runs(tmp_path):
         tiny_config(tmp_path, "generations.count=1", "ray.enabled=false", SEARCH)
     with pytest.raises(MgkdError, match="low < high"):
         tiny_config(tmp_path, "generations.count=1", SEARCH.replace("{choice: [1.0, 4.0]}", "{uniform: [4.0, 1.0]}"))
+
+
+@pytest.fixture(scope="module")
+def swept_classification(tmp_path_factory, ray_session):
+    from .test_classification_lineage import TINY_CLASSIFICATION, sentiment_csv
+
+    tmp = tmp_path_factory.mktemp("tune-classification")
+    data = sentiment_csv(tmp / "reviews.csv")
+    cfg = build_config(preset="classification", overrides=[
+        *TINY_CLASSIFICATION, f"classification.source={data}", f"output_dir={tmp / 'out'}", "generations.count=2",
+        "eval.select_by=valid_accuracy",
+        "generations.per_generation={1: {search: {space: {train.lr: {grid: [0.00003, 0.003]}}, num_samples: 1, "
+        "scheduler: fifo}}}",
+    ])  # fmt: skip
+    outcome = run_lineage(cfg, Console(quiet=True))
+    return outcome, read_lineage(outcome.tracking_uri, outcome.lineage_id)
+
+
+def test_a_classification_sweep_selects_by_validation_accuracy_and_its_best_trial_teaches_on(swept_classification):
+    outcome, info = swept_classification
+    client = _client(outcome.tracking_uri)
+    gen1, gen2 = info["generations"][1], info["generations"][2]
+    trials = client.search_runs(
+        [info["experiment_id"]], filter_string=f"tags.`mlflow.parentRunId` = '{gen1['run_id']}'"
+    )
+    assert sorted(float(t.data.params["train.lr"]) for t in trials) == [0.00003, 0.003]
+    assert all(t.data.tags["mgkd.trial_status"] == "completed" for t in trials)
+    assert client.get_run(gen1["run_id"]).data.tags["mgkd.search_metric"] == "valid_accuracy (max)"
+    # The highest best_valid_accuracy wins (ties: the lower trial id, as the sweep breaks them).
+    best = min(trials, key=lambda t: (-t.data.metrics["best_valid_accuracy"], t.data.tags["mgkd.trial_id"]))
+    assert [t.data.tags["mgkd.selected"] for t in trials].count("true") == 1
+    assert best.data.tags["mgkd.selected"] == "true"
+    assert gen1["metrics"]["best_valid_accuracy"] == best.data.metrics["best_valid_accuracy"]
+    assert gen1["checkpoint_sha256"] == best.data.tags["mgkd.checkpoint_sha256"]
+    assert gen2["teacher_checkpoint_sha256"] == best.data.tags["mgkd.checkpoint_sha256"]
+    # The classification loop reports every epoch to Ray Train, so Tune (and the trial's run) has its history.
+    for t in trials:
+        for key in ("valid_accuracy", "valid_macro_f1", "valid_loss"):
+            history = client.get_metric_history(t.info.run_id, key)
+            assert [m.step for m in history] == [1, 2], key
+            assert all(math.isfinite(m.value) for m in history)

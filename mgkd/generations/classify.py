@@ -12,6 +12,7 @@ evaluation: accuracy, macro-F1 (and MCC) instead of decoding and BLEU.
 from __future__ import annotations
 
 import math
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -35,10 +36,12 @@ from mgkd.generations.training import (
     Events,
     GenerationResult,
     StepWindow,
+    backward,
     load_teacher,
     lr_at,
     resolve_device,
     seed_everything,
+    world_position,
 )
 from mgkd.losses import Criterion
 from mgkd.models import build_model, count_parameters
@@ -86,13 +89,16 @@ def train_classifier_generation(
     teacher_sha256: str | list[str] | None = None,
     events: Events = lambda _: None,
     session: Any = None,
-) -> GenerationResult:
-    """Train classifier generation `spec.index`; return its selected checkpoint and metrics. Of `session`
-    (training.Session, under Ray Train) only the stop request is used: one worker, restarts from out_dir."""
+) -> GenerationResult | None:
+    """Train classifier generation `spec.index`; return its selected checkpoint and metrics (None on workers
+    > 0). Under Ray Train (`session`, a training.Session) it runs as translation's loop does: data-parallel
+    workers split each step's batches and average gradients in one all-reduce, states and epoch metrics are
+    reported (a restarted attempt resumes from the last one, a Tune trial's epochs drive the scheduler)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     device = resolve_device(spec.train.device)
-    seed_everything(spec.seed)
+    rank, world = world_position()
+    seed_everything(spec.seed + rank)  # worker r > 0 draws its own dropout masks; worker 0 a single process's
     criterion = Criterion(spec.losses)
     if criterion.views != ["gold"]:  # the schedule refuses such terms; a plugin from elsewhere might not say
         raise MgkdError(f"generation {spec.index}: classification trains on the labeled examples only (view gold)")
@@ -119,7 +125,9 @@ def train_classifier_generation(
     hidden, attention = t_needs.hidden or s_needs.hidden, t_needs.attention or s_needs.attention
 
     train = data.splits["train"]
-    steps_per_epoch = len(batch_indices(train, spec.train.max_tokens, shuffle=False))
+    steps_per_epoch = len(batch_indices(train, spec.train.max_tokens, shuffle=False)) // world
+    if steps_per_epoch == 0:
+        raise MgkdError(f"generation {spec.index}: fewer training batches than the {world} data-parallel workers")
     total_steps = spec.train.max_epochs * steps_per_epoch
     if spec.train.max_steps is not None:
         total_steps = min(total_steps, spec.train.max_steps)
@@ -127,7 +135,8 @@ def train_classifier_generation(
     optimizer = torch.optim.AdamW(
         trainable, lr=spec.train.lr, betas=(0.9, 0.98), eps=1e-9, weight_decay=spec.train.weight_decay
     )
-    events({"type": "start", "generation": spec.index, "total_steps": total_steps, "parameters": n_params})
+    events({"type": "start", "generation": spec.index, "total_steps": total_steps, "parameters": n_params,
+            "pid": os.getpid()})  # fmt: skip
 
     select = SELECT[spec.eval.select_by]
     best: dict[str, Any] = {"score": math.inf, "state": None, "epoch": 0, "metrics": {}}
@@ -136,6 +145,9 @@ def train_classifier_generation(
     noise_rng = torch.Generator().manual_seed(spec.seed)  # no noise here; kept so the state format is shared
     state_id = identity(spec.to_dict(), data.data_hash)
     saved = load_train_state(out_dir, state_id)
+    restored = session.restored() if session is not None else None
+    if saved is None and restored is not None:  # a restarted Ray Train attempt on a node without out_dir's state
+        saved = load_train_state(restored, state_id)
     if saved is not None:
         student.load_state_dict(saved["student"])
         optimizer.load_state_dict(saved["optimizer"])
@@ -148,13 +160,23 @@ def train_classifier_generation(
         if skip:
             epoch -= 1  # the loop re-enters the unfinished epoch
 
-    def save_state(batch_in_epoch: int) -> None:
-        save_train_state(out_dir, {
+    def save_state(batch_in_epoch: int) -> Path | None:
+        """Worker 0 writes the training state (every worker holds the same weights and optimizer)."""
+        if rank:
+            return None
+        return save_train_state(out_dir, {
             "identity": state_id, "student": student.state_dict(), "optimizer": optimizer.state_dict(),
             "extra": [q.detach() for q in extra_params], "step": step, "epoch": epoch,
             "batch_in_epoch": batch_in_epoch, "tokens": tokens_seen, "best": best, "drawn": {},
             "rng": rng_state(noise_rng),
         })  # fmt: skip
+
+    def checkpoint(batch_in_epoch: int, epoch_metrics: dict[str, float] | None = None) -> None:
+        """Save the state (unless training is over) and report it to the session, if any, with the epoch's
+        validation metrics."""
+        path = save_state(batch_in_epoch) if step < total_steps else None
+        if session is not None and (epoch_metrics is not None or not session.epoch_reports_only):
+            session.report({"step": float(step), "epoch": float(epoch), **(epoch_metrics or {})}, path)
 
     student.train()
     done_position, updating = skip, False
@@ -163,6 +185,8 @@ def train_classifier_generation(
             epoch += 1
             done_position = skip
             order = batch_indices(train, spec.train.max_tokens, shuffle=True, seed=spec.seed * 100_003 + epoch)
+            if world > 1:  # worker r takes batches r, r + world, ...: one global step = world batches
+                order = order[rank::world][:steps_per_epoch]
             for position, idx in enumerate(order):
                 if position < skip:
                     continue
@@ -178,31 +202,24 @@ def train_classifier_generation(
                     with torch.no_grad():
                         t_out = teacher(batch.src, batch.segments, return_hidden=hidden, return_attention=attention)
                 loss, parts = criterion(out, t_out, batch)
-                if not torch.isfinite(loss):
-                    bad = [n for n, v in parts.items() if not torch.isfinite(v)] or ["total"]
-                    raise MgkdError(
-                        f"generation {spec.index}: loss is not finite at step {step + 1} (term(s): {', '.join(bad)}); "
-                        "lower train.lr or check the loss weights"
-                    )
+                stop = session is not None and session.stop_requested()
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if spec.train.clip_norm:
-                    torch.nn.utils.clip_grad_norm_(trainable, spec.train.clip_norm)
+                ntok, stop = backward(loss, parts, trainable, batch.tokens, stop, world, spec, step)
                 updating = True
                 optimizer.step()
                 step += 1
                 done_position, updating = position + 1, False
-                ntok = batch.tokens
                 tokens_seen += ntok
                 window.add(loss, parts, ntok)
                 if step % spec.train.log_every_steps == 0 or step == total_steps:
                     window.emit(events, step, epoch, optimizer.param_groups[0]["lr"])
-                if session is not None and step < total_steps and session.stop_requested():
-                    raise KeyboardInterrupt  # the driver's Ctrl-C under Ray Train
+                if stop and step < total_steps:  # the driver's Ctrl-C: every worker stops after this same step
+                    raise KeyboardInterrupt
                 every = spec.train.checkpoint_every_steps
                 if every and step % every == 0 and step < total_steps and position + 1 < len(order):
-                    save_state(position + 1)
+                    checkpoint(position + 1)
             skip = 0
+            epoch_metrics = None
             if epoch % spec.train.eval_every_epochs == 0 or step >= total_steps:
                 scores, _ = evaluate_split(student, data, "valid", spec.train.max_tokens, device)
                 m = {f"valid_{k}": v for k, v in scores.items()}
@@ -211,8 +228,9 @@ def train_classifier_generation(
                     best = {"score": score, "epoch": epoch, "metrics": dict(m),
                             "state": {k: v.detach().clone() for k, v in student.state_dict().items()}}  # fmt: skip
                 events({"type": "epoch", "step": step, "epoch": epoch, "metrics": m})
-            if step < total_steps:
-                save_state(0)
+                epoch_metrics = {**m, **{f"best_{k}": v for k, v in best["metrics"].items()}}
+            if step < total_steps or (session is not None and epoch_metrics is not None):
+                checkpoint(0, epoch_metrics)
     except KeyboardInterrupt:
         if not updating and step < total_steps:
             if done_position == 0:
@@ -221,6 +239,8 @@ def train_classifier_generation(
             events({"type": "interrupted", "step": step, "epoch": epoch})
         raise
     train_time = time.perf_counter() - t_start
+    if rank:
+        return None  # worker 0 selects, saves and tests
 
     student.load_state_dict(best["state"])  # the selected (best on valid) weights are the generation's model
     ckpt = out_dir / "checkpoint.pt"

@@ -229,11 +229,6 @@ def _check_task(cfg: ExperimentConfig, specs: list[GenerationSpec]) -> None:
             if spec.teacher_signal == "cached":
                 raise MgkdError(f"{where}: teacher_signal 'cached' stores per-token top-k for translation; a "
                                 "classifier's teacher is cheap to run: use teacher_signal: online")  # fmt: skip
-            if spec.search is not None:
-                raise MgkdError(f"{where}: a Tune search runs translation generations (their epoch reports "
-                                "drive the scheduler); drop search for classification")  # fmt: skip
-            if cfg.ray.workers > 1:
-                raise MgkdError(f"{where}: a classification generation trains on one worker: set ray.workers=1")
             if len(spec.teacher_generations or []) > 1:
                 raise MgkdError(f"{where}: an ensemble teacher (teacher_generations {spec.teacher_generations}) is "
                                 "for task translation; give classification generations one teacher")  # fmt: skip

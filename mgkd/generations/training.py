@@ -259,8 +259,6 @@ def train_generation(
     if isinstance(data, ClassificationData):  # the classification task has its own loop (no decoding, no views)
         from mgkd.generations.classify import train_classifier_generation  # it imports this module
 
-        if world > 1:
-            raise MgkdError("a classification generation trains on one worker: set ray.workers=1")
         return train_classifier_generation(spec, data, out_dir, teacher_checkpoint, teacher_sha256, events, session)
     device = resolve_device(spec.train.device)
     # Worker r > 0 draws its own dropout masks and noise; worker 0 draws what a single process would.
@@ -396,23 +394,9 @@ def train_generation(
                     outputs[view] = _forward(student, teacher, batch, *criterion.needs(view), cached)
                     ntok += batch.target_tokens
                 loss, parts = criterion(None, views=outputs)
-                finite = bool(torch.isfinite(loss))
                 stop = session is not None and session.stop_requested()
                 optimizer.zero_grad(set_to_none=True)
-                if world > 1:  # every worker learns of a non-finite loss or a stop anywhere, in the same all-reduce
-                    if finite:
-                        loss.backward()
-                    finite, ntok, stop = average_gradients(trainable, finite, ntok, world, stop)
-                if not finite:
-                    bad = [n for n, v in parts.items() if not torch.isfinite(v)] or ["total"]
-                    raise MgkdError(
-                        f"generation {spec.index}: loss is not finite at step {step + 1} (term(s): {', '.join(bad)}); "
-                        "lower train.lr or check the loss weights"
-                    )
-                if world == 1:
-                    loss.backward()
-                if spec.train.clip_norm:
-                    torch.nn.utils.clip_grad_norm_(trainable, spec.train.clip_norm)
+                ntok, stop = backward(loss, parts, trainable, ntok, stop, world, spec, step)
                 updating = True
                 optimizer.step()
                 step += 1
@@ -574,6 +558,29 @@ def _first_on_worker_0(world: int, build: Callable[[], Any]) -> Any:
     out = build() if rank == 0 else None
     torch.distributed.barrier()
     return out if rank == 0 else build()
+
+
+def backward(loss: torch.Tensor, parts: dict[str, torch.Tensor], trainable: list[torch.Tensor], tokens: int,
+             stop: bool, world: int, spec: GenerationSpec, step: int) -> tuple[int, bool]:  # fmt: skip
+    """The step's gradients, averaged over data-parallel workers, and clipped; a non-finite loss on any worker
+    stops every worker with an error naming the terms. Returns (the step's tokens over all workers, whether
+    any worker was asked to stop)."""
+    finite = bool(torch.isfinite(loss))
+    if world > 1:  # every worker learns of a non-finite loss or a stop anywhere, in the same all-reduce
+        if finite:
+            loss.backward()
+        finite, tokens, stop = average_gradients(trainable, finite, tokens, world, stop)
+    if not finite:
+        bad = [n for n, v in parts.items() if not torch.isfinite(v)] or ["total"]
+        raise MgkdError(
+            f"generation {spec.index}: loss is not finite at step {step + 1} (term(s): {', '.join(bad)}); "
+            "lower train.lr or check the loss weights"
+        )
+    if world == 1:
+        loss.backward()
+    if spec.train.clip_norm:
+        torch.nn.utils.clip_grad_norm_(trainable, spec.train.clip_norm)
+    return tokens, stop
 
 
 def average_gradients(

@@ -1,6 +1,6 @@
 """Ray Tune over one generation: trials with values from its search space, each a Ray Train run.
 
-The teacher's outputs the generation needs (cached top-k, pseudo-target views)
+The teacher's outputs a translation generation needs (cached top-k, pseudo-target views)
 are built once, before the trials, by one Ray task; every trial then reads
 them from the store. Trials report their epoch-end validation metrics to Tune
 (an ASHA scheduler stops the trailing ones); the completed trial with the best
@@ -21,6 +21,7 @@ from mgkd.errors import MgkdError
 from mgkd.generations import GenerationResult, GenerationSpec
 from mgkd.generations.spec import apply_search
 from mgkd.generations.training import Events, prepare_teacher_outputs
+from mgkd.models import TASK_ARCHS
 from mgkd.orchestration.runners import (
     ERROR_FILE,
     RESULT_FILE,
@@ -65,8 +66,9 @@ def _domain(domain: dict[str, list[Any]]) -> Any:
 
 
 def selection_metric(spec: GenerationSpec) -> tuple[str, str]:
-    """The validation metric trials are compared by, and whether lower or higher is better."""
-    return ("valid_loss", "min") if spec.eval.select_by == "valid_loss" else ("valid_bleu", "max")
+    """The validation metric trials are compared by (eval.select_by), and whether lower or higher is better."""
+    by = spec.eval.select_by
+    return (by, "min") if by == "valid_loss" else (by, "max")
 
 
 def run_sweep(runner: RayRunner, spec: GenerationSpec, out_dir: Path, teacher: Teacher, events: Events) -> SweepOutcome:
@@ -82,7 +84,8 @@ def run_sweep(runner: RayRunner, spec: GenerationSpec, out_dir: Path, teacher: T
     cfg = runner.cfg
     out_dir = Path(out_dir).resolve()
     checkpoint, sha256 = teacher_files(teacher)
-    if spec.has_teacher:  # once for all trials
+    # Once for all trials. A classifier's teacher runs online in every trial: it has nothing to build.
+    if spec.has_teacher and spec.model.arch not in TASK_ARCHS["classification"]:
         events({"type": "sweep", "phase": "teacher outputs"})
         task = ray.remote(prepare_teacher_outputs).options(
             num_cpus=cfg.cpus_per_generation, num_gpus=cfg.gpus_per_generation, max_retries=0
