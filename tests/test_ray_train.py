@@ -243,3 +243,10 @@ def test_data_parallel_workers_need_ray_train():
 
     with pytest.raises(MgkdError, match="needs ray.backend 'train'"):
         build_config(preset="demo", overrides=["ray.workers=2", "ray.backend=task"])
+
+
+def test_more_workers_than_batches_is_an_error_naming_the_fix(ray_session, classification_data, tmp_path):
+    cfg = _classification_config(tmp_path, "ray.workers=2", "ray.cpus_per_generation=2", "train.max_tokens=100000")
+    runner = RayRunner(cfg.ray, classification_data, tmp_path)
+    with pytest.raises(MgkdError, match="fewer training batches than the 2 data-parallel workers; lower ray.workers"):
+        runner.run(build_schedule(cfg)[0], tmp_path / "lineages" / "L" / "gen-0", None, lambda _: None)

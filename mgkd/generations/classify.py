@@ -127,7 +127,8 @@ def train_classifier_generation(
     train = data.splits["train"]
     steps_per_epoch = len(batch_indices(train, spec.train.max_tokens, shuffle=False)) // world
     if steps_per_epoch == 0:
-        raise MgkdError(f"generation {spec.index}: fewer training batches than the {world} data-parallel workers")
+        raise MgkdError(f"generation {spec.index}: fewer training batches than the {world} data-parallel workers; "
+                        "lower ray.workers or train.max_tokens")  # fmt: skip
     total_steps = spec.train.max_epochs * steps_per_epoch
     if spec.train.max_steps is not None:
         total_steps = min(total_steps, spec.train.max_steps)
