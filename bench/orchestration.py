@@ -18,6 +18,10 @@ process (median of the repeats):
   (TorchTrainer, one worker, training states reported to Ray Train storage);
 - mgkd Ray task: `ray.backend: task` (one Ray task).
 
+After the table, Ray Train's own floor: an empty function (it reports once)
+through a TorchTrainer of the same shape, the part of the Ray Train row that is
+not mgkd's.
+
 `ray.init()` (once per lineage, ~9 s) is reported apart, not in the ratios.
 """
 
@@ -50,7 +54,7 @@ from mgkd.lineage.tracking import LineageRecorder  # noqa: E402
 from mgkd.models import build_model  # noqa: E402
 from mgkd.models.decoding import translate  # noqa: E402
 from mgkd.orchestration.controller import _record_generation  # noqa: E402
-from mgkd.orchestration.runners import RayRunner  # noqa: E402
+from mgkd.orchestration.runners import RayRunner, scaling  # noqa: E402
 from mgkd.tasks.translation import PAD, batch_indices, collate, prepare, score_translations  # noqa: E402
 
 
@@ -102,6 +106,23 @@ def recorded(run, spec, data, out: Path, store: Path) -> dict[str, float]:
     _record_generation(recorder, run_id, "bench-model", result, data.cache_dir / "spm.model")
     recorder.end(lineage)
     return {"valid_loss": result.metrics["best_valid_loss"], "test_bleu": result.metrics["test_bleu"]}
+
+
+def _empty_loop(config: dict) -> None:
+    import ray.train
+
+    ray.train.report({"done": 1})
+
+
+def ray_train_floor(cfg, storage: Path, name: str) -> float:
+    """Ray Train's own cost: a function that only reports once, through a TorchTrainer of the same shape."""
+    from ray.train import RunConfig
+    from ray.train.torch import TorchTrainer
+
+    t = time.perf_counter()
+    TorchTrainer(_empty_loop, scaling_config=scaling(cfg.ray, cfg.ray.gpus_per_generation > 0),
+                 run_config=RunConfig(name=name, storage_path=str(storage))).fit()  # fmt: skip
+    return time.perf_counter() - t
 
 
 def main() -> None:
@@ -156,6 +177,7 @@ def main() -> None:
             quality[name] = variants[name](out, out)
             times[name].append(time.perf_counter() - t)
             print(f"  repeat {r + 1}: {name}: {times[name][-1]:.1f} s", file=sys.stderr)
+    floor = [ray_train_floor(cfg, work / "floor", f"floor-{r}") for r in range(args.repeats)]
     ray.shutdown()
     shutil.rmtree(work, ignore_errors=True)
 
@@ -187,6 +209,9 @@ def main() -> None:
     fixed = statistics.median(times["mgkd Ray Train"]) - base
     if fixed > 0:
         print(f"a generation must take >= {fixed / 0.05:.0f} s in a bare loop for a fixed {fixed:.1f} s to be <= 5%")
+    runs = ", ".join(f"{t:.1f}" for t in floor)
+    print(f"Ray Train's own floor, an empty function (one report) through a TorchTrainer of the same workers and "
+          f"resources: {statistics.median(floor):.1f} s (runs {runs}) of the {fixed:.1f} s")  # fmt: skip
 
 
 if __name__ == "__main__":
