@@ -41,6 +41,13 @@ TINY = [
 ]
 
 
+def mgkd_cli(*args: str, **kw) -> subprocess.Popen:
+    """`mgkd ARGS` in a child process, as a user runs it; stdout and stderr together."""
+    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "COLUMNS": "160"}
+    return subprocess.Popen([sys.executable, "-m", "mgkd.cli", *args], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, **kw)  # fmt: skip
+
+
 def tiny_config(tmp_path: Path, *overrides: str) -> ExperimentConfig:
     return build_config(preset="demo", overrides=[*TINY, f"output_dir={tmp_path}", *overrides])
 

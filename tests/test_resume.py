@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -18,7 +16,7 @@ from mgkd.generations.checkpoint import sha256_file
 from mgkd.generations.train_state import STATE_FILE
 from mgkd.lineage.tracking import _client, read_lineage
 
-from .conftest import TINY, tiny_config
+from .conftest import TINY, mgkd_cli, tiny_config
 
 
 class Stop(Exception):
@@ -64,17 +62,11 @@ def test_a_foreign_or_corrupt_state_is_refused(tiny_data, tmp_path):
         train_generation(spec, tiny_data, tmp_path / "g")
 
 
-def _mgkd(*args: str, **kw) -> subprocess.Popen:
-    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "COLUMNS": "160"}
-    return subprocess.Popen([sys.executable, "-m", "mgkd.cli", *args], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, **kw)  # fmt: skip
-
-
 def test_sigkill_after_generation_1_then_resume(tmp_path):
     """Through Ray Train (each generation a TorchTrainer run), as a user runs it."""
     out = tmp_path / "run"
     sets = [x for item in [*TINY, "generations.count=3", "train.max_epochs=3"] for x in ("--set", item)]
-    proc = _mgkd("run", *sets, "--output-dir", str(out))
+    proc = mgkd_cli("run", *sets, "--output-dir", str(out))
     # wait until generation 1 is recorded as finished, then kill -9 (no cleanup runs)
     deadline = time.monotonic() + 300
     killed_info = None
@@ -97,7 +89,7 @@ def test_sigkill_after_generation_1_then_resume(tmp_path):
     before = {g["generation"]: g for g in killed_info["generations"] if g["status"] == "FINISHED"}
     assert {0, 1} <= set(before)
 
-    res = _mgkd("resume", str(out))
+    res = mgkd_cli("resume", str(out))
     log, _ = res.communicate(timeout=600)
     assert res.returncode == 0, log
     assert "generations [0, 1] finished and reused" in log or "finished and reused" in log
@@ -120,7 +112,7 @@ def test_sigkill_after_generation_1_then_resume(tmp_path):
     versions = client.search_model_versions(f"name='{model}'")
     assert sorted(v.run_id for v in versions) == sorted(g["run_id"] for g in gens)  # one version per generation
 
-    again = _mgkd("resume", str(out))
+    again = mgkd_cli("resume", str(out))
     log2, _ = again.communicate(timeout=120)
     assert again.returncode == 2 and "already finished" in log2
     assert Path(out / "lineages").is_dir()
@@ -133,7 +125,7 @@ def test_ctrl_c_saves_the_state_marks_runs_killed_and_resume_finishes(tmp_path, 
     out = tmp_path / "run"
     sets = [x for item in [*TINY, "generations.count=1", "generations.student.train={max_epochs: 10}",
                            "train.checkpoint_every_steps=1000"] for x in ("--set", item)]  # fmt: skip
-    proc = _mgkd("run", *sets, *([] if ray else ["--no-ray"]), "--output-dir", str(out), start_new_session=True)
+    proc = mgkd_cli("run", *sets, *([] if ray else ["--no-ray"]), "--output-dir", str(out), start_new_session=True)
     uri = f"sqlite:///{out / 'mlflow.db'}"
     deadline = time.monotonic() + 300
     state = None
@@ -156,7 +148,7 @@ def test_ctrl_c_saves_the_state_marks_runs_killed_and_resume_finishes(tmp_path, 
     assert info["status"] == "KILLED"
     assert [g["status"] for g in info["generations"]] == ["FINISHED", "KILLED"]
 
-    res = _mgkd("resume", str(out))
+    res = mgkd_cli("resume", str(out))
     log, _ = res.communicate(timeout=600)
     assert res.returncode == 0, log
     assert "resumes at step" in log
@@ -172,7 +164,7 @@ def test_nan_stops_the_generation_and_resume_with_a_changed_config_finishes(tmp_
         "generations.student.losses=[{name: label_smoothing}]",
     ]
     sets = [x for item in [*TINY, "generations.count=1", *student] for x in ("--set", item)]
-    proc = _mgkd("run", *sets, "--no-ray", "--output-dir", str(out))
+    proc = mgkd_cli("run", *sets, "--no-ray", "--output-dir", str(out))
     log, _ = proc.communicate(timeout=300)
     assert proc.returncode == 2, log
     assert "generation 1: loss is not finite at step" in log and "label_smoothing" in log
@@ -181,7 +173,7 @@ def test_nan_stops_the_generation_and_resume_with_a_changed_config_finishes(tmp_
     assert [g["status"] for g in info["generations"]] == ["FINISHED", "FAILED"]
     teacher = info["generations"][0]
 
-    res = _mgkd("resume", str(out), "--set", "generations.student.train.lr=0.002")
+    res = mgkd_cli("resume", str(out), "--set", "generations.student.train.lr=0.002")
     log, _ = res.communicate(timeout=300)
     assert res.returncode == 0, log
     after = read_lineage(uri, info["lineage_id"])
@@ -194,17 +186,17 @@ def test_nan_stops_the_generation_and_resume_with_a_changed_config_finishes(tmp_
 
 
 def test_resume_of_an_unknown_lineage_is_a_clear_error(tmp_path):
-    res = _mgkd("resume", "0123456789abcdef", "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    res = mgkd_cli("resume", "0123456789abcdef", "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}")
     log, _ = res.communicate(timeout=120)
     assert res.returncode == 2 and "no lineage run '0123456789abcdef'" in log
-    res = _mgkd("resume", str(tmp_path))
+    res = mgkd_cli("resume", str(tmp_path))
     log, _ = res.communicate(timeout=120)
     assert res.returncode == 2 and "holds no mgkd run" in log
 
 
 def _kill_when(out: Path, ready, sets: list[str]) -> dict:
     """Start a lineage, SIGKILL it when `ready(info)` holds, return the lineage as it was left."""
-    proc = _mgkd("run", *sets, "--no-ray", "--output-dir", str(out))
+    proc = mgkd_cli("run", *sets, "--no-ray", "--output-dir", str(out))
     uri = f"sqlite:///{out / 'mlflow.db'}"
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
@@ -232,7 +224,7 @@ KILL_POINTS = {
 @pytest.fixture(scope="module")
 def reference_lineage(tmp_path_factory):
     out = tmp_path_factory.mktemp("reference")
-    proc = _mgkd("run", *CHAOS_SETS, "--no-ray", "--output-dir", str(out))
+    proc = mgkd_cli("run", *CHAOS_SETS, "--no-ray", "--output-dir", str(out))
     log, _ = proc.communicate(timeout=600)
     assert proc.returncode == 0, log
     return read_lineage(f"sqlite:///{out / 'mlflow.db'}", None, "demo")
@@ -247,7 +239,7 @@ def test_chaos_kill_anywhere_then_resume_gives_the_same_lineage(point, tmp_path,
     out = tmp_path / "run"
     left = _kill_when(out, KILL_POINTS[point], CHAOS_SETS)
     finished_before = {g["generation"]: g for g in left["generations"] if g["status"] == "FINISHED"}
-    res = _mgkd("resume", str(out))
+    res = mgkd_cli("resume", str(out))
     log, _ = res.communicate(timeout=600)
     assert res.returncode == 0, log
     after = read_lineage(f"sqlite:///{out / 'mlflow.db'}", left["lineage_id"])

@@ -4,7 +4,10 @@ nested under their generation's run. Real Ray Tune + Ray Train, real MLflow (sql
 
 from __future__ import annotations
 
+import json
 import math
+import signal
+import time
 
 import pytest
 from rich.console import Console
@@ -12,10 +15,11 @@ from rich.console import Console
 from mgkd.config import build_config
 from mgkd.errors import MgkdError
 from mgkd.generations import build_schedule
+from mgkd.generations.checkpoint import sha256_file
 from mgkd.lineage.tracking import _client, read_lineage
 from mgkd.orchestration.controller import run_lineage
 
-from .conftest import tiny_config
+from .conftest import TINY, mgkd_cli, tiny_config
 
 SEARCH = (
     "generations.per_generation={1: {teacher_signal: cached, losses: ["
@@ -127,3 +131,73 @@ def test_a_classification_sweep_selects_by_validation_accuracy_and_its_best_tria
             history = client.get_metric_history(t.info.run_id, key)
             assert [m.step for m in history] == [1, 2], key
             assert all(math.isfinite(m.value) for m in history)
+
+
+def _tune_statuses(out) -> dict[str, str]:
+    """Trial id -> status, as Tune last saved the sweep's state (what a resume starts from)."""
+    statuses: dict[str, str] = {}
+    for path in out.glob("ray_train/*-gen-1-tune/experiment_state-*.json"):
+        try:
+            for trial, _ in json.loads(path.read_text())["trial_data"]:
+                trial = json.loads(trial)
+                statuses[trial["trial_id"]] = trial["status"]
+        except (OSError, ValueError, KeyError):
+            return {}  # being written
+    return statuses
+
+
+def test_a_killed_sweep_resumes_with_its_finished_trials_kept(tmp_path):
+    """SIGKILL `mgkd run` after the first of three trials (one at a time) has finished; `mgkd resume` runs only
+    the unfinished trials, keeps the finished one's checkpoint file untouched, and records each trial once."""
+    out = tmp_path / "run"
+    sweep = ("generations.per_generation={1: {search: {space: {train.lr: {grid: [0.0001, 0.003, 0.01]}}, "
+             "num_samples: 1, max_concurrent: 1, scheduler: fifo}}}")  # fmt: skip
+    sets = [x for s in [*TINY, "generations.count=1", "train.max_epochs=3", sweep] for x in ("--set", s)]
+    proc = mgkd_cli("run", *sets, "--output-dir", str(out))
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"the run ended before the kill point:\n{proc.stdout.read()}")
+        statuses = _tune_statuses(out)
+        if list(statuses.values()).count("TERMINATED") >= 1:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            break
+        time.sleep(0.1)
+    else:
+        pytest.fail("no trial finished in time")
+    finished = [t for t, status in statuses.items() if status == "TERMINATED"]
+    assert len(finished) == 1, statuses  # one at a time (max_concurrent: 1): the others had not finished
+    lineage_dir = next((out / "lineages").iterdir())
+    ckpt = lineage_dir / "gen-1" / "trials" / finished[0] / "checkpoint.pt"
+    kept = (sha256_file(ckpt), ckpt.stat().st_mtime_ns)
+    gen0 = read_lineage(f"sqlite:///{out / 'mlflow.db'}", lineage_dir.name)["generations"][0]
+
+    res = mgkd_cli("resume", str(out))
+    log, _ = res.communicate(timeout=600)
+    assert res.returncode == 0, log
+    assert "resuming the Ray Tune sweep" in log
+    assert f"trial {finished[0]} (" not in log  # the finished trial reported nothing: it did not run again
+    assert (sha256_file(ckpt), ckpt.stat().st_mtime_ns) == kept
+    trial_ids = sorted(p.name for p in (lineage_dir / "gen-1" / "trials").iterdir())
+    assert len(trial_ids) == 3 and set(statuses) <= set(trial_ids)  # no trial started twice under a new id
+
+    uri = f"sqlite:///{out / 'mlflow.db'}"
+    info = read_lineage(uri, lineage_dir.name)
+    assert info["status"] == "FINISHED" and [g["generation"] for g in info["generations"]] == [0, 1]
+    assert info["generations"][0]["run_id"] == gen0["run_id"]
+    client = _client(uri)
+    gen1 = info["generations"][1]
+    trials = client.search_runs(
+        [info["experiment_id"]], filter_string=f"tags.`mlflow.parentRunId` = '{gen1['run_id']}'"
+    )
+    assert sorted(t.data.tags["mgkd.trial_id"] for t in trials) == trial_ids  # each trial recorded once
+    assert sorted(float(t.data.params["train.lr"]) for t in trials) == [0.0001, 0.003, 0.01]  # each grid point once
+    assert all(t.data.tags["mgkd.trial_status"] == "completed" for t in trials)
+    for t in trials:  # the finished trial's epoch history survived the kill
+        history = client.get_metric_history(t.info.run_id, "valid_loss")
+        assert [m.step for m in history] == [1, 2, 3]
+    best = min(trials, key=lambda t: t.data.metrics["best_valid_loss"])
+    assert best.data.tags["mgkd.selected"] == "true"
+    assert gen1["checkpoint_sha256"] == best.data.tags["mgkd.checkpoint_sha256"]
+    assert sha256_file(lineage_dir / "gen-1" / "checkpoint.pt") == gen1["checkpoint_sha256"]

@@ -57,6 +57,8 @@ class GenerationProgress:
             self.console.log(f"{name} " + ", ".join(parts))
         elif kind == "sweep" and event["phase"] == "teacher outputs":
             self.console.log(f"{name}: the teacher's outputs for the sweep, built once for all trials")
+        elif kind == "sweep" and event["phase"] == "resumed":
+            self.console.log(f"{name}: resuming the Ray Tune sweep in {event['path']} (finished trials are kept)")
         elif kind == "sweep":
             self.console.log(f"{name}: Ray Tune sweep, {event['trials']} trials, up to {event['concurrent']} at once")
         elif kind == "trial" and event["status"] == "epoch":

@@ -6,12 +6,15 @@ them from the store. Trials report their epoch-end validation metrics to Tune
 (an ASHA scheduler stops the trailing ones); the completed trial with the best
 validation metric (never the test split) becomes the generation: its
 checkpoint is the generation's and the next generation's teacher. The driver
-records every trial as an MLflow run nested under the generation's run.
+records every trial as an MLflow run nested under the generation's run, once the
+sweep has ended. A sweep of a killed lineage is continued from the state Tune saved
+(`mgkd resume`): its finished trials are not run again.
 """
 
 from __future__ import annotations
 
 import math
+import os
 import shutil
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -76,8 +79,6 @@ def run_sweep(runner: RayRunner, spec: GenerationSpec, out_dir: Path, teacher: T
     from ray import tune
     from ray.exceptions import RayTaskError
     from ray.tune.integration.ray_train import TuneReportCallback
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
-    from ray.tune.search import BasicVariantGenerator
 
     search = spec.search
     assert search is not None
@@ -111,6 +112,38 @@ def run_sweep(runner: RayRunner, spec: GenerationSpec, out_dir: Path, teacher: T
         )  # fmt: skip
         trainer.fit()
 
+    grid = math.prod(len(d["grid"]) for d in search.space.values() if "grid" in d)
+    events({"type": "sweep", "phase": "trials", "trials": search.num_samples * grid, "concurrent": concurrent})
+    # The trial function only drives its Ray Train run, whose workers hold the CPUs: it asks for no CPU
+    # (and a token of memory, as Tune needs some resource for it).
+    trainable = tune.with_resources(trial, {"cpu": 0, "memory": 64 * 2**20})
+    param_space = {k: _domain(d) for k, d in search.space.items()}
+    experiment = Path(storage) / f"{name}-tune"
+    # Tune saves the sweep's state (which trials finished) at most every 10 s by default; a killed lineage would
+    # rerun the trials that finished since. It is a small file: save it every 2 s.
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")
+    _EVENTS[name] = events
+    if tune.Tuner.can_restore(str(experiment)):
+        # A sweep of a killed lineage (`mgkd resume`): finished trials are kept as they are, unfinished ones
+        # restart and continue from their last saved training state; errored ones stay errored.
+        events({"type": "sweep", "phase": "resumed", "path": str(experiment)})
+        tuner = tune.Tuner.restore(str(experiment), trainable, resume_unfinished=True, param_space=param_space)
+    else:
+        tuner = _new_tuner(trainable, param_space, spec, name, metric, mode, concurrent, storage)
+    try:
+        return _outcome(tuner.fit(), spec, out_dir, metric, mode)
+    finally:
+        _EVENTS.pop(name, None)
+
+
+def _new_tuner(trainable: Any, param_space: dict[str, Any], spec: GenerationSpec, name: str, metric: str, mode: str,
+               concurrent: int, storage: str) -> Any:  # fmt: skip
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+    from ray.tune.search import BasicVariantGenerator
+
+    search = spec.search
+    assert search is not None
     if search.scheduler == "asha":
         scheduler: Any = ASHAScheduler(
             time_attr="epoch", max_t=spec.train.max_epochs, grace_period=search.grace_period,
@@ -118,27 +151,26 @@ def run_sweep(runner: RayRunner, spec: GenerationSpec, out_dir: Path, teacher: T
         )  # fmt: skip
     else:
         scheduler = FIFOScheduler()
-    grid = math.prod(len(d["grid"]) for d in search.space.values() if "grid" in d)
-    events({"type": "sweep", "phase": "trials", "trials": search.num_samples * grid, "concurrent": concurrent})
-    tuner = tune.Tuner(
-        # The trial function only drives its Ray Train run, whose workers hold the CPUs: it asks for no CPU
-        # (and a token of memory, as Tune needs some resource for it).
-        tune.with_resources(trial, {"cpu": 0, "memory": 64 * 2**20}),
-        param_space={k: _domain(d) for k, d in search.space.items()},
+    return tune.Tuner(
+        trainable,
+        param_space=param_space,
         tune_config=tune.TuneConfig(
             metric=metric,
             mode=mode,
             scheduler=scheduler,
             num_samples=search.num_samples,
-            max_concurrent_trials=concurrent,
-            search_alg=BasicVariantGenerator(random_state=spec.seed),
+            # The limit belongs to the search algorithm: Tune ignores max_concurrent_trials (with a warning) when
+            # it is given one, so trials ran as many at once as the CPUs allowed.
+            search_alg=BasicVariantGenerator(random_state=spec.seed, max_concurrent=concurrent),
         ),  # fmt: skip
         run_config=tune.RunConfig(
-            name=f"{name}-tune", storage_path=storage, verbose=0, callbacks=[_trial_events(events, metric)]
+            name=f"{name}-tune", storage_path=storage, verbose=0, callbacks=[_trial_events(name, metric)]
         ),
     )
-    results = tuner.fit()
 
+
+def _outcome(results: Any, spec: GenerationSpec, out_dir: Path, metric: str, mode: str) -> SweepOutcome:
+    """The trials as they ended, and the completed one with the best validation metric adopted as the generation."""
     trials = []
     for r in results:
         trial_id = r.metrics.get("trial_id") if r.metrics else Path(r.path).name.split("_")[1]
@@ -164,27 +196,33 @@ def run_sweep(runner: RayRunner, spec: GenerationSpec, out_dir: Path, teacher: T
     return SweepOutcome(_adopt(best_trial, out_dir), best_trial, trials, metric, mode)
 
 
-def _trial_events(events: Events, metric: str) -> Any:
+# The console of each running sweep, by name. Tune saves its callbacks with the experiment and gives a resumed
+# sweep the saved ones back: the callback keeps only the name and finds the console here, in the driver.
+_EVENTS: dict[str, Events] = {}
+
+
+def _trial_events(name: str, metric: str) -> Any:
     """A Tune callback turning trial results into events for the driver's console (Tune's loop runs here)."""
     from ray import tune
 
-    class TrialEvents(tune.Callback):
-        def __getstate__(self) -> dict:
-            return {}  # Tune saves its callbacks with the experiment; the console is not part of that
+    def console(name: str) -> Events | None:
+        from mgkd.orchestration import sweep  # by reference: a saved callback must see the live consoles
 
+        return sweep._EVENTS.get(name)
+
+    class TrialEvents(tune.Callback):
         def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
-            if metric in result and "_events" in self.__dict__:
-                self._events({"type": "trial", "trial": trial.trial_id, "status": "epoch",
-                              "epoch": result.get("epoch"), "metric": metric, "value": result[metric],
-                              "point": trial.config})  # fmt: skip
+            events = console(name)
+            if events is not None and metric in result:
+                events({"type": "trial", "trial": trial.trial_id, "status": "epoch", "epoch": result.get("epoch"),
+                        "metric": metric, "value": result[metric], "point": trial.config})  # fmt: skip
 
         def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-            if "_events" in self.__dict__:
-                self._events({"type": "trial", "trial": trial.trial_id, "status": "ended", "point": trial.config})
+            events = console(name)
+            if events is not None:
+                events({"type": "trial", "trial": trial.trial_id, "status": "ended", "point": trial.config})
 
-    callback = TrialEvents()
-    callback._events = events
-    return callback
+    return TrialEvents()
 
 
 def _history(frame: Any, metric: str) -> list[dict[str, float]]:
