@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import signal
 import time
 
@@ -146,26 +147,35 @@ def _tune_statuses(out) -> dict[str, str]:
     return statuses
 
 
-def test_a_killed_sweep_resumes_with_its_finished_trials_kept(tmp_path):
-    """SIGKILL `mgkd run` after the first of three trials (one at a time) has finished; `mgkd resume` runs only
-    the unfinished trials, keeps the finished one's checkpoint file untouched, and records each trial once."""
+@pytest.mark.parametrize("how", ["SIGKILL", "Ctrl-C"])
+def test_a_killed_sweep_resumes_with_its_finished_trials_kept(tmp_path, how):
+    """Kill `mgkd run` (SIGKILL, or Ctrl-C: SIGINT to its process group as a terminal sends it) after the first of
+    three trials (one at a time) has finished; `mgkd resume` runs only the unfinished trials, keeps the finished
+    one's checkpoint file untouched, and records each trial once."""
     out = tmp_path / "run"
     sweep = ("generations.per_generation={1: {search: {space: {train.lr: {grid: [0.0001, 0.003, 0.01]}}, "
              "num_samples: 1, max_concurrent: 1, scheduler: fifo}}}")  # fmt: skip
     sets = [x for s in [*TINY, "generations.count=1", "train.max_epochs=3", sweep] for x in ("--set", s)]
-    proc = mgkd_cli("run", *sets, "--output-dir", str(out))
+    proc = mgkd_cli("run", *sets, "--output-dir", str(out), start_new_session=True)
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             pytest.fail(f"the run ended before the kill point:\n{proc.stdout.read()}")
         statuses = _tune_statuses(out)
         if list(statuses.values()).count("TERMINATED") >= 1:
-            proc.send_signal(signal.SIGKILL)
-            proc.wait()
+            if how == "SIGKILL":
+                proc.send_signal(signal.SIGKILL)
+            else:
+                os.killpg(proc.pid, signal.SIGINT)
             break
         time.sleep(0.1)
     else:
         pytest.fail("no trial finished in time")
+    log, _ = proc.communicate(timeout=120)
+    if how == "Ctrl-C":  # the lineage stops (it does not go on with the trials that ran) and says how to resume
+        assert proc.returncode == 130 and "mgkd resume" in log, log
+        info = read_lineage(f"sqlite:///{out / 'mlflow.db'}", None, "demo")
+        assert info["status"] == "KILLED" and [g["status"] for g in info["generations"]] == ["FINISHED", "KILLED"]
     finished = [t for t, status in statuses.items() if status == "TERMINATED"]
     assert len(finished) == 1, statuses  # one at a time (max_concurrent: 1): the others had not finished
     lineage_dir = next((out / "lineages").iterdir())

@@ -68,6 +68,11 @@ def _domain(domain: dict[str, list[Any]]) -> Any:
     return {"uniform": tune.uniform, "loguniform": tune.loguniform, "randint": tune.randint}[kind](*values)
 
 
+def _trial_count(search: Any) -> int:
+    """num_samples per point of the grid (one point when nothing is a grid)."""
+    return search.num_samples * math.prod(len(d["grid"]) for d in search.space.values() if "grid" in d)
+
+
 def selection_metric(spec: GenerationSpec) -> tuple[str, str]:
     """The validation metric trials are compared by (eval.select_by), and whether lower or higher is better."""
     by = spec.eval.select_by
@@ -112,8 +117,7 @@ def run_sweep(runner: RayRunner, spec: GenerationSpec, out_dir: Path, teacher: T
         )  # fmt: skip
         trainer.fit()
 
-    grid = math.prod(len(d["grid"]) for d in search.space.values() if "grid" in d)
-    events({"type": "sweep", "phase": "trials", "trials": search.num_samples * grid, "concurrent": concurrent})
+    events({"type": "sweep", "phase": "trials", "trials": _trial_count(search), "concurrent": concurrent})
     # The trial function only drives its Ray Train run, whose workers hold the CPUs: it asks for no CPU
     # (and a token of memory, as Tune needs some resource for it).
     trainable = tune.with_resources(trial, {"cpu": 0, "memory": 64 * 2**20})
@@ -122,6 +126,9 @@ def run_sweep(runner: RayRunner, spec: GenerationSpec, out_dir: Path, teacher: T
     # Tune saves the sweep's state (which trials finished) at most every 10 s by default; a killed lineage would
     # rerun the trials that finished since. It is a small file: save it every 2 s.
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")
+    # Tune's own Ctrl-C handler ends the sweep early and returns as if it had finished (and stays installed,
+    # swallowing the next Ctrl-C of a later generation): mgkd's Ctrl-C stops the lineage for `mgkd resume`.
+    os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")
     _EVENTS[name] = events
     if tune.Tuner.can_restore(str(experiment)):
         # A sweep of a killed lineage (`mgkd resume`): finished trials are kept as they are, unfinished ones
@@ -171,6 +178,14 @@ def _new_tuner(trainable: Any, param_space: dict[str, Any], spec: GenerationSpec
 
 def _outcome(results: Any, spec: GenerationSpec, out_dir: Path, metric: str, mode: str) -> SweepOutcome:
     """The trials as they ended, and the completed one with the best validation metric adopted as the generation."""
+    search = spec.search
+    assert search is not None
+    expected = _trial_count(search)
+    if len(results) < expected or any(r.config is None for r in results):
+        raise MgkdError(
+            f"generation {spec.index}: the sweep ended with {expected - sum(r.config is not None for r in results)} "
+            f"of its {expected} trials never run (was Tune interrupted?); `mgkd resume` continues it"
+        )
     trials = []
     for r in results:
         trial_id = r.metrics.get("trial_id") if r.metrics else Path(r.path).name.split("_")[1]
