@@ -252,7 +252,7 @@ class SearchConfig(_Strict):
     scheduler: Literal["asha", "fifo"] = "asha"
     # ASHA: epochs a trial runs before it may be stopped, and the fraction (1/reduction_factor) kept per rung.
     grace_period: PositiveInt = 1
-    reduction_factor: float = Field(2, gt=1)
+    reduction_factor: float = Field(2.0, gt=1)
 
     @field_validator("space")
     @classmethod
@@ -407,7 +407,7 @@ class RayConfig(_Strict):
     num_cpus: PositiveInt | None = None
     # A generation's CPUs and GPUs, split evenly between its Ray Train workers.
     cpus_per_generation: PositiveFloat = 2
-    gpus_per_generation: float = Field(0, ge=0)
+    gpus_per_generation: float = Field(0.0, ge=0)
     # "train": each generation is a Ray Train run (TorchTrainer: data-parallel workers, checkpoints reported
     # to storage, retries); "task": a plain Ray task (one process, no retries; ~10 s less start-up).
     backend: Literal["train", "task"] = "train"

@@ -11,14 +11,16 @@ import signal
 import time
 
 import pytest
+import yaml
 from rich.console import Console
 
-from mgkd.config import build_config
+from mgkd.config import ExperimentConfig, build_config
 from mgkd.errors import MgkdError
 from mgkd.generations import build_schedule
 from mgkd.generations.checkpoint import sha256_file
 from mgkd.lineage.tracking import _client, read_lineage
 from mgkd.orchestration.controller import run_lineage
+from mgkd.orchestration.sweep import experiment_path
 
 from .conftest import TINY, mgkd_cli, tiny_config
 
@@ -81,6 +83,17 @@ def test_trials_share_the_teachers_cached_outputs(swept):
     assert len(caches) == 1
 
 
+def test_a_changed_sweep_is_not_restored_from_the_old_one(tmp_path):
+    cfg = tiny_config(tmp_path, "generations.count=1", SEARCH)
+    spec = build_schedule(cfg)[1]
+    # As `mgkd resume` reads it: the config.yaml the run wrote (a default of 2 comes back as 2.0).
+    stored = yaml.safe_load(yaml.safe_dump(cfg.model_dump(mode="json")))
+    again = build_schedule(ExperimentConfig.model_validate(stored))[1]
+    changed = build_schedule(tiny_config(tmp_path, "generations.count=1", SEARCH.replace("0.01]", "0.02]")))[1]
+    assert experiment_path("s", "L-gen-1", spec) == experiment_path("s", "L-gen-1", again)  # resume finds it
+    assert experiment_path("s", "L-gen-1", spec) != experiment_path("s", "L-gen-1", changed)
+
+
 def test_a_search_is_checked_before_anything_runs(tmp_path):
     bad_key = SEARCH.replace("loss.soft_label.temperature", "loss.seq_kd.beam_size")
     with pytest.raises(MgkdError, match="no loss term 'seq_kd'"):
@@ -137,7 +150,7 @@ def test_a_classification_sweep_selects_by_validation_accuracy_and_its_best_tria
 def _tune_statuses(out) -> dict[str, str]:
     """Trial id -> status, as Tune last saved the sweep's state (what a resume starts from)."""
     statuses: dict[str, str] = {}
-    for path in out.glob("ray_train/*-gen-1-tune/experiment_state-*.json"):
+    for path in out.glob("ray_train/*-gen-1-tune-*/experiment_state-*.json"):
         try:
             for trial, _ in json.loads(path.read_text())["trial_data"]:
                 trial = json.loads(trial)

@@ -13,6 +13,8 @@ sweep has ended. A sweep of a killed lineage is continued from the state Tune sa
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import os
 import shutil
@@ -73,6 +75,20 @@ def _trial_count(search: Any) -> int:
     return search.num_samples * math.prod(len(d["grid"]) for d in search.space.values() if "grid" in d)
 
 
+def experiment_path(storage: str, name: str, spec: GenerationSpec) -> Path:
+    """Where Tune keeps the sweep, named by the generation's spec (space, losses, training): `mgkd resume --set`
+    that changes this generation starts a new sweep instead of restoring the trials of the old one."""
+    # Through JSON and back with integral floats as ints: a run's spec (a default of 2) and its resume's (2.0 read
+    # back from config.yaml) are the same sweep.
+    plain = json.loads(json.dumps(spec.to_dict(), default=str), parse_float=lambda s: _number(float(s)))
+    digest = hashlib.sha256(json.dumps(plain, sort_keys=True).encode()).hexdigest()[:10]
+    return Path(storage) / f"{name}-tune-{digest}"
+
+
+def _number(x: float) -> float | int:
+    return int(x) if x.is_integer() else x
+
+
 def selection_metric(spec: GenerationSpec) -> tuple[str, str]:
     """The validation metric trials are compared by (eval.select_by), and whether lower or higher is better."""
     by = spec.eval.select_by
@@ -122,7 +138,7 @@ def run_sweep(runner: RayRunner, spec: GenerationSpec, out_dir: Path, teacher: T
     # (and a token of memory, as Tune needs some resource for it).
     trainable = tune.with_resources(trial, {"cpu": 0, "memory": 64 * 2**20})
     param_space = {k: _domain(d) for k, d in search.space.items()}
-    experiment = Path(storage) / f"{name}-tune"
+    experiment = experiment_path(storage, name, spec)
     # Tune saves the sweep's state (which trials finished) at most every 10 s by default; a killed lineage would
     # rerun the trials that finished since. It is a small file: save it every 2 s.
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")
@@ -136,7 +152,7 @@ def run_sweep(runner: RayRunner, spec: GenerationSpec, out_dir: Path, teacher: T
         events({"type": "sweep", "phase": "resumed", "path": str(experiment)})
         tuner = tune.Tuner.restore(str(experiment), trainable, resume_unfinished=True, param_space=param_space)
     else:
-        tuner = _new_tuner(trainable, param_space, spec, name, metric, mode, concurrent, storage)
+        tuner = _new_tuner(trainable, param_space, spec, name, metric, mode, concurrent, experiment)
     try:
         return _outcome(tuner.fit(), spec, out_dir, metric, mode)
     finally:
@@ -144,7 +160,7 @@ def run_sweep(runner: RayRunner, spec: GenerationSpec, out_dir: Path, teacher: T
 
 
 def _new_tuner(trainable: Any, param_space: dict[str, Any], spec: GenerationSpec, name: str, metric: str, mode: str,
-               concurrent: int, storage: str) -> Any:  # fmt: skip
+               concurrent: int, experiment: Path) -> Any:  # fmt: skip
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
     from ray.tune.search import BasicVariantGenerator
@@ -171,7 +187,10 @@ def _new_tuner(trainable: Any, param_space: dict[str, Any], spec: GenerationSpec
             search_alg=BasicVariantGenerator(random_state=spec.seed, max_concurrent=concurrent),
         ),  # fmt: skip
         run_config=tune.RunConfig(
-            name=f"{name}-tune", storage_path=storage, verbose=0, callbacks=[_trial_events(name, metric)]
+            name=experiment.name,
+            storage_path=str(experiment.parent),
+            verbose=0,
+            callbacks=[_trial_events(name, metric)],
         ),
     )
 
