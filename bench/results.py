@@ -5,7 +5,9 @@
     python bench/results.py --budget demo --report-only --out RESULTS.md    # no training: report what finished
 
 The matrix (every lineage through mgkd's CLI, `mgkd run` / `mgkd resume` / `mgkd evaluate`):
-  A  born-again: the budget's teacher + generations 1-4, one lineage per seed
+  A  born-again: the budget's teacher + generations 1-4, one lineage per seed; and its control on the first
+     seed's lineage: generations 9-12, the same chain from the same teacher, same init and budget, without KD
+     (gold labels only), which says how much of A's gain is the extra training rather than the teacher
   B  a ~4x smaller student from the same teacher (teacher_generations [0]) with four recipes, same budget:
      word-level KD (soft_label), from scratch (label loss only), seq-KD, seq-KD + internal
   C  label-smoothed vs plain teacher as a teacher (Mueller et al. 2019): lineage B's gen 0 + gen 1 (smoothing
@@ -152,6 +154,16 @@ RECIPES = {
 }
 
 
+# A's control: generations 9-12 continue from generation 0 as 1-4 do (init teacher, the students' budget) with
+# the label loss only, so they differ from 1-4 in the teacher's signal alone.
+CONTROL = [9, 10, 11, 12]
+
+
+def _control(k: int) -> dict[str, Any]:
+    return {"init": "teacher", "teacher_generations": [0 if k == CONTROL[0] else k - 1],
+            "losses": _losses("scratch", {})}  # fmt: skip
+
+
 def _small(budget: Budget, recipe: str) -> dict[str, Any]:
     return {"model": dict(budget.small_model), "train": dict(budget.small_train), "init": "scratch",
             "teacher_generations": [0], "losses": _losses(recipe, budget.seq_kd)}  # fmt: skip
@@ -172,10 +184,12 @@ def matrix(budget: Budget, seeds: list[int], runs: Path, ray: bool) -> dict[str,
         raw["seed"] = seed
         raw["name"] = "results_born_again"
         raw["generations"]["count"] = 4
-        if i == 0:  # B's small students ride on this lineage's teacher
-            raw["generations"]["count"] = max(RECIPES)
-            raw["generations"]["per_generation"] = {k: _small(budget, r) for k, (r, _) in RECIPES.items()}
-            add(f"ab-seed{seed}", raw, f"A+B: born-again generations 1-4 and small students 5-8, seed {seed}", "AB")
+        if i == 0:  # B's small students and A's control ride on this lineage's teacher
+            raw["generations"]["count"] = max(CONTROL)
+            per = {k: _small(budget, r) for k, (r, _) in RECIPES.items()}
+            raw["generations"]["per_generation"] = {**per, **{k: _control(k) for k in CONTROL}}
+            add(f"ab-seed{seed}", raw, f"A+B: born-again generations 1-4, small students 5-8 and A's control 9-12, "
+                f"seed {seed}", "AB")  # fmt: skip
         else:
             add(f"a-born-again-seed{seed}", raw, f"A: born-again lineage, seed {seed}", "A")
     raw = copy.deepcopy(base)
@@ -424,6 +438,40 @@ def table_a(recs: list[Record]) -> tuple[str, list[dict[str, Any]]]:
     return "\n".join(lines), rows
 
 
+def control_a(rec: Record | None) -> list[str]:
+    """A's control: the born-again chain 1-4 against the same chain without the teacher's signal (9-12)."""
+    md = ["### A, control: the same chain without distillation", ""]
+    if rec is None or not rec.has(0, 1, 2, 3, 4, *CONTROL):
+        return md + ["Not run yet (generations 9-12 of the first seed's lineage).", ""]
+    ignore = ("generation", "seed", "teacher_generations")
+    for k, c in zip(range(1, 5), CONTROL):  # the same init, model and budget: only the losses may differ
+        kd = {p: v for p, v in rec.gen(k)["params"].items() if p not in ignore and not p.startswith("loss.")}
+        ctl = {p: v for p, v in rec.gen(c)["params"].items() if p not in ignore and not p.startswith("loss.")}
+        if kd != ctl:
+            diff = sorted(p for p in set(kd) | set(ctl) if kd.get(p) != ctl.get(p))
+            raise MgkdError(f"A control: generations {k} and {c} differ in {diff}, not only in their losses")
+    md += [f"Lineage `{rec.lin.key}` (seed {rec.lin.raw['seed']}): generations 9-12 repeat the chain 1-4 from the "
+           "same teacher (generation 9 starts from a copy of generation 0, each later one from a copy of the one "
+           "before), with the same model, initialisation and budget (MLflow params read back and checked equal but "
+           "for the losses), trained on the gold labels only (label smoothing 0.1, weight 1): no teacher signal. "
+           "The difference is what distillation adds beyond the extra training. One seed: read differences "
+           "under about a BLEU point as noise.", ""]  # fmt: skip
+    md += ["| step of the chain | born-again (KD) gen | BLEU | chrF | valid loss | control (no KD) gen | BLEU | chrF "
+           "| valid loss | KD − control BLEU |", "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for k, c in zip(range(1, 5), CONTROL):
+        md += [f"| {k} | {k} | {_fmt(rec.m(k, 'test_bleu'))} | {_fmt(rec.m(k, 'test_chrf'))} | "
+               f"{rec.m(k, 'best_valid_loss'):.3f} | {c} | {_fmt(rec.m(c, 'test_bleu'))} | "
+               f"{_fmt(rec.m(c, 'test_chrf'))} | {rec.m(c, 'best_valid_loss'):.3f} | "
+               f"{rec.m(k, 'test_bleu') - rec.m(c, 'test_bleu'):+.2f} |"]  # fmt: skip
+    md += [
+        "",
+        f"- Teacher (generation 0): BLEU {_fmt(rec.m(0, 'test_bleu'))}, chrF {_fmt(rec.m(0, 'test_chrf'))}, "
+        f"valid loss {rec.m(0, 'best_valid_loss'):.3f}. Budget of every row: {_budget_of(rec, CONTROL[0])}.",
+        "",
+    ]
+    return md
+
+
 def plot_a(rows: list[dict[str, Any]], seeds: list[int], path: Path) -> None:
     import matplotlib
 
@@ -490,10 +538,9 @@ def write_report(args: argparse.Namespace, budget: Budget, lineages: dict[str, L
            f"Budget **{budget.name}**: {budget.note}. Corpus: the built-in one (World English Bible -> Louis Segond "
            "1910), deterministic splits, fixed seeds; BLEU and chrF are sacrebleu corpus scores of greedy decoding "
            "of the test split with each generation's checkpoint selected on validation loss.", ""]  # fmt: skip
-    md += ["**Hardware.** The runs shared a 2-core CPU machine with other engineers' jobs (tests, benchmarks): "
-           "quality numbers do not depend on that (budgets are in steps and epochs, seeds are fixed), "
-           "timings do. Each table gives the machine, the threads and the load average its lineages saw.",
-           ""]  # fmt: skip
+    md += ["**Hardware.** Each table gives the machine, the threads and the load average its lineages saw. Quality "
+           "numbers do not depend on the load (budgets are in steps and epochs, seeds are fixed); timings do, so "
+           "compare train times only between rows that ran under a similar load.", ""]  # fmt: skip
     if elapsed_s is not None:
         md += [
             f"This invocation of the script took {elapsed_s / 60:.1f} min (reused lineages included at no cost).",
@@ -526,13 +573,14 @@ def write_report(args: argparse.Namespace, budget: Budget, lineages: dict[str, L
         for r in a:
             if "B" in r.lin.parts:
                 md[-2] += (f" The seed-{r.lin.raw['seed']} lineage (`{r.lin.key}`) also holds B's small students as "
-                           "generations 5-8; they train after generation 4 and teach nobody, so they change nothing "
-                           "here.")  # fmt: skip
+                           "generations 5-8 and the control chain below as generations 9-12; they train after "
+                           "generation 4 and teach none of 1-4, so they change nothing in this table.")  # fmt: skip
         md += [table, ""]
         md += [f"- Budget: teacher {_budget_of(r0, 0)}; each student {_budget_of(r0, 1)}.",
                f"- Data: {_data_line(r0)}."]  # fmt: skip
         md += [f"- Seed {r.lin.raw['seed']}: {_run_line(r)}." for r in a]
         md += ["", f"![A]({rel(figs / 'a_born_again.png')})", ""]
+        md += control_a(next((r for r in a if "B" in r.lin.parts), None))
     else:
         md += ["Not run yet.", ""]
 
