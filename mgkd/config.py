@@ -405,9 +405,10 @@ class RayConfig(_Strict):
     address: str | None = None
     # CPUs of a local Ray (None: all of this machine's).
     num_cpus: PositiveInt | None = None
-    # A generation's CPUs and GPUs, split evenly between its Ray Train workers.
+    # A generation's CPUs and GPUs, split evenly between its Ray Train workers. GPUs None: one per worker when
+    # the Ray cluster has that many (train.device auto then trains on them), else none; 0 keeps to the CPUs.
     cpus_per_generation: PositiveFloat = 2
-    gpus_per_generation: float = Field(0.0, ge=0)
+    gpus_per_generation: float | None = Field(None, ge=0)
     # "train": each generation is a Ray Train run (TorchTrainer: data-parallel workers, checkpoints reported
     # to storage, retries); "task": a plain Ray task (one process, no retries; ~10 s less start-up).
     backend: Literal["train", "task"] = "train"

@@ -12,10 +12,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from mgkd.config import RayConfig
 from mgkd.errors import MgkdError
 from mgkd.generations import build_schedule, train_generation
 from mgkd.generations.training import average_gradients
-from mgkd.orchestration.runners import RayRunner
+from mgkd.orchestration.runners import RayRunner, resolve_gpus
 
 from .conftest import tiny_config
 
@@ -80,6 +81,24 @@ def test_a_generation_runs_as_a_ray_train_run_with_the_same_result_as_in_process
     assert [e["type"] for e in seen].count("epoch") == 2  # worker 0's events reached the driver
     reported = list((tmp_path / "ray_train" / "L-gen-0").glob("checkpoint_*/train_state.pt"))
     assert reported, "training states were reported to Ray Train's storage"
+
+
+def test_gpus_default_to_one_per_worker_where_the_cluster_has_them():
+    """`ray.gpus_per_generation` unset: a GPU per worker where there are enough, else none; a number is kept."""
+    auto, two = RayConfig(), RayConfig(workers=2)
+    assert resolve_gpus(auto, {"CPU": 16.0, "GPU": 1.0}).gpus_per_generation == 1.0
+    assert resolve_gpus(two, {"CPU": 16.0, "GPU": 2.0}).gpus_per_generation == 2.0
+    assert resolve_gpus(two, {"CPU": 16.0, "GPU": 1.0}).gpus_per_generation == 0.0  # not one for every worker
+    assert resolve_gpus(auto, {"CPU": 2.0}).gpus_per_generation == 0.0
+    assert resolve_gpus(RayConfig(gpus_per_generation=0), {"CPU": 2.0, "GPU": 8.0}).gpus_per_generation == 0.0
+    assert auto.gpus_per_generation is None  # the config keeps "auto"; a resume resolves it again
+
+
+def test_a_cpu_cluster_runs_generations_without_gpus(ray_session, tiny_data, tmp_path):
+    cfg, _ = _spec(tmp_path)
+    assert cfg.ray.gpus_per_generation is None
+    runner = RayRunner(cfg.ray, tiny_data, tmp_path)
+    assert runner.cfg.gpus_per_generation == 0.0  # this machine's Ray has no GPU
 
 
 def test_two_data_parallel_workers_split_each_step(ray_session, tiny_data, tmp_path):

@@ -162,6 +162,14 @@ def scaling(cfg: RayConfig, use_gpu: bool) -> Any:
     return ScalingConfig(num_workers=cfg.workers, use_gpu=use_gpu, resources_per_worker=per_worker)
 
 
+def resolve_gpus(cfg: RayConfig, cluster: dict[str, float]) -> RayConfig:
+    """`ray.gpus_per_generation: null`: one GPU per worker where the cluster has them all, else none."""
+    if cfg.gpus_per_generation is not None:
+        return cfg
+    gpus = float(cfg.workers) if cluster.get("GPU", 0) >= cfg.workers else 0.0
+    return cfg.model_copy(update={"gpus_per_generation": gpus})
+
+
 def _check_reachable(address: str) -> None:
     """Fail in seconds, not minutes (ray.init waits long for an absent head), when nothing listens there."""
     if address == "auto":
@@ -211,6 +219,7 @@ class RayRunner:
                 ) from None
             self._started_ray = True
         total = ray.cluster_resources()
+        cfg = self.cfg = resolve_gpus(cfg, total)
         if total.get("CPU", 0) < cfg.cpus_per_generation:
             raise MgkdError(
                 f"ray.cpus_per_generation={cfg.cpus_per_generation} but the Ray cluster has "
@@ -362,7 +371,7 @@ def train_run(spec: GenerationSpec, cfg: RayConfig, data: Any, out_dir: Path, te
 
     # Ray Train's controller polls its workers every 2 s by default, which a generation pays at start and end.
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
-    use_gpu = cfg.gpus_per_generation > 0
+    use_gpu = bool(cfg.gpus_per_generation)
     config = {
         "spec": spec, "data": data, "out_dir": str(out_dir), "teacher_checkpoint": teacher_checkpoint,
         "teacher_sha256": teacher_sha256, "queue": queue, "cpus_per_worker": cfg.cpus_per_generation / cfg.workers,
