@@ -238,13 +238,14 @@ def _state(lin: Lineage) -> tuple[str, dict[str, Any] | None]:
     return ("finished" if status == "FINISHED" else "unfinished"), last
 
 
-def ensure_lineage(lin: Lineage, log: Any) -> dict[str, Any]:
-    """Run (or resume, or reuse) one lineage through the CLI; returns its last_lineage record."""
+def ensure_lineage(lin: Lineage, log: Any) -> tuple[dict[str, Any], bool]:
+    """Run (or resume, or reuse) one lineage through the CLI; returns its last_lineage record and whether it
+    trained anything."""
     folder = Path(lin.raw["output_dir"])
     state, last = _state(lin)
     if state == "finished":
         log(f"[{lin.key}] reusing finished lineage {last['lineage_id']} in {folder}")
-        return last
+        return last, False
     folder.mkdir(parents=True, exist_ok=True)
     config_file = folder / "experiment.yaml"
     config_file.write_text(yaml.safe_dump(lin.raw, sort_keys=False), encoding="utf-8")
@@ -268,7 +269,7 @@ def ensure_lineage(lin: Lineage, log: Any) -> dict[str, Any]:
     for k, v in tags.items():
         client.set_tag(last["lineage_id"], k, v)
     log(f"[{lin.key}] finished lineage {last['lineage_id']} in {time.perf_counter() - t0:.0f} s")
-    return last
+    return last, True
 
 
 def _evaluation_runs(last: dict[str, Any], members: list[int]) -> list[Any]:
@@ -283,10 +284,11 @@ def _evaluation_runs(last: dict[str, Any], members: list[int]) -> list[Any]:
             and r.data.params.get("split") == "test"]  # fmt: skip
 
 
-def ensure_ensemble(lin: Lineage, last: dict[str, Any], log: Any) -> None:
+def ensure_ensemble(lin: Lineage, last: dict[str, Any], log: Any) -> bool:
+    """Evaluate the lineage's ensemble unless it has been; returns whether it ran."""
     if _evaluation_runs(last, ENSEMBLE):
         log(f"[{lin.key}] reusing its ensemble evaluation")
-        return
+        return False
     folder = Path(lin.raw["output_dir"])
     cmd = _mgkd("evaluate", last["lineage_id"], "--ensemble", ",".join(map(str, ENSEMBLE)), "--split", "test",
                 "--tracking-uri", last["tracking_uri"], "--output-dir", str(folder))  # fmt: skip
@@ -295,6 +297,7 @@ def ensure_ensemble(lin: Lineage, last: dict[str, Any], log: Any) -> None:
         rc = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT, check=False).returncode
     if rc != 0:
         raise MgkdError(f"[{lin.key}] mgkd evaluate exited with {rc}; see {folder / 'evaluate.log'}")
+    return True
 
 
 # --- reading back ----------------------------------------------------------------------------------------
@@ -438,17 +441,25 @@ def table_a(recs: list[Record]) -> tuple[str, list[dict[str, Any]]]:
     return "\n".join(lines), rows
 
 
-def control_a(rec: Record | None) -> list[str]:
-    """A's control: the born-again chain 1-4 against the same chain without the teacher's signal (9-12)."""
+def params_diff(a: dict[str, Any], b: dict[str, Any], losses: bool = True) -> list[str]:
+    """The MLflow params in which two generations differ, beyond their index, seed and teachers (and their
+    losses when `losses` is False): what would make a side-by-side comparison unfair."""
+    ignore = ("generation", "seed", "teacher_generations")
+    keep = lambda p: p not in ignore and (losses or not p.startswith("loss."))  # noqa: E731
+    a, b = {p: v for p, v in a.items() if keep(p)}, {p: v for p, v in b.items() if keep(p)}
+    return sorted(p for p in set(a) | set(b) if a.get(p) != b.get(p))
+
+
+def control_a(rec: Record | None) -> tuple[list[str], str | None]:
+    """A's control: the born-again chain 1-4 against the same chain without the teacher's signal (9-12).
+    Returns the section and its verdict (None until the control has run)."""
     md = ["### A, control: the same chain without distillation", ""]
     if rec is None or not rec.has(0, 1, 2, 3, 4, *CONTROL):
-        return md + ["Not run yet (generations 9-12 of the first seed's lineage).", ""]
-    ignore = ("generation", "seed", "teacher_generations")
-    for k, c in zip(range(1, 5), CONTROL):  # the same init, model and budget: only the losses may differ
-        kd = {p: v for p, v in rec.gen(k)["params"].items() if p not in ignore and not p.startswith("loss.")}
-        ctl = {p: v for p, v in rec.gen(c)["params"].items() if p not in ignore and not p.startswith("loss.")}
-        if kd != ctl:
-            diff = sorted(p for p in set(kd) | set(ctl) if kd.get(p) != ctl.get(p))
+        return md + ["Not run yet (generations 9-12 of the first seed's lineage).", ""], None
+    pairs = list(zip(range(1, 5), CONTROL))
+    for k, c in pairs:  # the same init, model and budget: only the losses may differ
+        diff = params_diff(rec.gen(k)["params"], rec.gen(c)["params"], losses=False)
+        if diff:
             raise MgkdError(f"A control: generations {k} and {c} differ in {diff}, not only in their losses")
     md += [f"Lineage `{rec.lin.key}` (seed {rec.lin.raw['seed']}): generations 9-12 repeat the chain 1-4 from the "
            "same teacher (generation 9 starts from a copy of generation 0, each later one from a copy of the one "
@@ -458,26 +469,27 @@ def control_a(rec: Record | None) -> list[str]:
            "under about a BLEU point as noise.", ""]  # fmt: skip
     md += ["| step of the chain | born-again (KD) gen | BLEU | chrF | valid loss | control (no KD) gen | BLEU | chrF "
            "| valid loss | KD − control BLEU |", "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
-    for k, c in zip(range(1, 5), CONTROL):
+    for k, c in pairs:
         md += [f"| {k} | {k} | {_fmt(rec.m(k, 'test_bleu'))} | {_fmt(rec.m(k, 'test_chrf'))} | "
                f"{rec.m(k, 'best_valid_loss'):.3f} | {c} | {_fmt(rec.m(c, 'test_bleu'))} | "
                f"{_fmt(rec.m(c, 'test_chrf'))} | {rec.m(c, 'best_valid_loss'):.3f} | "
                f"{rec.m(k, 'test_bleu') - rec.m(c, 'test_bleu'):+.2f} |"]  # fmt: skip
-    gaps = [rec.m(k, "test_bleu") - rec.m(c, "test_bleu") for k, c in zip(range(1, 5), CONTROL)]
-    lower = sum(rec.m(k, "best_valid_loss") < rec.m(c, "best_valid_loss") for k, c in zip(range(1, 5), CONTROL))
+    gaps = [rec.m(k, "test_bleu") - rec.m(c, "test_bleu") for k, c in pairs]
+    lower = sum(rec.m(k, "best_valid_loss") < rec.m(c, "best_valid_loss") for k, c in pairs)
     verdict = ("distillation adds to the extra training" if min(gaps) > 0 else
                "the extra training explains the whole gain and distillation costs BLEU" if max(gaps) < 0 else
                "neither is ahead at every step")  # fmt: skip
+    finding = (f"KD − control BLEU is {min(gaps):+.2f} to {max(gaps):+.2f} (mean {statistics.mean(gaps):+.2f}) over "
+               f"the four steps, and the KD student has the lower valid loss at {lower} of them: at this budget "
+               f"{verdict}.")  # fmt: skip
     md += [
         "",
-        f"- Read off the table: KD − control BLEU is {min(gaps):+.2f} to {max(gaps):+.2f} (mean "
-        f"{statistics.mean(gaps):+.2f}) over the four steps, and the KD student has the lower valid loss at "
-        f"{lower} of them: at this budget {verdict}.",
+        f"- Read off the table: {finding}",
         f"- Teacher (generation 0): BLEU {_fmt(rec.m(0, 'test_bleu'))}, chrF {_fmt(rec.m(0, 'test_chrf'))}, "
         f"valid loss {rec.m(0, 'best_valid_loss'):.3f}. Budget of every row: {_budget_of(rec, CONTROL[0])}.",
         "",
     ]
-    return md
+    return md, finding
 
 
 def plot_a(rows: list[dict[str, Any]], seeds: list[int], path: Path) -> None:
@@ -588,12 +600,11 @@ def write_report(args: argparse.Namespace, budget: Budget, lineages: dict[str, L
                f"- Data: {_data_line(r0)}."]  # fmt: skip
         md += [f"- Seed {r.lin.raw['seed']}: {_run_line(r)}." for r in a]
         md += ["", f"![A]({rel(figs / 'a_born_again.png')})", ""]
-        control = control_a(next((r for r in a if "B" in r.lin.parts), None))
+        control, finding = control_a(next((r for r in a if "B" in r.lin.parts), None))
         md += control
-        verdict = next((line for line in control if line.startswith("- Read off the table")), None)
-        if verdict:  # the headline says what its control found, so the gains are not read as distillation's
+        if finding:  # the headline says what its control found, so the gains are not read as distillation's
             headline += ("\n\nIts control (RESULTS.md, A, control: the same chain on gold labels only, seed "
-                         f"{a[0].lin.raw['seed']}): {verdict.removeprefix('- Read off the table: ')}")  # fmt: skip
+                         f"{a[0].lin.raw['seed']}): {finding}")  # fmt: skip
     else:
         md += ["Not run yet.", ""]
 
@@ -654,11 +665,8 @@ def write_report(args: argparse.Namespace, budget: Budget, lineages: dict[str, L
     c = next((r for r in recs.values() if r is not None and "C" in r.lin.parts), None)
     md += ["## C. Label-smoothed vs plain teacher as a teacher (Müller et al. 2019)", ""]
     if b is not None and c is not None and b.has(0, 5) and c.has(0, 1):
-        ignore = ("generation", "seed", "teacher_generations")
-        same = {k: v for k, v in b.gen(5)["params"].items() if k not in ignore}
-        other = {k: v for k, v in c.gen(1)["params"].items() if k not in ignore}
-        if same != other:
-            diff = sorted(k for k in set(same) | set(other) if same.get(k) != other.get(k))
+        diff = params_diff(b.gen(5)["params"], c.gen(1)["params"])
+        if diff:
             raise MgkdError(f"C: the two students' recipes differ in {diff}; the comparison would not be fair")
         md += ["Two teachers of the same architecture, seed and budget, one trained with label smoothing 0.1 "
                f"(generation 0 of `{b.lin.key}`) and one without (smoothing 0, lineage `{c.lin.key}`); each teaches "
@@ -796,11 +804,9 @@ def main() -> int:
                         state, last = _state(lin)
                         rec = read_record(lin)
                         if rec is not None and rec.has(*ENSEMBLE):
-                            trained |= not _evaluation_runs(last, ENSEMBLE)
-                            ensure_ensemble(lin, last, log)
+                            trained |= ensure_ensemble(lin, last, log)
                     else:
-                        trained |= _state(lin)[0] != "finished"
-                        ensure_lineage(lin, log)
+                        trained |= ensure_lineage(lin, log)[1]
                 except MgkdError as e:  # keep going: the report says what is missing
                     failures.append(str(e))
                     log(f"error: {e}")
