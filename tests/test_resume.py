@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from mgkd.errors import MgkdError
 from mgkd.generations import build_schedule, train_generation
@@ -46,6 +47,31 @@ def test_a_killed_generation_resumes_to_the_same_checkpoint(tiny_data, tmp_path)
     assert resumed.metrics["best_valid_loss"] == straight.metrics["best_valid_loss"]
     assert resumed.checkpoint_sha256 == straight.checkpoint_sha256  # bit for bit
     assert not (tmp_path / "killed" / STATE_FILE).exists()  # done: the checkpoint is what counts
+
+
+def test_ctrl_c_during_the_optimizer_step_still_saves_that_step(tiny_data, tmp_path, monkeypatch):
+    """SIGINT while the weights are mid-update waits for the update to finish; the state after that step is
+    saved (it used to be dropped, losing everything since the last periodic checkpoint)."""
+    spec = _spec(tmp_path)
+    straight = train_generation(spec, tiny_data, tmp_path / "straight")
+    real_step, calls = torch.optim.AdamW.step, []
+
+    def step_with_ctrl_c(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 6:
+            os.kill(os.getpid(), signal.SIGINT)  # Python runs the handler at once, in the middle of the update
+        return real_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", step_with_ctrl_c)
+    seen = []
+    with pytest.raises(KeyboardInterrupt):
+        train_generation(spec, tiny_data, tmp_path / "killed", events=seen.append)
+    assert [e["step"] for e in seen if e["type"] == "interrupted"] == [6]
+    monkeypatch.setattr(torch.optim.AdamW, "step", real_step)
+    seen = []
+    resumed = train_generation(spec, tiny_data, tmp_path / "killed", events=seen.append)
+    assert [e["step"] for e in seen if e["type"] == "resume"] == [6]
+    assert resumed.checkpoint_sha256 == straight.checkpoint_sha256  # bit for bit
 
 
 def test_a_foreign_or_corrupt_state_is_refused(tiny_data, tmp_path):

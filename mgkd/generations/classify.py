@@ -27,6 +27,7 @@ from mgkd.generations.spec import GenerationSpec
 from mgkd.generations.train_state import (
     clear_train_state,
     identity,
+    interrupts_deferred,
     load_train_state,
     rng_state,
     save_train_state,
@@ -180,7 +181,7 @@ def train_classifier_generation(
             session.report({"step": float(step), "epoch": float(epoch), **(epoch_metrics or {})}, path)
 
     student.train()
-    done_position, updating = skip, False
+    done_position = skip
     try:
         while step < total_steps:
             epoch += 1
@@ -206,10 +207,10 @@ def train_classifier_generation(
                 stop = session is not None and session.stop_requested()
                 optimizer.zero_grad(set_to_none=True)
                 ntok, stop = backward(loss, parts, trainable, batch.tokens, stop, world, spec, step)
-                updating = True
-                optimizer.step()
-                step += 1
-                done_position, updating = position + 1, False
+                with interrupts_deferred():  # a Ctrl-C here lands once the weights are whole again
+                    optimizer.step()
+                    step += 1
+                    done_position = position + 1
                 tokens_seen += ntok
                 window.add(loss, parts, ntok)
                 if step % spec.train.log_every_steps == 0 or step == total_steps:
@@ -233,7 +234,7 @@ def train_classifier_generation(
             if step < total_steps or (session is not None and epoch_metrics is not None):
                 checkpoint(0, epoch_metrics)
     except KeyboardInterrupt:
-        if not updating and step < total_steps:
+        if step < total_steps:
             if done_position == 0:
                 epoch -= 1
             save_state(done_position)

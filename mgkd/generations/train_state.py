@@ -9,10 +9,14 @@ atomically with its sha256 in a side file; loaded with `weights_only=True`.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
 import random
+import signal
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +28,28 @@ from mgkd.generations.checkpoint import sha256_file, write_atomic
 
 STATE_FILE = "train_state.pt"
 FORMAT = "mgkd-train-state-1"
+
+
+@contextlib.contextmanager
+def interrupts_deferred() -> Iterator[None]:
+    """Hold a Ctrl-C (SIGINT, or Ray's gentle cancel, which arrives the same way) until the block is done.
+
+    Around the optimizer step: an interrupt there would leave the weights half updated, so no state could be
+    saved and everything since the last periodic checkpoint would be lost. Held, it lands after the step, whose
+    state is then saved whole. Only the main thread receives signals; elsewhere this does nothing.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.getsignal(signal.SIGINT)
+    held: list[tuple[int, Any]] = []
+    signal.signal(signal.SIGINT, lambda signum, frame: held.append((signum, frame)))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if held and callable(previous):
+        previous(*held[0])  # Python's own handler raises KeyboardInterrupt here
 
 
 def rng_state(noise: torch.Generator) -> dict[str, Any]:

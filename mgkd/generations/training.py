@@ -38,6 +38,7 @@ from mgkd.generations.teacher_cache import TeacherCache, load_or_build_cache
 from mgkd.generations.train_state import (
     clear_train_state,
     identity,
+    interrupts_deferred,
     load_train_state,
     rng_state,
     save_train_state,
@@ -360,8 +361,8 @@ def train_generation(
 
     student.train()
     # Ctrl-C (or Ray's cancel) lands as KeyboardInterrupt: the state after the last whole step is saved, so
-    # `mgkd resume` loses nothing. `updating` marks the optimizer step, during which the weights are mid-change.
-    done_position, updating = skip, False
+    # `mgkd resume` loses nothing; one arriving during the optimizer step is held until the step is done.
+    done_position = skip
     try:
         while step < total_steps:
             epoch += 1
@@ -398,10 +399,10 @@ def train_generation(
                 stop = session is not None and session.stop_requested()
                 optimizer.zero_grad(set_to_none=True)
                 ntok, stop = backward(loss, parts, trainable, ntok, stop, world, spec, step)
-                updating = True
-                optimizer.step()
-                step += 1
-                done_position, updating = position + 1, False
+                with interrupts_deferred():  # a Ctrl-C here lands once the weights are whole again
+                    optimizer.step()
+                    step += 1
+                    done_position = position + 1
                 tokens_seen += ntok
                 window.add(loss, parts, ntok)
                 if step % spec.train.log_every_steps == 0 or step == total_steps:
@@ -433,7 +434,7 @@ def train_generation(
             if step < total_steps or (session is not None and epoch_metrics is not None):
                 checkpoint(0, epoch_metrics)
     except KeyboardInterrupt:
-        if not updating and step < total_steps:
+        if step < total_steps:
             if done_position == 0:
                 epoch -= 1  # nothing of this epoch is done: resume starts it afresh
             save_state(done_position)
