@@ -232,7 +232,7 @@ def test_asha_stops_a_trailing_trial_and_its_run_says_so(tmp_path, ray_session):
     is on its nested MLflow run (status KILLED, mgkd.trial_status=stopped, only epoch 1 in its history), and the
     generation is the completed trial."""
     sweep = ("generations.per_generation={1: {search: {space: {train.lr: {grid: [0.003, 0.0000001]}}, "
-             "num_samples: 1, max_concurrent: 1, scheduler: asha, grace_period: 1, reduction_factor: 2}}}")
+             "num_samples: 1, max_concurrent: 1, scheduler: asha, grace_period: 1, reduction_factor: 2}}}")  # fmt: skip
     cfg = tiny_config(tmp_path, "generations.count=1", "train.max_epochs=3", sweep)
     assert cfg.generations.per_generation[1].search.scheduler == "asha"
     outcome = run_lineage(cfg, Console(quiet=True))
