@@ -696,44 +696,49 @@ def load_raw(config: Path | None = None, preset: str | None = None) -> dict[str,
             raise MgkdError(
                 f"config file {path} does not exist; give a YAML file or use --preset ({', '.join(preset_names())})"
             )
-        raw = _read_yaml(path.read_text(encoding="utf-8"), str(path))
-        # Relative corpus paths in a config file are relative to that file.
-        corpus = raw.get("corpus")
-        if isinstance(corpus, dict):
-            for key in ("path", "source_path", "target_path"):
-                if isinstance(corpus.get(key), str) and not Path(corpus[key]).is_absolute():
-                    corpus[key] = str((path.parent / corpus[key]).resolve())
-        # ...and so are fixed valid/test sets.
-        for section, key in (("split", "valid"), ("split", "test")):
-            node = raw.get(section)
-            if isinstance(node, dict) and key in node:
-                node[key] = _eval_set_relative_to(node[key], path.parent)
-        test_sets = raw.get("eval", {}).get("test_sets") if isinstance(raw.get("eval"), dict) else None
-        if isinstance(test_sets, dict):
-            for name in test_sets:
-                test_sets[name] = _eval_set_relative_to(test_sets[name], path.parent)
-        if isinstance(corpus, dict) and isinstance(corpus.get("hf_cache_dir"), str):
-            corpus["hf_cache_dir"] = str((path.parent / Path(corpus["hf_cache_dir"]).expanduser()).resolve())
-        # ...and so is a classification data file (not "builtin" or "hf:NAME").
-        cls_data = raw.get("classification")
-        if isinstance(cls_data, dict) and isinstance(cls_data.get("source"), str):
-            source = cls_data["source"]
-            if source != "builtin" and not source.startswith("hf:") and not Path(source).expanduser().is_absolute():
-                cls_data["source"] = str((path.parent / Path(source).expanduser()).resolve())
-        # ...and so is an external teacher's folder.
-        external: Any = raw
-        for key in ("generations", "teacher", "external"):
-            external = external.get(key) if isinstance(external, dict) else None
-        if isinstance(external, dict) and isinstance(external.get("path"), str):
-            folder = Path(external["path"]).expanduser()
-            if not folder.is_absolute():
-                external["path"] = str((path.parent / folder).resolve())
-        return raw
+        return _paths_relative_to(_read_yaml(path.read_text(encoding="utf-8"), str(path)), path.parent)
     name = preset or "demo"
     if name not in preset_names():
         raise MgkdError(f"unknown preset {name!r}; choose one of: {', '.join(preset_names())}")
     text = (resources.files("mgkd.configs") / f"{name}.yaml").read_text(encoding="utf-8")
-    return _read_yaml(text, f"preset {name!r}")
+    # A preset's own data (configs/own_data.yaml's) is named relative to the configs folder.
+    return _paths_relative_to(_read_yaml(text, f"preset {name!r}"), Path(str(resources.files("mgkd.configs"))))
+
+
+def _paths_relative_to(raw: dict[str, Any], folder: Path) -> dict[str, Any]:
+    """Relative file paths of a config resolved against `folder` (the config file's)."""
+    # Relative corpus paths in a config file are relative to that file.
+    corpus = raw.get("corpus")
+    if isinstance(corpus, dict):
+        for key in ("path", "source_path", "target_path"):
+            if isinstance(corpus.get(key), str) and not Path(corpus[key]).is_absolute():
+                corpus[key] = str((folder / corpus[key]).resolve())
+    # ...and so are fixed valid/test sets.
+    for section, key in (("split", "valid"), ("split", "test")):
+        node = raw.get(section)
+        if isinstance(node, dict) and key in node:
+            node[key] = _eval_set_relative_to(node[key], folder)
+    test_sets = raw.get("eval", {}).get("test_sets") if isinstance(raw.get("eval"), dict) else None
+    if isinstance(test_sets, dict):
+        for name in test_sets:
+            test_sets[name] = _eval_set_relative_to(test_sets[name], folder)
+    if isinstance(corpus, dict) and isinstance(corpus.get("hf_cache_dir"), str):
+        corpus["hf_cache_dir"] = str((folder / Path(corpus["hf_cache_dir"]).expanduser()).resolve())
+    # ...and so is a classification data file (not "builtin" or "hf:NAME").
+    cls_data = raw.get("classification")
+    if isinstance(cls_data, dict) and isinstance(cls_data.get("source"), str):
+        source = cls_data["source"]
+        if source != "builtin" and not source.startswith("hf:") and not Path(source).expanduser().is_absolute():
+            cls_data["source"] = str((folder / Path(source).expanduser()).resolve())
+    # ...and so is an external teacher's folder.
+    external: Any = raw
+    for key in ("generations", "teacher", "external"):
+        external = external.get(key) if isinstance(external, dict) else None
+    if isinstance(external, dict) and isinstance(external.get("path"), str):
+        teacher_dir = Path(external["path"]).expanduser()
+        if not teacher_dir.is_absolute():
+            external["path"] = str((folder / teacher_dir).resolve())
+    return raw
 
 
 def _eval_set_relative_to(source: Any, folder: Path) -> Any:
