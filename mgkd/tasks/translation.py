@@ -208,11 +208,12 @@ def prepare(cfg: ExperimentConfig, log: Callable[[str], None] = lambda _: None) 
     if "test" not in carve and "test" not in fixed:
         splits["test"] = fixed[TEST_SET_PREFIX + next(iter(cfg.eval.test_sets))]
     splits = {name: splits[name] for name in (*SPLITS, *(k for k in splits if k not in SPLITS))}
-    splits["train"], counts = remove_overlap(
-        splits["train"], {k: v for k, v in splits.items() if k != "train"}, cfg.split.dedupe_against_eval
-    )
+    dedupe = cfg.split.dedupe_against_eval
+    if dedupe is None:
+        dedupe = not (cfg.corpus.kind == "builtin" and not fixed)
+    splits["train"], counts = remove_overlap(splits["train"], {k: v for k, v in splits.items() if k != "train"}, dedupe)
     if counts["train_valid_overlap"] or counts["train_test_overlap"]:
-        what = "removed from train" if cfg.split.dedupe_against_eval else "kept in train (split.dedupe_against_eval)"
+        what = "removed from train" if dedupe else "kept in train (split.dedupe_against_eval)"
         log(f"data: {counts['train_test_overlap']} train pairs share a test source, {counts['train_valid_overlap']} "
             f"a valid source (case and spacing aside): {what}")  # fmt: skip
     if not splits["train"]:
