@@ -10,14 +10,20 @@ that says how they were computed (tokenizer, chrF word order, version).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from sacrebleu.metrics import BLEU, CHRF
 
 from mgkd.config import CorpusConfig, EvalSetSource, ExperimentConfig
 from mgkd.errors import MgkdError
 from mgkd.tasks.corpus import Pair, read_parallel, read_tsv
+
+if TYPE_CHECKING:
+    from mgkd.tasks.translation import PreparedData
 
 # Named test sets live in PreparedData.splits as "test/<name>"; their metrics are test_bleu/<name>.
 TEST_SET_PREFIX = "test/"
@@ -151,3 +157,49 @@ def language_tags(corpus: CorpusConfig) -> dict[str, str]:
     """corpus.source_lang / target_lang as tags, where set."""
     tags = {"mgkd.source_lang": corpus.source_lang, "mgkd.target_lang": corpus.target_lang}
     return {k: v for k, v in tags.items() if v}
+
+
+# --- scoring a model on every test set -------------------------------------------
+
+
+@dataclass
+class HeldOutScores:
+    """A model's scores on the test split and every named test set, and where its translations are."""
+
+    # test_bleu, test_chrf; test_bleu/<name>, test_chrf/<name> for each named set.
+    metrics: dict[str, float]
+    hypotheses: list[str]  # of the test split, in its order
+    sentences_per_s: float  # decode speed on the test split
+    translations: Path  # test_translations.tsv; the named sets' are in test_sets/<name>.tsv beside it
+
+
+def write_translations(path: Path, ids: list[str], sources: list[str], references: list[str],
+                       hypotheses: list[str]) -> Path:  # fmt: skip
+    """One TSV row per sentence: id, source, reference, hypothesis (tabs inside a text become spaces)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rows = ["id\tsource\treference\thypothesis"] + [
+        "\t".join(x.replace("\t", " ") for x in row) for row in zip(ids, sources, references, hypotheses)
+    ]
+    path.write_text("\n".join(rows) + "\n", encoding="utf-8")
+    return path
+
+
+def score_test_sets(data: PreparedData, decode: Callable[[str], tuple[list[str], float]], out_dir: Path) -> HeldOutScores:
+    """Decode and score the test split and each named test set with the data's scoring.
+
+    `decode(split)` gives a split's detokenized outputs and sentences/second. A named set that is the test
+    split itself (the first named set when split.test is not given) is decoded once.
+    """
+    out_dir = Path(out_dir)
+    test = data.splits["test"]
+    hyps, speed = decode("test")
+    scores = data.scoring.score(hyps, test.targets)
+    metrics = {"test_bleu": scores["bleu"], "test_chrf": scores["chrf"]}
+    translations = write_translations(out_dir / "test_translations.tsv", test.ids, test.sources, test.targets, hyps)
+    for name in test_set_names(data.splits):
+        s = data.splits[TEST_SET_PREFIX + name]
+        named = hyps if s.digest == test.digest else decode(TEST_SET_PREFIX + name)[0]
+        scores = data.scoring.score(named, s.targets)
+        metrics[f"test_bleu/{name}"], metrics[f"test_chrf/{name}"] = scores["bleu"], scores["chrf"]
+        write_translations(out_dir / "test_sets" / f"{name}.tsv", s.ids, s.sources, s.targets, named)
+    return HeldOutScores(metrics, hyps, speed, translations)
