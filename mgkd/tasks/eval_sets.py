@@ -184,7 +184,10 @@ def write_translations(path: Path, ids: list[str], sources: list[str], reference
     return path
 
 
-def score_test_sets(data: PreparedData, decode: Callable[[str], tuple[list[str], float]], out_dir: Path) -> HeldOutScores:
+Decode = Callable[[str], tuple[list[str], float]]
+
+
+def score_test_sets(data: PreparedData, decode: Decode, out_dir: Path) -> HeldOutScores:
     """Decode and score the test split and each named test set with the data's scoring.
 
     `decode(split)` gives a split's detokenized outputs and sentences/second. A named set that is the test
