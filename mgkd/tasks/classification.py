@@ -434,8 +434,21 @@ class ClassBatch:
     def tokens(self) -> int:
         return int(self.src.ne(PAD).sum())
 
-    def cls_mask(self) -> torch.Tensor:
-        """(B, S) True at [CLS] only: where the internal-representation loss compares hidden states."""
+    # The loss-facing view (mgkd.outputs.TargetBatch): one class id per example, every one real.
+    @property
+    def targets(self) -> torch.Tensor:
+        return self.labels
+
+    @property
+    def target_mask(self) -> torch.Tensor:
+        return torch.ones(self.labels.shape, dtype=torch.bool, device=self.labels.device)
+
+    @property
+    def ignore_index(self) -> int:
+        return -100  # cross-entropy's default: no class id, so no example is skipped
+
+    def readout_mask(self) -> torch.Tensor:
+        """(B, S) True at [CLS] only: the state the prediction reads, where `internal` compares hidden states."""
         mask = torch.zeros_like(self.src, dtype=torch.bool)
         mask[:, 0] = True
         return mask
