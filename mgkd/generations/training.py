@@ -53,7 +53,8 @@ from mgkd.models.decoding import translate
 from mgkd.models.ensemble import EnsembleSeq2Seq
 from mgkd.models.external import HFTeacher
 from mgkd.tasks.classification import ClassificationData
-from mgkd.tasks.translation import PAD, Batch, PreparedData, batch_indices, collate, iterate_batches, score_translations
+from mgkd.tasks.eval_sets import score_test_sets
+from mgkd.tasks.translation import PAD, Batch, PreparedData, batch_indices, collate, iterate_batches
 
 Events = Callable[[dict[str, Any]], None]
 
@@ -422,7 +423,7 @@ def train_generation(
                         student, data, "valid", spec, device, spec.eval.valid_bleu_sentences, beam_size=1
                     )
                     refs = data.splits["valid"].targets[: len(hyps)]
-                    scores = score_translations(hyps, refs)
+                    scores = data.scoring.score(hyps, refs)
                     m["valid_bleu"], m["valid_chrf"] = scores["bleu"], scores["chrf"]
                 score = m["valid_loss"] if spec.eval.select_by == "valid_loss" else -m["valid_bleu"]
                 if score < best["score"]:
@@ -451,14 +452,11 @@ def train_generation(
     sha = save_checkpoint(ckpt, student, data.vocab_size, generation=spec.index, epoch=best["epoch"], step=step,
                           data_hash=data.data_hash, spec=spec.to_dict())  # fmt: skip
 
-    hyps, sents_per_s = decode_split(student, data, "test", spec, device, events=events)
-    test = data.splits["test"]
-    scores = score_translations(hyps, test.targets)
-    translations = out_dir / "test_translations.tsv"
-    rows = ["id\tsource\treference\thypothesis"] + [
-        "\t".join(x.replace("\t", " ") for x in row) for row in zip(test.ids, test.sources, test.targets, hyps)
-    ]
-    translations.write_text("\n".join(rows) + "\n", encoding="utf-8")
+    # The test split and every named test set (eval.test_sets), each scored and written to its own TSV.
+    held_out = score_test_sets(data, lambda split: decode_split(student, data, split, spec, device, events=events),
+                               out_dir)  # fmt: skip
+    hyps, sents_per_s, translations, test = (held_out.hypotheses, held_out.sentences_per_s, held_out.translations,
+                                             data.splits["test"])  # fmt: skip
 
     if teacher is not None and parameter_hash(teacher) != teacher_hash:
         raise RuntimeError(f"generation {spec.index}: the teacher's parameters changed during training (bug)")
@@ -473,8 +471,7 @@ def train_generation(
         "epochs": float(epoch),
         "train_time_s": train_time,
         "train_tokens_per_s": tokens_seen / max(train_time, 1e-9),
-        "test_bleu": scores["bleu"],
-        "test_chrf": scores["chrf"],
+        **held_out.metrics,
         "decode_sentences_per_s": sents_per_s,
         "parameters": float(n_params),
     }

@@ -20,6 +20,7 @@ from sacrebleu.metrics import BLEU, CHRF
 
 from mgkd.config import CorpusConfig, EvalSetSource, ExperimentConfig
 from mgkd.errors import MgkdError
+from mgkd.files import write_atomic
 from mgkd.tasks.corpus import Pair, read_parallel, read_tsv
 
 if TYPE_CHECKING:
@@ -176,11 +177,10 @@ class HeldOutScores:
 def write_translations(path: Path, ids: list[str], sources: list[str], references: list[str],
                        hypotheses: list[str]) -> Path:  # fmt: skip
     """One TSV row per sentence: id, source, reference, hypothesis (tabs inside a text become spaces)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
     rows = ["id\tsource\treference\thypothesis"] + [
         "\t".join(x.replace("\t", " ") for x in row) for row in zip(ids, sources, references, hypotheses)
     ]
-    path.write_text("\n".join(rows) + "\n", encoding="utf-8")
+    write_atomic(path, ("\n".join(rows) + "\n").encode("utf-8"))
     return path
 
 
