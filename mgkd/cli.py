@@ -141,6 +141,14 @@ def run(
     force: Annotated[
         bool, typer.Option("--force", help="Start even if the output folder holds another or unfinished lineage.")
     ] = False,
+    control: Annotated[
+        bool,
+        typer.Option(
+            "--control",
+            help="Beside each distilled generation, train its matched control: same init, "
+            "seed, data order and budget, gold labels only (generations.control).",
+        ),
+    ] = False,
 ) -> None:
     """Train a teacher and its distilled generations; record the lineage in MLflow.
 
@@ -153,6 +161,8 @@ def run(
             sets.append(f"ray.address={ray_address}")
         if no_ray:
             sets.append("ray.enabled=false")
+        if control:
+            sets.append("generations.control=true")
         if task is not None:
             sets.append(f"task={task}")
             if config is None and preset is None and task == "classification":
