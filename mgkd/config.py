@@ -308,6 +308,18 @@ class GenerationOverride(_Strict):
     # losses (a generation and its matched control always share the seed).
     seed: int | None = None
 
+    @field_validator("teacher_generations", mode="before")
+    @classmethod
+    def _teachers_are_generation_indices(cls, v: Any) -> Any:
+        # Only generations teach; a matched control has no index and is never a teacher.
+        named = [t for t in v if not isinstance(t, int) or isinstance(t, bool)] if isinstance(v, list) else []
+        if named:
+            raise ValueError(
+                "teacher_generations names generations by index (0 = the teacher, k = the k-th student); "
+                "a matched control (generations.control) is never a teacher"
+            )
+        return v
+
 
 def _default_teacher() -> GenerationOverride:
     return GenerationOverride(losses=[LossTerm(name="label_smoothing", params={"smoothing": 0.1})])
