@@ -10,8 +10,10 @@ import pytest
 from rich.console import Console
 from sacrebleu.metrics import BLEU, CHRF
 
+from mgkd.errors import MgkdError
 from mgkd.lineage.tracking import _client, read_lineage
 from mgkd.orchestration.controller import run_lineage
+from mgkd.orchestration.evaluation import evaluate_ensemble
 
 from ..conftest import tiny_config
 
@@ -73,3 +75,16 @@ def test_signatures_and_languages_are_tags_of_every_run_and_printed(lineage):
         assert tags["mgkd.source_lang"] == "en" and tags["mgkd.target_lang"] == "fr"
     sig = client.get_run(outcome.lineage_id).data.tags["mgkd.bleu_signature"]
     assert sig in printed.split("lineage " + outcome.lineage_id)[-1]  # under the final table
+
+
+def test_evaluate_scores_a_named_set_as_the_run_did(lineage, tmp_path):
+    outcome, info, _ = lineage
+    report = evaluate_ensemble(outcome.tracking_uri, outcome.lineage_id, None, [0, 1], split="test/psalms",
+                               output_dir=outcome.output_dir, log=False)  # fmt: skip
+    logged = {g["generation"]: g["metrics"] for g in info["generations"]}
+    for row in report.rows[:2]:  # each generation alone: the same decode and scoring as its run's
+        assert row["bleu"] == pytest.approx(logged[row["generation"]]["test_bleu/psalms"])
+        assert row["chrf"] == pytest.approx(logged[row["generation"]]["test_chrf/psalms"])
+    with pytest.raises(MgkdError, match="no test set 'test/news'; its named sets: test/cor, test/psalms"):
+        evaluate_ensemble(outcome.tracking_uri, outcome.lineage_id, None, [0, 1], split="test/news",
+                          output_dir=outcome.output_dir, log=False)  # fmt: skip
