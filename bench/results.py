@@ -632,7 +632,7 @@ def write_report(args: argparse.Namespace, budget: Budget, lineages: dict[str, L
                f"(`teacher_generations: [0]`) and are the same small model ({_model_name(b.gen(order[0]))}, "
                f"{sp / 1e6:.2f}M parameters, **{tp / sp:.2f}x** fewer than the teacher), trained from scratch with the "
                f"same budget and seed ({b.gen(order[0])['params'].get('seed')}); "
-               + (fair[0].replace("only loss differs", "only the loss differs") if fair else "only the loss differs")
+               + (fair[0] if fair else "only the losses differ")
                + ".", ""]  # fmt: skip
         head = "| gen | student recipe | params | test BLEU | test chrF | best valid loss | steps | train time s |"
         md += [head, "|---|---|---|---|---|---|---|---|"]
