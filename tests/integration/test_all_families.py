@@ -10,7 +10,7 @@ from rich.console import Console
 from mgkd.lineage.tracking import _client, read_lineage
 from mgkd.orchestration.controller import run_lineage
 
-from .conftest import tiny_config
+from ..helpers import tiny_config
 
 FAMILIES = [
     {"name": "label_smoothing", "weight": 0.3, "params": {"smoothing": 0.1}},

@@ -9,7 +9,7 @@ from mgkd.errors import MgkdError
 from mgkd.lineage.tracking import _client
 from mgkd.orchestration.controller import run_lineage
 
-from .conftest import tiny_config
+from ..helpers import tiny_config
 
 
 def test_output_folder_guard(tmp_path):

@@ -17,7 +17,7 @@ from mgkd.generations.checkpoint import sha256_file
 from mgkd.generations.train_state import STATE_FILE
 from mgkd.lineage.tracking import _client, read_lineage
 
-from .conftest import TINY, mgkd_cli, tiny_config
+from ..helpers import TINY, mgkd_cli, tiny_config
 
 
 class Stop(Exception):

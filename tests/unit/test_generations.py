@@ -13,7 +13,7 @@ from mgkd.generations.training import build_student
 from mgkd.losses import LossPlugin, TeacherNeeds, register
 from mgkd.tasks.translation import SplitData
 
-from .conftest import tiny_config
+from ..helpers import tiny_config
 
 SEEN: list[bool] = []
 

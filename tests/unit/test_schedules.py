@@ -12,7 +12,7 @@ from mgkd.generations.training import build_student
 from mgkd.models import build_model
 from mgkd.models.cutting import cut_layers, plan_cut, select_layers
 
-from .conftest import tiny_config
+from ..helpers import tiny_config
 
 
 def test_select_layers():

@@ -2,33 +2,15 @@
 
 from __future__ import annotations
 
-import socket
-from pathlib import Path
-
 import pytest
 import torch
-from typer.testing import CliRunner
 
-from mgkd.cli import app
 from mgkd.config import ModelConfig
 from mgkd.errors import MgkdError
 from mgkd.generations.checkpoint import FORMAT, load_checkpoint, save_checkpoint
 from mgkd.models import build_model
 
-runner = CliRunner()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _run(tmp_path: Path, *args: str):
-    result = runner.invoke(app, ["run", "--output-dir", str(tmp_path / "out"), *args])
-    assert result.exit_code == 2, result.output
-    assert "Traceback" not in result.output
-    return " ".join(result.output.split())
+from ..helpers.bad_input import _run
 
 
 def test_unknown_model_and_schedule_list_the_choices(tmp_path):
@@ -46,14 +28,6 @@ def test_vocabulary_larger_than_the_corpus_allows(tmp_path):
                "--set", "tokenizer.vocab_size=4000")  # fmt: skip
     assert "tokenizer.vocab_size=4000 is too large" in out
     assert not list((tmp_path / "out").glob("lineages/*"))
-
-
-def test_unreachable_ray_address_fails_fast(tmp_path):
-    out = _run(tmp_path, "--ray-address", f"127.0.0.1:{_free_port()}", "--set", "corpus.max_pairs=300",
-               "--set", "tokenizer.vocab_size=300")  # fmt: skip
-    assert "cannot connect to Ray at" in out and "--no-ray" in out
-    assert "must look like HOST:PORT" in _run(tmp_path, "--ray-address", "nohost", "--set", "corpus.max_pairs=300",
-                                               "--set", "tokenizer.vocab_size=300")  # fmt: skip
 
 
 def test_tracking_store_that_cannot_be_created(tmp_path):

@@ -24,7 +24,7 @@ from mgkd.models import build_model
 from mgkd.models.transformer import Seq2SeqOutput
 from mgkd.tasks.translation import PAD, Batch
 
-from .conftest import teacher_then_student, tiny_config
+from ..helpers import teacher_then_student, tiny_config
 
 
 def _cfg(d_model: int = 32, enc: int = 2, dec: int = 2, heads: int = 2, **kw) -> ModelConfig:

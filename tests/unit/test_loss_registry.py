@@ -3,11 +3,7 @@ views and schedules in the criterion, and soft-label's top-k and temperature sch
 
 from __future__ import annotations
 
-import json
 import math
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -20,75 +16,9 @@ from mgkd.generations import build_schedule
 from mgkd.losses import Criterion, LossPlugin, create, registry
 from mgkd.losses.soft_label import soft_label_kd, top_k_kd
 from mgkd.models.transformer import Seq2SeqOutput
-from mgkd.tasks.translation import PAD, Batch
 
-from .conftest import tiny_config
-
-PLUGIN_SOURCE = '''
-import torch
-from mgkd.losses import LossPlugin, TeacherNeeds
-
-
-class LogitNorm(LossPlugin):
-    """A third-party term: mean squared logit of the student (a toy regulariser)."""
-
-    name = "logit_norm"
-    description = "mean squared student logit over non-padding tokens"
-
-    def __init__(self, *, scale: float = 1.0) -> None:
-        self.scale_ = scale
-
-    def __call__(self, student, teacher, batch):
-        mask = batch.tgt_out.ne(0).unsqueeze(-1).float()
-        return self.scale_ * (student.logits.pow(2) * mask).sum() / (mask.sum() * student.logits.size(-1))
-'''
-
-
-@pytest.fixture
-def installed_plugin(tmp_path, monkeypatch):
-    """A distribution `mgkd-logit-norm` with an `mgkd.losses` entry point, installed on sys.path
-    the way pip lays it out (module + dist-info with entry_points.txt)."""
-    site = tmp_path / "site"
-    site.mkdir()
-    (site / "mgkd_logit_norm.py").write_text(PLUGIN_SOURCE)
-    info = site / "mgkd_logit_norm-0.1.dist-info"
-    info.mkdir()
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: mgkd-logit-norm\nVersion: 0.1\n")
-    (info / "entry_points.txt").write_text("[mgkd.losses]\nlogit_norm = mgkd_logit_norm:LogitNorm\n")
-    monkeypatch.syspath_prepend(str(site))
-    monkeypatch.setattr(base, "_entry_points_loaded", False)
-    monkeypatch.setattr(base, "_REGISTRY", dict(base._REGISTRY))
-    return site
-
-
-def _batch(tgt: list[list[int]]) -> Batch:
-    t = torch.tensor(tgt)
-    return Batch(list(range(len(tgt))), t, t, t)
-
-
-def test_third_party_plugin_through_entry_point(installed_plugin, tmp_path):
-    plugins = registry()
-    assert "logit_norm" in plugins and plugins["logit_norm"].__module__ == "mgkd_logit_norm"
-    assert {"label_smoothing", "soft_label"} <= set(plugins)
-    # a config can name it and weight it like a built-in one
-    crit = Criterion([LossTerm(name="label_smoothing"), LossTerm(name="logit_norm", weight=0.5, params={"scale": 2})])
-    logits = torch.tensor([[[1.0, 2.0, 0.0], [3.0, 0.0, 0.0]]])
-    total, parts = crit(Seq2SeqOutput(logits), None, _batch([[1, PAD]]))
-    assert parts["logit_norm"].item() == pytest.approx(2 * (1 + 4 + 0) / 3)
-    assert total.item() == pytest.approx(parts["label_smoothing"].item() + 0.5 * parts["logit_norm"].item())
-    cfg = tiny_config(tmp_path, 'generations.student.losses=[{"name": "logit_norm"}, {"name": "label_smoothing"}]')
-    assert [t.name for t in build_schedule(cfg)[1].losses] == ["logit_norm", "label_smoothing"]
-
-    # `mgkd losses` (a fresh process) lists it next to the built-in ones
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(installed_plugin), *sys.path])}
-    out = subprocess.run(
-        [sys.executable, "-m", "mgkd.cli", "losses", "--json"], capture_output=True, text=True, env=env, check=True
-    ).stdout
-    rows = {r["name"]: r for r in json.loads(out)}
-    assert rows["logit_norm"]["parameters"] == {"scale": 1.0}
-    assert rows["logit_norm"]["module"] == "mgkd_logit_norm"
-    assert rows["soft_label"]["teacher_needs"] == ["logits"]
-    assert rows["label_smoothing"]["view"] == "gold"
+from ..helpers import tiny_config
+from ..helpers.loss_registry import _batch
 
 
 def test_broken_entry_point_is_a_clear_error(installed_plugin):
@@ -109,14 +39,6 @@ def test_unknown_plugin_in_config_fails_before_training(tmp_path):
     cfg = tiny_config(tmp_path, 'generations.teacher.losses=[{"name": "soft_label"}]')
     with pytest.raises(MgkdError, match="generations.teacher: .*soft_label need a teacher"):
         build_schedule(cfg)
-
-
-def test_losses_command_lists_views_and_needs():
-    out = subprocess.run(
-        [sys.executable, "-m", "mgkd.cli", "losses"], capture_output=True, text=True, check=True,
-        env={**os.environ, "COLUMNS": "200"},
-    ).stdout  # fmt: skip
-    assert "label_smoothing" in out and "soft_label" in out and "temperature=2.0" in out
 
 
 # -- the criterion: views, schedules ----------------------------------------------

@@ -3,13 +3,11 @@
 import hashlib
 import json
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from rich.console import Console
 
 from mgkd.config import LossTerm
 from mgkd.errors import MgkdError
@@ -20,11 +18,10 @@ from mgkd.losses import LossPlugin, TeacherNeeds, create, register
 from mgkd.models import build_model
 from mgkd.tasks.translation import PAD, SplitData, batch_indices, collate
 
-from .conftest import tiny_config
+from ..helpers import tiny_config
+from ..helpers.teacher_cache import CACHED, LOSSES_TOP_K
 
 CPU = torch.device("cpu")
-CACHED = "generations.student.teacher_signal=cached"
-LOSSES_TOP_K = "[{name: label_smoothing, weight: 0.5}, {name: soft_label, weight: 0.5, params: {top_k: 8}}]"
 
 
 @register
@@ -279,26 +276,3 @@ def test_cached_signal_config_errors(tmp_path, overrides, message):
 def test_unknown_teacher_signal_names_the_field(tmp_path):
     with pytest.raises(MgkdError, match=r"generations.student.teacher_signal"):
         _schedule(tmp_path, "generations.student.teacher_signal=disk")
-
-
-# -- in a lineage ------------------------------------------------------------------------
-
-
-def test_a_lineage_with_a_cached_teacher(tmp_path):
-    from mgkd.lineage.tracking import _client, read_lineage
-    from mgkd.orchestration.controller import run_lineage
-
-    cfg = tiny_config(tmp_path, "generations.count=1", "ray.enabled=false", "train.max_epochs=1",
-                      CACHED, f"generations.student.losses={LOSSES_TOP_K}")  # fmt: skip
-    outcome = run_lineage(cfg, Console(quiet=True))
-    student = outcome.results[1]
-    assert student.metrics["teacher_cache_hit"] == 0.0 and student.metrics["teacher_cache_build_s"] > 0
-    assert 32 <= student.metrics["teacher_cache_bytes_per_token"] < 34
-    manifest = Path(student.artifacts[-1])
-    assert manifest.name == "manifest.json" and json.loads(manifest.read_text())["k"] == 8
-    info = read_lineage(outcome.tracking_uri, outcome.lineage_id)
-    gen1 = info["generations"][1]
-    assert gen1["params"]["teacher_signal"] == "cached" and "loss.soft_label" in gen1["metrics"]
-    assert gen1["metrics"]["teacher_cache_hit"] == 0.0
-    logged = {a.path for a in _client(outcome.tracking_uri).list_artifacts(gen1["run_id"], "teacher_outputs")}
-    assert logged == {"teacher_outputs/manifest.json"}

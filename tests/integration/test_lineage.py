@@ -14,7 +14,7 @@ from mgkd.generations.checkpoint import sha256_file
 from mgkd.lineage.tracking import _client, read_lineage
 from mgkd.orchestration.controller import run_lineage
 
-from .conftest import TINY, tiny_config
+from ..helpers import TINY, tiny_config
 
 
 @pytest.fixture(scope="module")
