@@ -1,4 +1,9 @@
-"""Shared fixtures: a tiny experiment on the real built-in corpus, one Ray per session."""
+"""Fixtures for every layer: a tiny experiment on the real built-in corpus, one Ray and one tracking server per session.
+
+The layers: tests/unit (no Ray, no MLflow server, no subprocess: `pytest tests/unit`, the quick loop),
+tests/integration (real Ray, MLflow, the CLI in a child process) and tests/faults (kills, Ctrl-C, resume).
+`pytest` runs all three. `ray_session` and `server` start only when an integration or fault test asks for them.
+"""
 
 from __future__ import annotations
 

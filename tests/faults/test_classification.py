@@ -22,7 +22,7 @@ def test_a_killed_student_resumes_to_the_same_checkpoint(tmp_path, one_torch_thr
     from mgkd.generations.train_state import STATE_FILE
     from mgkd.tasks import prepare
 
-    from .test_classification_lineage import TINY_CLASSIFICATION, sentiment_csv
+    from ..helpers.classification import TINY_CLASSIFICATION, sentiment_csv
 
     source = sentiment_csv(tmp_path / "reviews.csv", 360)
     cfg = build_config(PRESET, overrides=[*TINY_CLASSIFICATION, f"classification.source={source}",

@@ -1,4 +1,4 @@
-"""What tests/{faults,integration,unit}/test_ray_train.py share: what more than one layer uses."""
+"""What tests/{faults,integration}/test_ray_train.py share: what more than one layer uses."""
 
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ def classification_data(tmp_path_factory):
 def _classification_config(tmp_path: Path, *extra: str):
     from mgkd.config import build_config
 
-    from .test_classification_lineage import TINY_CLASSIFICATION, sentiment_csv
+    from .classification import TINY_CLASSIFICATION, sentiment_csv
 
     data = tmp_path / "reviews.csv"
     if not data.is_file():

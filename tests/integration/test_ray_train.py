@@ -8,12 +8,55 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 from mgkd.errors import MgkdError
 from mgkd.generations import build_schedule, train_generation
+from mgkd.generations.training import average_gradients
 from mgkd.orchestration.runners import RayRunner
 
 from ..helpers.ray_train import _classification_config, _spec
+
+
+def _average_in_worker(rank: int, world: int, port: int, grads: list[list[torch.Tensor]], out: dict) -> None:
+    torch.distributed.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    params = [torch.nn.Parameter(torch.zeros_like(g)) for g in grads[rank]]
+    for p, g in zip(params, grads[rank]):
+        p.grad = None if g is None else g.clone()
+    finite, tokens, stop = average_gradients(params, rank != 1 or out["finite1"], 10 + rank, world, rank == 0)
+    out[rank] = (finite, tokens, stop, [p.grad.clone() for p in params])
+    torch.distributed.destroy_process_group()
+
+
+@pytest.mark.parametrize("finite1", [True, False])
+def test_gradients_are_averaged_over_workers_in_one_all_reduce(finite1):
+    """Two gloo workers: each ends with the mean of both gradients (DDP's arithmetic), the tokens summed, a
+    non-finite loss on one worker stops both, and so does a stop request (Ctrl-C) seen by worker 0 only."""
+    import socket
+
+    g = torch.Generator().manual_seed(0)
+    grads = [[torch.randn(3, 4, generator=g), torch.randn(5, generator=g)] for _ in range(2)]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    # One process per worker (a process holds one default group), as under Ray Train.
+    ctx = torch.multiprocessing.get_context("spawn")
+    manager = ctx.Manager()
+    out = manager.dict({"finite1": finite1})
+    procs = [ctx.Process(target=_average_in_worker, args=(r, 2, port, grads, out)) for r in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+    assert all(p.exitcode == 0 for p in procs)
+    for rank in range(2):
+        finite, tokens, stop, averaged = out[rank]
+        assert tokens == 21
+        assert stop is True
+        assert finite == finite1
+        if finite1:
+            for a, g0, g1 in zip(averaged, grads[0], grads[1]):
+                torch.testing.assert_close(a, (g0 + g1) / 2)
 
 
 def test_a_generation_runs_as_a_ray_train_run_with_the_same_result_as_in_process(ray_session, tiny_data, tmp_path):

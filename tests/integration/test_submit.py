@@ -132,7 +132,7 @@ def cluster(request):
 
 def mgkd_submit(*args: str, env: dict[str, str], timeout: float = 240) -> subprocess.CompletedProcess:
     """The real CLI in a fresh process (its Ray auth mode comes from `env` alone), from the package's root."""
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     return subprocess.run([sys.executable, "-m", "mgkd.cli", "submit", *args], cwd=root, env=env,
                           capture_output=True, text=True, timeout=timeout)  # fmt: skip
 
@@ -189,7 +189,7 @@ def test_a_job_that_fails_on_the_cluster_fails_follow(cluster, tmp_path):
 def test_ray_job_submit_runs_mgkd_run_from_the_checkout(cluster, tmp_path):
     """The other way in (README): `ray job submit --working-dir . -- python -m mgkd.cli run ...`."""
     ray_head, url = cluster
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     ray_bin = shutil.which("ray", path=str(Path(sys.executable).parent)) or "ray"
     done = subprocess.run(
         [ray_bin, "job", "submit", "--address", ray_head, "--working-dir", str(root), "--", "python", "-m",

@@ -69,7 +69,7 @@ def test_trials_share_the_teachers_cached_outputs(swept):
 
 @pytest.fixture(scope="module")
 def swept_classification(tmp_path_factory, ray_session):
-    from .test_classification_lineage import TINY_CLASSIFICATION, sentiment_csv
+    from ..helpers.classification import TINY_CLASSIFICATION, sentiment_csv
 
     tmp = tmp_path_factory.mktemp("tune-classification")
     data = sentiment_csv(tmp / "reviews.csv")
