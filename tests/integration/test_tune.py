@@ -75,7 +75,7 @@ def swept_classification(tmp_path_factory, ray_session):
     data = sentiment_csv(tmp / "reviews.csv")
     cfg = build_config(preset="classification", overrides=[
         *TINY_CLASSIFICATION, f"classification.source={data}", f"output_dir={tmp / 'out'}", "generations.count=2",
-        "eval.select_by=valid_accuracy",
+        "eval.select_by=valid_accuracy", "generations.control=true",
         "generations.per_generation={1: {search: {space: {train.lr: {grid: [0.00003, 0.003]}}, num_samples: 1, "
         "scheduler: fifo}}}",
     ])  # fmt: skip
@@ -106,3 +106,46 @@ def test_a_classification_sweep_selects_by_validation_accuracy_and_its_best_tria
             history = client.get_metric_history(t.info.run_id, key)
             assert [m.step for m in history] == [1, 2], key
             assert all(math.isfinite(m.value) for m in history)
+
+
+def test_the_control_of_a_swept_generation_trains_with_the_winners_settings(swept_classification):
+    """Matched controls under Tune, on the classification task: generation 1's control takes the winning
+    trial's lr (not the base one), gold labels only; KD − control is in accuracy and macro-F1."""
+    outcome, info = swept_classification
+    gen1 = info["generations"][1]
+    control = next(c for c in info["controls"] if c["control_of"] == gen1["run_id"])
+    assert float(control["params"]["train.lr"]) == float(gen1["params"]["search.best.train.lr"])
+    assert control["matched"] and control["init_sha256"] == gen1["init_sha256"]
+    assert not any(k.startswith("loss.soft_label") for k in control["params"])
+    for score in ("test_accuracy", "test_macro_f1"):
+        gap = gen1["metrics"][score] - control["metrics"][score]
+        assert gen1["metrics"][f"kd_minus_control_{score}"] == pytest.approx(gap)
+    assert sorted(c["generation"] for c in info["controls"]) == [1, 2]
+
+
+def test_asha_stops_a_trailing_trial_and_its_run_says_so(tmp_path, ray_session):
+    """ASHA, the default scheduler: trials run one at a time, the good learning rate first; at the first rung
+    (epoch 1) the second trial (a learning rate too small to learn) trails the first and ASHA stops it. The stop
+    is on its nested MLflow run (status KILLED, mgkd.trial_status=stopped, only epoch 1 in its history), and the
+    generation is the completed trial."""
+    sweep = ("generations.per_generation={1: {search: {space: {train.lr: {grid: [0.003, 0.0000001]}}, "
+             "num_samples: 1, max_concurrent: 1, scheduler: asha, grace_period: 1, reduction_factor: 2}}}")  # fmt: skip
+    cfg = tiny_config(tmp_path, "generations.count=1", "train.max_epochs=3", sweep)
+    assert cfg.generations.per_generation[1].search.scheduler == "asha"
+    outcome = run_lineage(cfg, Console(quiet=True))
+    info = read_lineage(outcome.tracking_uri, outcome.lineage_id)
+    client = _client(outcome.tracking_uri)
+    gen1 = info["generations"][1]
+    trials = client.search_runs(
+        [info["experiment_id"]], filter_string=f"tags.`mlflow.parentRunId` = '{gen1['run_id']}'"
+    )
+    by_lr = {float(t.data.params["train.lr"]): t for t in trials}
+    assert sorted(by_lr) == [0.0000001, 0.003]
+    good, slow = by_lr[0.003], by_lr[0.0000001]
+    assert good.data.tags["mgkd.trial_status"] == "completed" and good.info.status == "FINISHED"
+    assert slow.data.tags["mgkd.trial_status"] == "stopped" and slow.info.status == "KILLED"
+    assert [m.step for m in client.get_metric_history(slow.info.run_id, "valid_loss")] == [1]  # stopped at rung 1
+    assert [m.step for m in client.get_metric_history(good.info.run_id, "valid_loss")] == [1, 2, 3]
+    assert good.data.tags["mgkd.selected"] == "true" and slow.data.tags["mgkd.selected"] == "false"
+    assert gen1["checkpoint_sha256"] == good.data.tags["mgkd.checkpoint_sha256"]
+    assert gen1["metrics"]["search_trials"] == 2 and gen1["metrics"]["search_trials_completed"] == 1
