@@ -208,14 +208,43 @@ def test_test_set_bad_input_is_one_clear_error(tmp_path):
         cfg_of(tmp_path, "split.test={split: test}")
 
 
-def test_bad_test_set_stops_the_cli_with_exit_2_before_training(tmp_path):
-    no_tab = tmp_path / "no_tab.tsv"
-    no_tab.write_text("just one side\n", encoding="utf-8")
+def _bad_input(tmp_path: Path, case: str) -> tuple[list[str], str]:
+    """The `mgkd run` arguments of one bad input, and what its message must say."""
+    tsv = ["--set", "corpus.kind=tsv", "--set", f"corpus.path={TRAIN}"]
+    bad = tmp_path / "bad.tsv"
+    if case == "not_cached":
+        hf = ["corpus.kind=hf", "corpus.path=null", "corpus.name=wmt/wmt14/de-en", f"corpus.hf_cache_dir={tmp_path}",
+              "corpus.source_lang=en", "corpus.target_lang=de"]  # fmt: skip
+        return [x for o in hf for x in ("--set", o)], "not in the local datasets cache"
+    if case == "language":
+        folder = tmp_path / "ds"
+        datasets.Dataset.from_dict(translation_rows(tsv_pairs(TEST))).save_to_disk(folder)
+        hf = ["corpus.kind=hf", f"corpus.path={folder}", "corpus.source_lang=en", "corpus.target_lang=de"]
+        return [x for o in hf for x in ("--set", o)], "codes present are en, fr"
+    if case == "no_tab":
+        bad.write_text("a b\tc d\njust one side\n", encoding="utf-8")
+        return [*tsv, "--set", f"eval.test_sets={{news: {bad}}}"], "bad.tsv:2: no tab"
+    if case == "unequal":
+        (tmp_path / "a.en").write_text("one\ntwo\n", encoding="utf-8")
+        (tmp_path / "a.fr").write_text("un\n", encoding="utf-8")
+        both = f"{{source_path: {tmp_path / 'a.en'}, target_path: {tmp_path / 'a.fr'}}}"
+        return [*tsv, "--set", f"split.test={both}"], "has 2 lines but"
+    if case == "twice":
+        config = tmp_path / "twice.yaml"
+        config.write_text(f"corpus: {{kind: tsv, path: {TRAIN}}}\neval:\n  test_sets:\n    news: {TEST}\n"
+                          f"    news: {VALID}\n", encoding="utf-8")  # fmt: skip
+        return ["--config", str(config)], "key 'news' is given twice"
+    bad.write_text("\n", encoding="utf-8")
+    return [*tsv, "--set", f"eval.test_sets={{news: {bad}}}"], "empty"
+
+
+@pytest.mark.parametrize("case", ["not_cached", "language", "no_tab", "unequal", "twice", "empty"])
+def test_bad_data_stops_the_cli_with_exit_2_before_training(tmp_path, case):
+    args, message = _bad_input(tmp_path, case)
     out = tmp_path / "out"
-    sets = ["--set", "corpus.kind=tsv", "--set", f"corpus.path={TRAIN}", "--set", f"eval.test_sets={{news: {no_tab}}}"]
-    result = CliRunner().invoke(app, ["run", "--no-ray", "--output-dir", str(out), *sets])
+    result = CliRunner().invoke(app, ["run", "--no-ray", "--output-dir", str(out), *args])
     assert result.exit_code == 2, result.output
-    assert "no tab" in result.output and "Traceback" not in result.output
+    assert message in " ".join(result.output.split()) and "Traceback" not in result.output
     assert not list(out.glob("lineages/*"))  # nothing recorded, nothing trained
 
 
