@@ -37,7 +37,13 @@ from mgkd.lineage.tracking import (
     write_last_lineage,
 )
 from mgkd.models.external import folder_sha256
-from mgkd.orchestration.controls import fairness_tags, recorded_best_point, run_control, wanted_controls
+from mgkd.orchestration.controls import (
+    fairness_tags,
+    recorded_best_point,
+    recorded_controls,
+    run_control,
+    wanted_controls,
+)
 from mgkd.orchestration.display import GenerationProgress, lineage_table
 from mgkd.orchestration.runners import LocalRunner, RayRunner
 from mgkd.orchestration.sweep import SweepOutcome, run_sweep
@@ -181,18 +187,7 @@ def resume_lineage(target: str, tracking_uri: str | None = None, console: Consol
             done[k] = (g["run_id"], result)
         elif k not in done:
             open_runs[k] = g["run_id"]
-    # Matched controls: a finished one is kept (it never teaches: its metrics are all the lineage reads back),
-    # an unfinished one continues in its own run from its saved training state.
-    done_controls: dict[int, tuple[str, GenerationResult]] = {}
-    open_controls: dict[int, str] = {}
-    for c in info["controls"]:
-        k = c["generation"]
-        if c["status"] == "FINISHED" and c["checkpoint_sha256"]:
-            done_controls[k] = (c["run_id"], GenerationResult(k, "", c["checkpoint_sha256"],
-                                int(c["metrics"].get("parameters", 0)), dict(c["metrics"]),
-                                init_sha256=c["init_sha256"]))  # fmt: skip
-        elif k not in done_controls:
-            open_controls[k] = c["run_id"]
+    done_controls, open_controls = recorded_controls(info)
     recorder.reopen(lineage_id)
     if overrides:  # the lineage's config.yaml is what the next resume reads
         _record_config(recorder, lineage_id, lineage_dir, cfg)
@@ -205,7 +200,7 @@ def resume_lineage(target: str, tracking_uri: str | None = None, console: Consol
         f"runner: {runner.description}"
     )
     return _drive(cfg, specs, data, recorder, runner, lineage_id, console, t0, done, open_runs, done_controls,
-                  {k: v for k, v in open_controls.items() if k not in done_controls})  # fmt: skip
+                  open_controls)  # fmt: skip
 
 
 def _drive(cfg: ExperimentConfig, specs: list[GenerationSpec], data: PreparedData, recorder: LineageRecorder,

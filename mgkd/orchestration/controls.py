@@ -47,6 +47,24 @@ def fairness_tags(result: GenerationResult, data: Any, spec: GenerationSpec) -> 
     return tags
 
 
+def recorded_controls(info: dict[str, Any]) -> tuple[dict[int, tuple[str, GenerationResult]], dict[int, str]]:
+    """What a lineage (`read_lineage`) holds for resume: finished controls (kept; a control never teaches, so
+    its metrics are all the lineage reads back) and unfinished ones (continued in their own runs)."""
+    done: dict[int, tuple[str, GenerationResult]] = {}
+    open_runs: dict[int, str] = {}
+    for c in info["controls"]:
+        k = c["generation"]
+        if c["status"] == "FINISHED" and c["checkpoint_sha256"]:
+            metrics = dict(c["metrics"])
+            result = GenerationResult(k, "", c["checkpoint_sha256"], int(metrics.get("parameters", 0)), metrics,
+                                      init_sha256=c["init_sha256"])  # fmt: skip
+            done[k] = (c["run_id"], result)
+    for c in info["controls"]:
+        if c["generation"] not in done:
+            open_runs.setdefault(c["generation"], c["run_id"])
+    return done, open_runs
+
+
 def recorded_best_point(recorder: LineageRecorder, run_id: str) -> dict[str, Any]:
     """A finished sweep's winning values, as `_record_trials` logged them (`search.best.<key>` params)."""
     params = recorder.client.get_run(run_id).data.params

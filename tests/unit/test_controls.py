@@ -92,7 +92,7 @@ def test_the_same_student_seed_gives_the_same_initial_weights_and_batches_whatev
     # The check a report makes before it says "only the loss differs":
     sentence = check_only("kd vs gold", kd.as_params(), gold.as_params(), ["loss."], runs[1].init_sha256,
                           runs[2].init_sha256)  # fmt: skip
-    assert sentence.startswith("only loss differs")
+    assert sentence.startswith("only the losses differ: params (seed included) checked equal otherwise")
     with pytest.raises(MgkdError, match="differ in seed"):
         check_only("kd vs other seed", kd.as_params(), other_seed.as_params(), ["loss."], runs[1].init_sha256,
                    runs[3].init_sha256)  # fmt: skip
