@@ -24,6 +24,7 @@ import torch
 
 from mgkd.config import ExperimentConfig, SplitConfig, TokenizerConfig
 from mgkd.errors import MgkdError
+from mgkd.tasks.base import Log, Metric
 from mgkd.tasks.corpus import Pair, read_corpus
 
 PAD, UNK, BOS, EOS = 0, 1, 2, 3
@@ -55,6 +56,8 @@ class PreparedData:
     splits: dict[str, SplitData]
     cache_dir: Path
     _processor: spm.SentencePieceProcessor | None = field(default=None, repr=False, compare=False)
+
+    task = "translation"  # the registered task this data belongs to (mgkd.tasks.TASKS)
 
     @property
     def tokenizer(self) -> spm.SentencePieceProcessor:
@@ -331,3 +334,40 @@ def score_translations(hypotheses: list[str], references: list[str]) -> dict[str
         "bleu": float(sacrebleu.corpus_bleu(hypotheses, [references]).score),
         "chrf": float(sacrebleu.corpus_chrf(hypotheses, [references]).score),
     }
+
+
+# --- the task ----------------------------------------------------------------
+
+
+class TranslationTask:
+    """Translation as a `Task`: a parallel corpus in, BLEU and chrF of detokenized outputs out."""
+
+    name = "translation"
+    description = "machine translation (sequence to sequence): BLEU, chrF"
+    data_section = "corpus"
+    preset = "demo"
+    metrics = (
+        Metric("loss", "loss", higher_is_better=False),
+        Metric("bleu", "BLEU", higher_is_better=True),
+        Metric("chrf", "chrF", higher_is_better=True),
+    )
+    select_by = ("valid_loss", "valid_bleu")
+    table = ("test_bleu", "test_chrf")
+    plot = ("test_bleu", "test_chrf")
+    # gold: the corpus; seq_kd: the teacher's outputs on its sources; unlabeled: on extra monolingual sources.
+    views = ("gold", "seq_kd", "unlabeled")
+
+    def prepare(self, cfg: ExperimentConfig, log: Log = lambda _: None) -> PreparedData:
+        return prepare(cfg, log)
+
+    def batch_indices(self, split: SplitData, max_tokens: int, shuffle: bool, seed: int = 0) -> list[list[int]]:
+        return batch_indices(split, max_tokens, shuffle, seed)
+
+    def collate(self, split: SplitData, indices: list[int]) -> Batch:
+        return collate(split, indices)
+
+    def batch_tokens(self, batch: Batch) -> int:
+        return batch.target_tokens
+
+
+TRANSLATION = TranslationTask()
