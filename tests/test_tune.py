@@ -224,3 +224,31 @@ def test_a_killed_sweep_resumes_with_its_finished_trials_kept(tmp_path, how):
     assert best.data.tags["mgkd.selected"] == "true"
     assert gen1["checkpoint_sha256"] == best.data.tags["mgkd.checkpoint_sha256"]
     assert sha256_file(lineage_dir / "gen-1" / "checkpoint.pt") == gen1["checkpoint_sha256"]
+
+
+def test_asha_stops_a_trailing_trial_and_its_run_says_so(tmp_path, ray_session):
+    """ASHA, the default scheduler: trials run one at a time, the good learning rate first; at the first rung
+    (epoch 1) the second trial (a learning rate too small to learn) trails the first and ASHA stops it. The stop
+    is on its nested MLflow run (status KILLED, mgkd.trial_status=stopped, only epoch 1 in its history), and the
+    generation is the completed trial."""
+    sweep = ("generations.per_generation={1: {search: {space: {train.lr: {grid: [0.003, 0.0000001]}}, "
+             "num_samples: 1, max_concurrent: 1, scheduler: asha, grace_period: 1, reduction_factor: 2}}}")  # fmt: skip
+    cfg = tiny_config(tmp_path, "generations.count=1", "train.max_epochs=3", sweep)
+    assert cfg.generations.per_generation[1].search.scheduler == "asha"
+    outcome = run_lineage(cfg, Console(quiet=True))
+    info = read_lineage(outcome.tracking_uri, outcome.lineage_id)
+    client = _client(outcome.tracking_uri)
+    gen1 = info["generations"][1]
+    trials = client.search_runs(
+        [info["experiment_id"]], filter_string=f"tags.`mlflow.parentRunId` = '{gen1['run_id']}'"
+    )
+    by_lr = {float(t.data.params["train.lr"]): t for t in trials}
+    assert sorted(by_lr) == [0.0000001, 0.003]
+    good, slow = by_lr[0.003], by_lr[0.0000001]
+    assert good.data.tags["mgkd.trial_status"] == "completed" and good.info.status == "FINISHED"
+    assert slow.data.tags["mgkd.trial_status"] == "stopped" and slow.info.status == "KILLED"
+    assert [m.step for m in client.get_metric_history(slow.info.run_id, "valid_loss")] == [1]  # stopped at rung 1
+    assert [m.step for m in client.get_metric_history(good.info.run_id, "valid_loss")] == [1, 2, 3]
+    assert good.data.tags["mgkd.selected"] == "true" and slow.data.tags["mgkd.selected"] == "false"
+    assert gen1["checkpoint_sha256"] == good.data.tags["mgkd.checkpoint_sha256"]
+    assert gen1["metrics"]["search_trials"] == 2 and gen1["metrics"]["search_trials_completed"] == 1

@@ -32,7 +32,8 @@ import torch.nn.functional as F
 
 from mgkd.config import ExternalTeacherConfig
 from mgkd.errors import MgkdError
-from mgkd.generations.checkpoint import load_checkpoint, parameter_hash, save_checkpoint, sha256_file
+from mgkd.files import sha256_file
+from mgkd.generations.checkpoint import load_checkpoint, parameter_hash, save_checkpoint
 from mgkd.generations.spec import GenerationSpec
 from mgkd.generations.teacher_cache import TeacherCache, load_or_build_cache
 from mgkd.generations.train_state import (

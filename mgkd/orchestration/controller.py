@@ -18,8 +18,8 @@ from rich.console import Console
 
 from mgkd.config import ExperimentConfig, apply_overrides, validate
 from mgkd.errors import MgkdError
+from mgkd.files import sha256_file
 from mgkd.generations import GenerationResult, GenerationSpec, build_schedule
-from mgkd.generations.checkpoint import sha256_file
 from mgkd.lineage.tracking import (
     LAST_LINEAGE,
     TAG_CHECKPOINT_SHA,

@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 import os
 import shutil
 import socket
@@ -26,8 +27,8 @@ from typing import Any
 
 from mgkd.config import RayConfig
 from mgkd.errors import MgkdError
+from mgkd.files import write_atomic
 from mgkd.generations import GenerationResult, GenerationSpec, train_generation
-from mgkd.generations.checkpoint import write_atomic
 from mgkd.generations.training import Events
 from mgkd.tasks.translation import PreparedData
 
@@ -170,6 +171,39 @@ def resolve_gpus(cfg: RayConfig, cluster: dict[str, float]) -> RayConfig:
     return cfg.model_copy(update={"gpus_per_generation": gpus})
 
 
+def placeable_workers(nodes: list[dict[str, Any]], per_worker: dict[str, float]) -> int:
+    """How many workers of `per_worker` resources the alive nodes of `ray.nodes()` hold, each worker on one node."""
+    count = 0
+    for node in nodes:
+        if not node.get("Alive", False):
+            continue
+        have = node.get("Resources", {})
+        fits = [math.floor(have.get(k, 0.0) / v + 1e-9) for k, v in per_worker.items() if v > 0]
+        count += min(fits) if fits else 0
+    return count
+
+
+def check_workers_fit(cfg: RayConfig, nodes: list[dict[str, Any]]) -> None:
+    """Refuse, before anything trains, a `ray.workers` the cluster cannot place (Ray would wait forever)."""
+    if cfg.backend != "train":
+        return
+    per_worker = {"CPU": cfg.cpus_per_generation / cfg.workers}
+    if cfg.gpus_per_generation:
+        per_worker["GPU"] = cfg.gpus_per_generation / cfg.workers
+    fit = placeable_workers(nodes, per_worker)
+    if fit < cfg.workers:
+        seen = "; ".join(
+            f"{n.get('NodeManagerAddress', '?')}: {n.get('Resources', {}).get('CPU', 0):g} CPU, "
+            f"{n.get('Resources', {}).get('GPU', 0):g} GPU"
+            for n in nodes if n.get("Alive", False)
+        )  # fmt: skip
+        need = ", ".join(f"{v:g} {k}" for k, v in per_worker.items())
+        raise MgkdError(
+            f"ray.workers={cfg.workers} needs {need} per worker, but the Ray cluster's nodes ({seen}) hold only {fit} "
+            "such worker(s); lower ray.workers, lower ray.cpus_per_generation / ray.gpus_per_generation, or add nodes"
+        )
+
+
 def _check_reachable(address: str) -> None:
     """Fail in seconds, not minutes (ray.init waits long for an absent head), when nothing listens there."""
     if address == "auto":
@@ -230,6 +264,7 @@ class RayRunner:
             raise MgkdError(
                 f"ray.gpus_per_generation={cfg.gpus_per_generation} but the Ray cluster has {total.get('GPU', 0)} GPUs"
             )
+        check_workers_fit(cfg, ray.nodes())
         where = "cluster " + address if address else "local"
         how = f"Ray Train, {cfg.workers} worker(s)" if cfg.backend == "train" else "Ray tasks"
         self.description = f"Ray {ray.__version__} ({where}, {total.get('CPU', 0):g} CPUs; {how})"
