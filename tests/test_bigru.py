@@ -13,7 +13,7 @@ from mgkd.config import ModelConfig, build_config
 from mgkd.errors import MgkdError
 from mgkd.generations import build_schedule
 from mgkd.generations.checkpoint import load_checkpoint, save_checkpoint, sha256_file
-from mgkd.generations.training import build_student
+from mgkd.generations.teacher import build_student
 from mgkd.lineage.tracking import read_lineage
 from mgkd.models import MODELS, build_model, check_arch, exposed_features
 from mgkd.models.bigru import BiGRUSeq2Seq

@@ -15,7 +15,7 @@ import torch
 from mgkd.config import RayConfig
 from mgkd.errors import MgkdError
 from mgkd.generations import build_schedule, train_generation
-from mgkd.generations.training import average_gradients
+from mgkd.generations.loop import average_gradients
 from mgkd.orchestration.runners import RayRunner, resolve_gpus
 
 from .conftest import tiny_config

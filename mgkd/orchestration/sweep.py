@@ -24,8 +24,9 @@ from typing import Any
 
 from mgkd.errors import MgkdError
 from mgkd.generations import GenerationResult, GenerationSpec
+from mgkd.generations.loop import Events
 from mgkd.generations.spec import apply_search
-from mgkd.generations.training import Events, prepare_teacher_outputs
+from mgkd.generations.teacher import prepare_teacher_outputs
 from mgkd.models import TASK_ARCHS
 from mgkd.orchestration.runners import (
     ERROR_FILE,
