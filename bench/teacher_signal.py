@@ -41,10 +41,9 @@ sys.path.insert(0, str(ROOT))
 
 from mgkd.config import build_config  # noqa: E402
 from mgkd.generations import build_schedule  # noqa: E402
-from mgkd.generations.loop import seed_everything  # noqa: E402
+from mgkd.generations.loop import forward_pair, seed_everything  # noqa: E402
 from mgkd.generations.teacher import build_student  # noqa: E402
 from mgkd.generations.teacher_cache import load_or_build_cache  # noqa: E402
-from mgkd.generations.translation_steps import forward_pair  # noqa: E402
 from mgkd.losses import Criterion  # noqa: E402
 from mgkd.models import build_model  # noqa: E402
 from mgkd.tasks.translation import PreparedData, SplitData, batch_indices, collate, prepare  # noqa: E402

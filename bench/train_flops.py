@@ -40,10 +40,13 @@ sys.path.insert(0, str(ROOT))
 
 from mgkd.config import ModelConfig, build_config  # noqa: E402
 from mgkd.generations import build_schedule  # noqa: E402
-from mgkd.generations.loop import lr_at, seed_everything  # noqa: E402
+from mgkd.generations.loop import (  # noqa: E402
+    forward_pair,  # noqa: E402
+    lr_at,
+    seed_everything,
+)
 from mgkd.generations.spec import GenerationSpec  # noqa: E402
 from mgkd.generations.teacher import build_student  # noqa: E402
-from mgkd.generations.translation_steps import forward_pair  # noqa: E402
 from mgkd.losses import Criterion  # noqa: E402
 from mgkd.models import count_parameters  # noqa: E402
 from mgkd.tasks.translation import PAD, Batch, batch_indices, collate, prepare  # noqa: E402

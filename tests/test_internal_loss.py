@@ -9,7 +9,7 @@ from mgkd.config import LossTerm, ModelConfig
 from mgkd.errors import MgkdError
 from mgkd.generations import build_schedule, train_generation
 from mgkd.generations.checkpoint import parameter_hash
-from mgkd.generations.translation_steps import forward_pair
+from mgkd.generations.loop import forward_pair
 from mgkd.losses import Criterion, create
 from mgkd.losses.internal import (
     ARCH_FEATURES,

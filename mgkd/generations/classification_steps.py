@@ -19,10 +19,8 @@ import torch.nn.functional as F
 from mgkd.generations.loop import Events, TestOutputs
 from mgkd.generations.spec import GenerationSpec
 from mgkd.generations.teacher import build_student
-from mgkd.losses.base import TeacherNeeds
 from mgkd.tasks.classification import (
     CLASSIFICATION,
-    ClassBatch,
     ClassificationData,
     classification_scores,
     iterate_batches,
@@ -60,7 +58,7 @@ def write_predictions(path: Path, test: Any, names: list[str], pred: np.ndarray)
 
 
 class ClassificationSteps:
-    """The recipe's hooks for classification: the classifier reads tokens and segments; validation and test
+    """The recipe's hooks for classification: validation and test
     give loss, accuracy, macro-F1 (and MCC where configured); the checkpoint carries the label names."""
 
     task = CLASSIFICATION
@@ -68,16 +66,6 @@ class ClassificationSteps:
     def new_student(self, spec: GenerationSpec, data: ClassificationData, init_source: torch.nn.Module | None
                     ) -> torch.nn.Module:  # fmt: skip
         return build_student(spec, data.vocab_size, init_source, data.num_classes)
-
-    def forward(self, student: torch.nn.Module, teacher: torch.nn.Module | None, batch: ClassBatch,
-                t_needs: TeacherNeeds, s_needs: TeacherNeeds, cache: None) -> tuple[Any, Any, ClassBatch]:  # fmt: skip
-        hidden, attention = t_needs.hidden or s_needs.hidden, t_needs.attention or s_needs.attention
-        out = student(batch.src, batch.segments, return_hidden=hidden, return_attention=attention)
-        t_out = None
-        if teacher is not None and t_needs.any:
-            with torch.no_grad():
-                t_out = teacher(batch.src, batch.segments, return_hidden=hidden, return_attention=attention)
-        return out, t_out, batch
 
     def validate(self, student: torch.nn.Module, data: ClassificationData, spec: GenerationSpec,
                  device: torch.device) -> dict[str, float]:  # fmt: skip

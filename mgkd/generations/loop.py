@@ -23,6 +23,8 @@ import torch
 
 from mgkd.errors import MgkdError
 from mgkd.generations.spec import GenerationSpec
+from mgkd.generations.teacher_cache import TeacherCache
+from mgkd.losses.base import TeacherNeeds
 
 Events = Callable[[dict[str, Any]], None]
 
@@ -188,3 +190,20 @@ def average_gradients(
             p.grad = flat[offset : offset + g.numel()].view_as(g)
             offset += g.numel()
     return all_finite, total_tokens, any_stop
+
+
+def forward_pair(student: torch.nn.Module, teacher: torch.nn.Module | None, batch: Any, t_needs: TeacherNeeds,
+                 s_needs: TeacherNeeds, cache: TeacherCache | None = None) -> tuple[Any, Any, Any]:  # fmt: skip
+    """The student's output on a batch (any task's: it names its `model_inputs`), and the teacher's (no grad)
+    where a term on this view reads it: from `cache` when given (top-k only, no forward pass), else a forward
+    pass. Returns (student output, teacher output or None, batch), as the loss terms read them."""
+    hidden = t_needs.hidden or s_needs.hidden
+    attention = t_needs.attention or s_needs.attention
+    out = student(*batch.model_inputs(), return_hidden=hidden, return_attention=attention)
+    t_out = None
+    if cache is not None and t_needs.any:
+        t_out = cache.teacher_output(batch)
+    elif teacher is not None and t_needs.any:
+        with torch.no_grad():
+            t_out = teacher(*batch.model_inputs(), return_hidden=hidden, return_attention=attention)
+    return out, t_out, batch

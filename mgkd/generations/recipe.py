@@ -8,10 +8,11 @@ callable taking dicts) and touches neither Ray nor MLflow: the orchestration
 layer decides where it runs and what is recorded.
 
 What differs between tasks is in their `TaskSteps` (translation_steps.py,
-classification_steps.py): the student's forward on a batch of one data view,
-the validation metrics, the test-time outputs and what the checkpoint carries
-besides the weights. An external generation 0 is evaluated, not trained
-(external.py).
+classification_steps.py): the new student (vocabulary, classes), the
+validation metrics, the test-time outputs and what the checkpoint carries
+besides the weights; the task's batches name what the model reads
+(`model_inputs`), so one `forward_pair` serves every task and data view. An
+external generation 0 is evaluated, not trained (external.py).
 
 Data parallelism: when a torch.distributed process group is up (Ray Train sets
 one up for its workers), each worker takes every world-th batch of the epoch's
@@ -43,6 +44,7 @@ from mgkd.generations.loop import (
     StepWindow,
     TestOutputs,
     backward,
+    forward_pair,
     lr_at,
     no_events,
     resolve_device,
@@ -51,7 +53,6 @@ from mgkd.generations.loop import (
 )
 from mgkd.generations.spec import GenerationSpec
 from mgkd.generations.teacher import teacher_signal, teacher_views
-from mgkd.generations.teacher_cache import TeacherCache
 from mgkd.generations.train_state import (
     clear_train_state,
     identity,
@@ -63,7 +64,7 @@ from mgkd.generations.train_state import (
 )
 from mgkd.generations.translation_steps import TranslationSteps
 from mgkd.losses import Criterion
-from mgkd.losses.base import TeacherNeeds, ViewData
+from mgkd.losses.base import ViewData
 from mgkd.models import count_parameters
 from mgkd.tasks import Task, selection_score
 
@@ -75,11 +76,6 @@ class TaskSteps(Protocol):
 
     def new_student(self, spec: GenerationSpec, data: Any, init_source: torch.nn.Module | None) -> torch.nn.Module:
         """A new student for the data (vocabulary, classes), initialised from `init_source` as spec.init says."""
-        ...
-
-    def forward(self, student: torch.nn.Module, teacher: torch.nn.Module | None, batch: Any, t_needs: TeacherNeeds,
-                s_needs: TeacherNeeds, cache: TeacherCache | None) -> tuple[Any, Any, Any]:  # fmt: skip
-        """(student output, teacher output or None, batch) of one view's batch, as the loss terms read them."""
         ...
 
     def validate(self, student: torch.nn.Module, data: Any, spec: GenerationSpec,
@@ -269,7 +265,7 @@ def train_generation(
                         batch = noise(batch, noise_rng)
                     batch = batch.to(device)
                     cached = cache if view == "gold" else None  # the cache holds the gold targets only
-                    outputs[view] = steps.forward(student, teacher, batch, *criterion.needs(view), cached)
+                    outputs[view] = forward_pair(student, teacher, batch, *criterion.needs(view), cached)
                     ntok += task.batch_tokens(batch)
                 loss, parts = criterion(None, views=outputs)
                 stop = session is not None and session.stop_requested()

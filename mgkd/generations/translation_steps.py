@@ -17,10 +17,8 @@ import torch.nn.functional as F
 from mgkd.generations.loop import Events, TestOutputs
 from mgkd.generations.spec import GenerationSpec
 from mgkd.generations.teacher import build_student
-from mgkd.generations.teacher_cache import TeacherCache
-from mgkd.losses.base import TeacherNeeds
 from mgkd.models.decoding import translate
-from mgkd.tasks.translation import PAD, TRANSLATION, Batch, PreparedData, iterate_batches, score_translations
+from mgkd.tasks.translation import PAD, TRANSLATION, PreparedData, iterate_batches, score_translations
 
 
 @torch.no_grad()
@@ -70,22 +68,6 @@ def decode_split(
     return hyps, n / max(1e-9, time.perf_counter() - t0)
 
 
-def forward_pair(student: torch.nn.Module, teacher: torch.nn.Module | None, batch: Batch, t_needs: TeacherNeeds,
-                 s_needs: TeacherNeeds, cache: TeacherCache | None = None) -> tuple[Any, Any, Batch]:  # fmt: skip
-    """The student's output on a batch, and the teacher's (no grad) where a term on this view reads it:
-    from `cache` when given (top-k only, no forward pass), else a forward pass."""
-    hidden = t_needs.hidden or s_needs.hidden
-    attention = t_needs.attention or s_needs.attention
-    out = student(batch.src, batch.tgt_in, return_hidden=hidden, return_attention=attention)
-    t_out = None
-    if cache is not None and t_needs.any:
-        t_out = cache.teacher_output(batch)
-    elif teacher is not None and t_needs.any:
-        with torch.no_grad():
-            t_out = teacher(batch.src, batch.tgt_in, return_hidden=hidden, return_attention=attention)
-    return out, t_out, batch
-
-
 def write_translations(path: Path, test: Any, hyps: list[str]) -> Path:
     """The test split's TSV: id, source, reference, hypothesis (tabs in text become spaces)."""
     rows = ["id\tsource\treference\thypothesis"] + [
@@ -104,18 +86,14 @@ def translation_samples(test: Any, hyps: list[str]) -> list[dict[str, str]]:
 
 
 class TranslationSteps:
-    """The recipe's hooks for translation: seq2seq forward (teacher from its top-k cache where there is one),
-    valid loss (and BLEU/chrF of greedy outputs on request), the test split decoded and scored."""
+    """The recipe's hooks for translation: valid loss (and BLEU/chrF of greedy outputs on request), the test
+    split decoded and scored."""
 
     task = TRANSLATION
 
     def new_student(self, spec: GenerationSpec, data: PreparedData, init_source: torch.nn.Module | None
                     ) -> torch.nn.Module:  # fmt: skip
         return build_student(spec, data.vocab_size, init_source)
-
-    def forward(self, student: torch.nn.Module, teacher: torch.nn.Module | None, batch: Batch, t_needs: TeacherNeeds,
-                s_needs: TeacherNeeds, cache: TeacherCache | None) -> tuple[Any, Any, Batch]:  # fmt: skip
-        return forward_pair(student, teacher, batch, t_needs, s_needs, cache)
 
     def validate(self, student: torch.nn.Module, data: PreparedData, spec: GenerationSpec,
                  device: torch.device) -> dict[str, float]:  # fmt: skip

@@ -212,6 +212,10 @@ class ClassBatch:
     def tokens(self) -> int:
         return int(self.src.ne(PAD).sum())
 
+    def model_inputs(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """What a classifier reads: the tokens and their segment ids."""
+        return self.src, self.segments
+
     # The loss-facing view (mgkd.outputs.TargetBatch): one class id per example, every one real.
     @property
     def targets(self) -> torch.Tensor:

@@ -250,6 +250,10 @@ class Batch:
     def target_tokens(self) -> int:
         return int((self.tgt_out != PAD).sum())
 
+    def model_inputs(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """What a seq2seq model reads: the source and the shifted target."""
+        return self.src, self.tgt_in
+
     # The loss-facing view (mgkd.outputs.TargetBatch): targets are tokens, PAD where there is none.
     @property
     def targets(self) -> torch.Tensor:
