@@ -39,7 +39,7 @@ from mgkd.models.external import folder_sha256
 from mgkd.orchestration.display import GenerationProgress, lineage_table
 from mgkd.orchestration.runners import LocalRunner, RayRunner
 from mgkd.orchestration.sweep import SweepOutcome, run_sweep
-from mgkd.tasks import prepare  # the config's task: translation or classification
+from mgkd.tasks import get_task, metric, prepare
 from mgkd.tasks.translation import PreparedData
 
 
@@ -194,6 +194,7 @@ def _drive(cfg: ExperimentConfig, specs: list[GenerationSpec], data: PreparedDat
     """Run the generations not yet `done` (reopening `open_runs`), record them, end the lineage."""
     lineage_dir = Path(cfg.output_dir).resolve() / "lineages" / lineage_id
     model_name = _model_name(cfg, lineage_id)
+    task = get_task(cfg.task)  # its metrics, table columns and plot
     datasets = _datasets(cfg, data)
     results: list[GenerationResult] = []
     run_ids: list[str] = []
@@ -220,7 +221,7 @@ def _drive(cfg: ExperimentConfig, specs: list[GenerationSpec], data: PreparedDat
                 recorder.log_inputs(run_id, datasets)
                 recorder.log_dict(run_id, spec.to_dict(), "spec.json")
 
-            with GenerationProgress(console, spec) as progress:
+            with GenerationProgress(console, spec, task) as progress:
 
                 def events(event: dict, run_id: str = run_id, progress: GenerationProgress = progress) -> None:
                     if event["type"] in ("step", "epoch"):
@@ -229,7 +230,7 @@ def _drive(cfg: ExperimentConfig, specs: list[GenerationSpec], data: PreparedDat
 
                 if spec.search is not None:
                     assert isinstance(runner, RayRunner)  # the config requires Ray for a search
-                    sweep = run_sweep(runner, spec, lineage_dir / f"gen-{spec.index}", teacher, events)
+                    sweep = run_sweep(runner, spec, lineage_dir / f"gen-{spec.index}", teacher, events, task=task)
                     _record_trials(recorder, lineage_id, run_id, spec.index, sweep)
                     result = sweep.best
                 else:
@@ -237,15 +238,16 @@ def _drive(cfg: ExperimentConfig, specs: list[GenerationSpec], data: PreparedDat
             _record_generation(recorder, run_id, model_name, result, data.cache_dir / "spm.model")
             results.append(result)
             run_ids.append(run_id)
-            console.print(lineage_table(specs, results, f"after generation {spec.index}"))
+            console.print(lineage_table(specs, results, f"after generation {spec.index}", task))
             for s in result.samples[:2]:
                 console.print(
                     f"  [dim]src[/]  {s['source']}\n  [dim]ref[/]  {s['reference']}\n  [dim]hyp[/]  {s['hypothesis']}"
                 )
         wall = time.perf_counter() - t0
-        final = {f"final_{k}": v for k, v in results[-1].metrics.items() if k in ("test_bleu", "test_accuracy")}
+        final = {f"final_{k}": v for k, v in results[-1].metrics.items() if k == task.table[0]}  # the headline
         recorder.log_metrics(lineage_id, {"wall_time_s": wall, **final}, 0)
-        plot = lineage_plot([{"generation": r.index, **r.metrics} for r in results], lineage_dir / "lineage.png")
+        plot = lineage_plot([{"generation": r.index, **r.metrics} for r in results], lineage_dir / "lineage.png",
+                            [(k, f"test {metric(task, k).label}") for k in task.plot])  # fmt: skip
         recorder.log_artifact(lineage_id, plot)
         status = "FINISHED"
     except KeyboardInterrupt:
@@ -267,7 +269,7 @@ def _drive(cfg: ExperimentConfig, specs: list[GenerationSpec], data: PreparedDat
             pass  # the store is down: the runs keep their last status, resume reopens them
         runner.close()
 
-    console.print(lineage_table(specs, results, f"lineage {lineage_id} ({wall / 60:.1f} min)"))
+    console.print(lineage_table(specs, results, f"lineage {lineage_id} ({wall / 60:.1f} min)", task))
     output_dir = Path(cfg.output_dir).resolve()
     return LineageOutcome(lineage_id, recorder.uri, cfg.experiment_name, output_dir, specs, results, run_ids, wall)
 

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from mgkd.config import ExperimentConfig
+from mgkd.config import ExperimentConfig, ModelConfig
 
 Log = Callable[[str], None]
 # The prefixes a metric carries in a generation's record; the task declares the bare names.
@@ -50,6 +50,11 @@ class Task(Protocol):
     plot: tuple[str, str]
     # The data views its loss terms may read (gold: the split's own examples).
     views: tuple[str, ...]
+    # Whether its teacher makes data before training (a top-k cache, pseudo-targets: built once per teacher,
+    # before a sweep's trials), may be an ensemble of generations, or an external (Hugging Face) model.
+    teacher_made_data: bool
+    teacher_ensembles: bool
+    external_teacher: bool
 
     def prepare(self, cfg: ExperimentConfig, log: Log = ...) -> Any:
         """The config's data, prepared once per lineage on the driver: plain data Ray ships to workers."""
@@ -65,6 +70,10 @@ class Task(Protocol):
 
     def batch_tokens(self, batch: Any) -> int:
         """The tokens a batch trains on (the throughput the step events report)."""
+        ...
+
+    def check_model(self, cfg: ExperimentConfig, model: ModelConfig) -> str | None:
+        """What in a generation's model does not fit the task's data (None: nothing), checked before training."""
         ...
 
 

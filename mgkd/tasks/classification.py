@@ -26,7 +26,7 @@ import numpy as np
 import sentencepiece as spm
 import torch
 
-from mgkd.config import ExperimentConfig
+from mgkd.config import ExperimentConfig, ModelConfig
 from mgkd.errors import MgkdError
 from mgkd.files import write_atomic
 from mgkd.tasks.base import Log, Metric
@@ -302,6 +302,9 @@ class ClassificationTask:
     table = ("test_accuracy", "test_macro_f1", "test_mcc")
     plot = ("test_accuracy", "test_macro_f1")
     views = ("gold",)  # one label per example: no teacher-made data
+    teacher_made_data = False
+    teacher_ensembles = False
+    external_teacher = False
 
     def prepare(self, cfg: ExperimentConfig, log: Log = lambda _: None) -> ClassificationData:
         return prepare_classification(cfg, log)
@@ -315,6 +318,12 @@ class ClassificationTask:
 
     def batch_tokens(self, batch: ClassBatch) -> int:
         return batch.tokens
+
+    def check_model(self, cfg: ExperimentConfig, model: ModelConfig) -> str | None:
+        if cfg.classification.max_length > model.max_positions:
+            return (f"classification.max_length={cfg.classification.max_length} exceeds model.max_positions="
+                    f"{model.max_positions}; raise max_positions or lower max_length")  # fmt: skip
+        return None
 
 
 CLASSIFICATION = ClassificationTask()

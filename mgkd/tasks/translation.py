@@ -21,7 +21,7 @@ import sacrebleu
 import sentencepiece as spm
 import torch
 
-from mgkd.config import ExperimentConfig, SplitConfig, TokenizerConfig
+from mgkd.config import ExperimentConfig, ModelConfig, SplitConfig, TokenizerConfig
 from mgkd.errors import MgkdError
 from mgkd.files import write_atomic
 from mgkd.tasks.base import Log, Metric
@@ -361,6 +361,9 @@ class TranslationTask:
     plot = ("test_bleu", "test_chrf")
     # gold: the corpus; seq_kd: the teacher's outputs on its sources; unlabeled: on extra monolingual sources.
     views = ("gold", "seq_kd", "unlabeled")
+    teacher_made_data = True
+    teacher_ensembles = True
+    external_teacher = True
 
     def prepare(self, cfg: ExperimentConfig, log: Log = lambda _: None) -> PreparedData:
         return prepare(cfg, log)
@@ -373,6 +376,9 @@ class TranslationTask:
 
     def batch_tokens(self, batch: Batch) -> int:
         return batch.target_tokens
+
+    def check_model(self, cfg: ExperimentConfig, model: ModelConfig) -> str | None:
+        return None  # decoding bounds its own lengths
 
 
 TRANSLATION = TranslationTask()
