@@ -114,7 +114,7 @@ def swept_classification(tmp_path_factory, ray_session):
     data = sentiment_csv(tmp / "reviews.csv")
     cfg = build_config(preset="classification", overrides=[
         *TINY_CLASSIFICATION, f"classification.source={data}", f"output_dir={tmp / 'out'}", "generations.count=2",
-        "eval.select_by=valid_accuracy",
+        "eval.select_by=valid_accuracy", "generations.control=true",
         "generations.per_generation={1: {search: {space: {train.lr: {grid: [0.00003, 0.003]}}, num_samples: 1, "
         "scheduler: fifo}}}",
     ])  # fmt: skip
@@ -145,6 +145,21 @@ def test_a_classification_sweep_selects_by_validation_accuracy_and_its_best_tria
             history = client.get_metric_history(t.info.run_id, key)
             assert [m.step for m in history] == [1, 2], key
             assert all(math.isfinite(m.value) for m in history)
+
+
+def test_the_control_of_a_swept_generation_trains_with_the_winners_settings(swept_classification):
+    """Matched controls under Tune, on the classification task: generation 1's control takes the winning
+    trial's lr (not the base one), gold labels only; KD − control is in accuracy and macro-F1."""
+    outcome, info = swept_classification
+    gen1 = info["generations"][1]
+    control = next(c for c in info["controls"] if c["control_of"] == gen1["run_id"])
+    assert float(control["params"]["train.lr"]) == float(gen1["params"]["search.best.train.lr"])
+    assert control["matched"] and control["init_sha256"] == gen1["init_sha256"]
+    assert not any(k.startswith("loss.soft_label") for k in control["params"])
+    for score in ("test_accuracy", "test_macro_f1"):
+        gap = gen1["metrics"][score] - control["metrics"][score]
+        assert gen1["metrics"][f"kd_minus_control_{score}"] == pytest.approx(gap)
+    assert sorted(c["generation"] for c in info["controls"]) == [1, 2]
 
 
 def _tune_statuses(out) -> dict[str, str]:

@@ -91,6 +91,9 @@ class GenerationResult:
     artifacts: list[str] = field(default_factory=list)
     # An external generation 0: `checkpoint` is its folder, recorded as this manifest (files, sizes, sha256).
     manifest: str | None = None
+    # sha256 of the student's weights right after it was built (before any step): a generation and its matched
+    # control must show the same.
+    init_sha256: str | None = None
 
 
 @dataclass

@@ -36,6 +36,7 @@ import torch
 from mgkd.errors import MgkdError
 from mgkd.generations.checkpoint import parameter_hash, save_checkpoint
 from mgkd.generations.classification_steps import ClassificationSteps
+from mgkd.generations.controls import epoch_seed
 from mgkd.generations.external import evaluate_external
 from mgkd.generations.loop import (
     Events,
@@ -153,6 +154,7 @@ def train_generation(
         )
         teacher_hash = parameter_hash(teacher)
     student = steps.new_student(spec, data, init_source).to(device)
+    init_sha256 = parameter_hash(student)  # recorded: a generation and its matched control must start equal
     n_params = count_parameters(student)
     views, view_metrics = (
         teacher_views(criterion, teacher, teacher_digest, spec, data, device, events, world)
@@ -239,7 +241,7 @@ def train_generation(
         while step < total_steps:
             epoch += 1
             done_position = skip
-            order = task.batch_indices(train, spec.train.max_tokens, shuffle=True, seed=spec.seed * 100_003 + epoch)
+            order = task.batch_indices(train, spec.train.max_tokens, shuffle=True, seed=epoch_seed(spec.seed, epoch))
             if world > 1:  # worker r takes batches r, r + world, ...: one global step = world batches
                 order = order[rank::world][:steps_per_epoch]
             for position, idx in enumerate(order):
@@ -334,4 +336,4 @@ def train_generation(
     if cache is not None:
         artifacts.append(str(cache.manifest_path))
     return GenerationResult(spec.index, str(ckpt), sha, n_params, metrics, teacher_hash, str(tested.path),
-                            tested.samples, artifacts)  # fmt: skip
+                            tested.samples, artifacts, init_sha256=init_sha256)  # fmt: skip
