@@ -113,11 +113,11 @@ def run_sweep(runner: RayRunner, spec: GenerationSpec, out_dir: Path, teacher: T
     # that only runs online in every trial has nothing to build.
     if spec.has_teacher and task.teacher_made_data:
         events({"type": "sweep", "phase": "teacher outputs"})
-        task = ray.remote(prepare_teacher_outputs).options(
+        build = ray.remote(prepare_teacher_outputs).options(
             num_cpus=cfg.cpus_per_generation, num_gpus=cfg.gpus_per_generation, max_retries=0
         )
         try:
-            ray.get(task.remote(spec, runner.data_ref, checkpoint, sha256))
+            ray.get(build.remote(spec, runner.data_ref, checkpoint, sha256))
         except RayTaskError as e:
             if isinstance(e.cause, MgkdError):
                 raise MgkdError(str(e.cause)) from None
