@@ -16,8 +16,9 @@ import time
 from pathlib import Path
 
 from mgkd.files import write_atomic
+from mgkd.generations.loop import Events, GenerationResult, resolve_device
 from mgkd.generations.spec import GenerationSpec
-from mgkd.generations.training import Events, GenerationResult, resolve_device
+from mgkd.generations.translation_steps import translation_samples
 from mgkd.models import count_parameters
 from mgkd.models.external import HFTeacher, folder_manifest
 from mgkd.tasks.eval_sets import score_test_sets
@@ -71,9 +72,6 @@ def evaluate_external(spec: GenerationSpec, data: PreparedData, out_dir: Path,
         "epochs": 0.0,
         "train_time_s": 0.0,
     }
-    samples = [
-        {"source": s, "reference": r, "hypothesis": h}
-        for s, r, h in zip(test.sources[:50], test.targets[:50], hyps[:50])
-    ]
     return GenerationResult(spec.index, str(ext.path), manifest["sha256"], n_params, metrics,
-                            translations=str(translations), samples=samples, manifest=str(manifest_file))  # fmt: skip
+                            translations=str(translations), samples=translation_samples(test, hyps),
+                            manifest=str(manifest_file))  # fmt: skip

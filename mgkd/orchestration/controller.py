@@ -47,7 +47,7 @@ from mgkd.orchestration.controls import (
 from mgkd.orchestration.display import GenerationProgress, lineage_table
 from mgkd.orchestration.runners import LocalRunner, RayRunner
 from mgkd.orchestration.sweep import SweepOutcome, run_sweep
-from mgkd.tasks import prepare  # the config's task: translation or classification
+from mgkd.tasks import get_task, metric, prepare
 from mgkd.tasks.eval_sets import language_tags
 from mgkd.tasks.translation import PreparedData
 
@@ -218,6 +218,7 @@ def _drive(cfg: ExperimentConfig, specs: list[GenerationSpec], data: PreparedDat
     `done_controls` (reopening `open_controls`), record them, end the lineage."""
     lineage_dir = Path(cfg.output_dir).resolve() / "lineages" / lineage_id
     model_name = _model_name(cfg, lineage_id)
+    task = get_task(cfg.task)  # its metrics, table columns and plot
     datasets = _datasets(cfg, data)
     results: list[GenerationResult] = []
     run_ids: list[str] = []
@@ -250,7 +251,7 @@ def _drive(cfg: ExperimentConfig, specs: list[GenerationSpec], data: PreparedDat
                     recorder.log_dict(run_id, spec.to_dict(), "spec.json")
                     recorder.set_tags(run_id, _score_tags(cfg, data))
 
-                with GenerationProgress(console, spec) as progress:
+                with GenerationProgress(console, spec, task) as progress:
 
                     def events(event: dict, run_id: str = run_id, progress: GenerationProgress = progress) -> None:
                         if event["type"] in ("step", "epoch"):
@@ -259,7 +260,8 @@ def _drive(cfg: ExperimentConfig, specs: list[GenerationSpec], data: PreparedDat
 
                     if spec.search is not None:
                         assert isinstance(runner, RayRunner)  # the config requires Ray for a search
-                        sweep = run_sweep(runner, spec, lineage_dir / f"gen-{spec.index}", teacher, events)
+                        sweep = run_sweep(runner, spec, lineage_dir / f"gen-{spec.index}", teacher, events,
+                                          task=task)
                         _record_trials(recorder, lineage_id, run_id, spec.index, sweep)
                         result, best_point = sweep.best, sweep.best_trial.point
                     else:
@@ -269,7 +271,7 @@ def _drive(cfg: ExperimentConfig, specs: list[GenerationSpec], data: PreparedDat
                 ended.add(run_id)
                 results.append(result)
                 run_ids.append(run_id)
-                console.print(lineage_table(specs, results, f"after generation {spec.index}", controls))
+                console.print(lineage_table(specs, results, f"after generation {spec.index}", controls, task=task))
                 for s in result.samples[:2]:
                     console.print(f"  [dim]src[/]  {s['source']}\n  [dim]ref[/]  {s['reference']}\n"
                                   f"  [dim]hyp[/]  {s['hypothesis']}")  # fmt: skip
@@ -287,11 +289,13 @@ def _drive(cfg: ExperimentConfig, specs: list[GenerationSpec], data: PreparedDat
                     console, started,
                 )  # fmt: skip
                 ended.add(control_run_ids[spec.index])
-                console.print(lineage_table(specs, results, f"after generation {spec.index}'s control", controls))
+                console.print(lineage_table(specs, results, f"after generation {spec.index}'s control", controls,
+                                            task=task))
         wall = time.perf_counter() - t0
-        final = {f"final_{k}": v for k, v in results[-1].metrics.items() if k in ("test_bleu", "test_accuracy")}
+        final = {f"final_{k}": v for k, v in results[-1].metrics.items() if k == task.table[0]}  # the headline
         recorder.log_metrics(lineage_id, {"wall_time_s": wall, **final}, 0)
         plot = lineage_plot([{"generation": r.index, **r.metrics} for r in results], lineage_dir / "lineage.png",
+                            [(k, f"test {metric(task, k).label}") for k in task.plot],
                             [{"generation": k, **r.metrics} for k, r in sorted(controls.items())])  # fmt: skip
         recorder.log_artifact(lineage_id, plot)
         status = "FINISHED"
@@ -314,7 +318,7 @@ def _drive(cfg: ExperimentConfig, specs: list[GenerationSpec], data: PreparedDat
             pass  # the store is down: the runs keep their last status, resume reopens them
         runner.close()
 
-    console.print(lineage_table(specs, results, f"lineage {lineage_id} ({wall / 60:.1f} min)", controls))
+    console.print(lineage_table(specs, results, f"lineage {lineage_id} ({wall / 60:.1f} min)", controls, task=task))
     scoring = getattr(data, "scoring", None)  # translation's: how BLEU and chrF were computed
     if scoring is not None:
         console.print(f"  [dim]BLEU[/]  {scoring.signatures['bleu']}\n  [dim]chrF[/]  {scoring.signatures['chrf']}")

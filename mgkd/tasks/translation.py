@@ -20,9 +20,10 @@ import numpy as np
 import sentencepiece as spm
 import torch
 
-from mgkd.config import ExperimentConfig, SplitConfig, TokenizerConfig
+from mgkd.config import ExperimentConfig, ModelConfig, SplitConfig, TokenizerConfig
 from mgkd.errors import MgkdError
 from mgkd.files import write_atomic
+from mgkd.tasks.base import Log, Metric
 from mgkd.tasks.corpus import Pair, read_corpus, warn_length_filter
 from mgkd.tasks.eval_sets import TEST_SET_PREFIX, Scoring, fixed_sets, remove_overlap
 from mgkd.vocabulary import BOS, EOS, PAD, UNK, pad_sources
@@ -60,6 +61,8 @@ class PreparedData:
     # train_valid_overlap, train_test_overlap, and pairs dropped by corpus.max_tokens_per_side.
     counts: dict[str, int] = field(default_factory=dict)
     _processor: spm.SentencePieceProcessor | None = field(default=None, repr=False, compare=False)
+
+    task = "translation"  # the registered task this data belongs to (mgkd.tasks.TASKS)
 
     @property
     def tokenizer(self) -> spm.SentencePieceProcessor:
@@ -291,6 +294,10 @@ class Batch:
     def target_tokens(self) -> int:
         return int((self.tgt_out != PAD).sum())
 
+    def model_inputs(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """What a seq2seq model reads: the source and the shifted target."""
+        return self.src, self.tgt_in
+
     # The loss-facing view (mgkd.outputs.TargetBatch): targets are tokens, PAD where there is none.
     @property
     def targets(self) -> torch.Tensor:
@@ -374,3 +381,46 @@ def score_translations(hypotheses: list[str], references: list[str],
                        scoring: Scoring | None = None) -> dict[str, float]:  # fmt: skip
     """Corpus BLEU and chrF on detokenized text; `scoring` None: sacrebleu's defaults (13a, chrF)."""
     return (scoring or Scoring()).score(hypotheses, references)
+
+
+# --- the task ----------------------------------------------------------------
+
+
+class TranslationTask:
+    """Translation as a `Task`: a parallel corpus in, BLEU and chrF of detokenized outputs out."""
+
+    name = "translation"
+    description = "machine translation (sequence to sequence): BLEU, chrF"
+    data_section = "corpus"
+    preset = "demo"
+    metrics = (
+        Metric("loss", "loss", higher_is_better=False),
+        Metric("bleu", "BLEU", higher_is_better=True),
+        Metric("chrf", "chrF", higher_is_better=True),
+    )
+    select_by = ("valid_loss", "valid_bleu")
+    table = ("test_bleu", "test_chrf")
+    plot = ("test_bleu", "test_chrf")
+    # gold: the corpus; seq_kd: the teacher's outputs on its sources; unlabeled: on extra monolingual sources.
+    views = ("gold", "seq_kd", "unlabeled")
+    teacher_made_data = True
+    teacher_ensembles = True
+    external_teacher = True
+
+    def prepare(self, cfg: ExperimentConfig, log: Log = lambda _: None) -> PreparedData:
+        return prepare(cfg, log)
+
+    def batch_indices(self, split: SplitData, max_tokens: int, shuffle: bool, seed: int = 0) -> list[list[int]]:
+        return batch_indices(split, max_tokens, shuffle, seed)
+
+    def collate(self, split: SplitData, indices: list[int]) -> Batch:
+        return collate(split, indices)
+
+    def batch_tokens(self, batch: Batch) -> int:
+        return batch.target_tokens
+
+    def check_model(self, cfg: ExperimentConfig, model: ModelConfig) -> str | None:
+        return None  # decoding bounds its own lengths
+
+
+TRANSLATION = TranslationTask()

@@ -23,13 +23,14 @@ from mgkd.tasks.classification import (
     CLS,
     SEP,
     ClassBatch,
-    builtin_csv,
+    batch_indices,
     classification_scores,
     encode_example,
-    read_examples,
 )
+from mgkd.tasks.labeled_text import builtin_csv, read_examples
 
-from ..helpers.classification import PRESET
+REPO = Path(__file__).resolve().parents[1]
+PRESET = REPO / "configs" / "classification.yaml"
 
 ROWS = [  # (premise, hypothesis, label): a sentence-pair task, MNLI-like
     ("A man plays a guitar, loudly.", "Someone makes music.", "entailment"),
@@ -174,7 +175,7 @@ def test_seq2seq_only_losses_and_wrong_arch_are_refused_for_classification():
     with pytest.raises(MgkdError, match=r"teacher_signal 'cached'.*use teacher_signal: online"):
         build_schedule(build_config(PRESET, overrides=["generations.student.teacher_signal=cached"]))
     with pytest.raises(MgkdError, match=r"select_by 'valid_bleu' is translation's"):
-        build_config(PRESET, overrides=["eval.select_by=valid_bleu", "eval.valid_bleu_sentences=10"])
+        build_schedule(build_config(PRESET, overrides=["eval.select_by=valid_bleu", "eval.valid_bleu_sentences=10"]))
 
 
 def test_the_preset_is_a_shrinking_cut_lineage():
@@ -252,6 +253,45 @@ def test_internal_matches_cls_hidden_states_and_attention_only_where_the_paper_d
     s_out.encoder_hidden[0] = s_out.encoder_hidden[0].clone()
     s_out.encoder_hidden[0][:, 1:] = 7.0
     assert term(s_out, t_out, b).item() == pytest.approx(base.item(), rel=1e-6)
+
+
+class Stop(Exception):
+    pass
+
+
+def test_a_killed_student_resumes_to_the_same_checkpoint(tmp_path, one_torch_thread):
+    from mgkd.generations import train_generation
+    from mgkd.generations.train_state import STATE_FILE
+    from mgkd.tasks import prepare
+
+    from .test_classification_lineage import TINY_CLASSIFICATION, sentiment_csv
+
+    source = sentiment_csv(tmp_path / "reviews.csv", 360)
+    cfg = build_config(PRESET, overrides=[*TINY_CLASSIFICATION, f"classification.source={source}",
+                                          f"output_dir={tmp_path}", "generations.count=1",
+                                          "train.max_epochs=1", "train.checkpoint_every_steps=4"])  # fmt: skip
+    data = prepare(cfg)
+    teacher_spec, spec = build_schedule(cfg)
+    teacher = train_generation(teacher_spec, data, tmp_path / "g0")
+    ckpt = (teacher.checkpoint, teacher.checkpoint_sha256)
+    straight = train_generation(spec, data, tmp_path / "straight", *ckpt)
+
+    def kill_at_step_10(event):
+        if event["type"] == "step" and event["step"] >= 10:
+            raise Stop
+
+    with pytest.raises(Stop):
+        train_generation(spec, data, tmp_path / "killed", *ckpt, events=kill_at_step_10)
+    assert (tmp_path / "killed" / STATE_FILE).is_file()
+    seen: list[dict] = []
+    resumed = train_generation(spec, data, tmp_path / "killed", *ckpt, events=seen.append)
+    # states are saved every 4 steps and at each epoch's end: resume starts at the last one before step 10
+    per_epoch = len(batch_indices(data.splits["train"], cfg.train.max_tokens, shuffle=False))
+    saved = {4, 8} | {per_epoch * k for k in (1, 2) if per_epoch * k < 10}
+    assert [e["step"] for e in seen if e["type"] == "resume"] == [max(saved)]
+    assert resumed.checkpoint_sha256 == straight.checkpoint_sha256  # bit for bit
+    assert resumed.metrics["test_accuracy"] == straight.metrics["test_accuracy"]
+    assert not (tmp_path / "killed" / STATE_FILE).exists()
 
 
 def test_losses_command_says_which_tasks_each_plugin_serves():

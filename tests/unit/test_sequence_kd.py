@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -9,12 +10,16 @@ import pytest
 import sentencepiece as spm
 import torch
 import torch.nn.functional as F
+from rich.console import Console
 
+import mgkd.generations.pseudo_targets as store
 from mgkd.config import LossTerm, ModelConfig
 from mgkd.errors import MgkdError
 from mgkd.generations import build_schedule
+from mgkd.generations.checkpoint import load_checkpoint
 from mgkd.generations.pseudo_targets import DecodeSettings, teacher_outputs, to_split
-from mgkd.generations.training import _cycle_batches
+from mgkd.generations.recipe import cycle_batches
+from mgkd.lineage.tracking import _client, read_lineage
 from mgkd.losses import create
 from mgkd.losses.base import ViewContext
 from mgkd.losses.pseudo_label import PseudoLabel, SourceNoise
@@ -22,11 +27,11 @@ from mgkd.losses.sequence import SequenceKD, select_hypotheses, token_cross_entr
 from mgkd.models import build_model
 from mgkd.models.decoding import beam_decode, beam_search, greedy_decode
 from mgkd.models.transformer import Seq2SeqOutput
+from mgkd.orchestration.controller import run_lineage
 from mgkd.tasks.monolingual import fit_length, normalized, read_sources
-from mgkd.tasks.translation import EOS, PAD, Batch, collate, pad_sources
+from mgkd.tasks.translation import EOS, PAD, TRANSLATION, Batch, collate, pad_sources
 
-from ..helpers import tiny_config
-from ..helpers.sequence_kd import CountingDecoder
+from .conftest import tiny_config
 
 V = 23
 
@@ -101,6 +106,20 @@ def tiny_teacher(tiny_data):
     torch.manual_seed(1)
     cfg = ModelConfig(d_model=32, n_heads=2, encoder_layers=1, decoder_layers=1, ff_dim=64, dropout=0.0)
     return build_model(cfg, tiny_data.vocab_size).eval()
+
+
+class CountingDecoder:
+    """Wraps the store's decoder to count how many sentences it decodes."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.calls, self.sentences = 0, 0
+        self.real = store.translate_n_best
+        monkeypatch.setattr(store, "translate_n_best", self)
+
+    def __call__(self, model, sources, *args, **kwargs):
+        self.calls += 1
+        self.sentences += len(sources)
+        return self.real(model, sources, *args, **kwargs)
 
 
 def _examples(data, n: int = 30) -> list[tuple[str, str]]:
@@ -404,10 +423,60 @@ def test_pseudo_label_view_respects_the_token_ratio(tiny_data, tiny_teacher, tmp
     assert 0 < len(view.split) <= 120 and view.artifact.is_file()
     assert view.metrics["pseudo_label_cached"] == 0.0 and events[-1]["split"] == "pseudo"
     max_tokens = 2048
-    batches = _cycle_batches(view, max_tokens, seed=1)
+    batches = cycle_batches(TRANSLATION, view, max_tokens, seed=1)
     for _ in range(60):  # a few passes over the view
         b = next(batches)
         padded = max(b.src.size(1), b.tgt_out.size(1)) * len(b.indices)
         assert padded <= 0.25 * max_tokens or len(b.indices) == 1
     quiet = PseudoLabel(source="builtin:heldout", max_sentences=120, token_dropout=0, token_swap=0, max_words=15)
     assert quiet.build_view(_ctx(tiny_data, tiny_teacher, tmp_path)).noise is None
+
+
+# --- a lineage: seq_kd, then pseudo_label -----------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def kd_lineage(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("seqkd-lineage")
+    cfg = tiny_config(
+        tmp, "generations.count=2", "ray.enabled=false",
+        "generations.per_generation.1.losses=[{name: seq_kd, weight: 0.5, params: {beam_size: 2}},"
+        " {name: label_smoothing, weight: 0.5}]",
+        "generations.per_generation.2.losses=[{name: pseudo_label, params: {max_sentences: 200, ratio: 0.5}},"
+        " {name: label_smoothing}]",
+    )  # fmt: skip
+    outcome = run_lineage(cfg, Console(quiet=True))
+    return cfg, outcome, read_lineage(outcome.tracking_uri, outcome.lineage_id)
+
+
+def test_lineage_logs_the_terms_and_the_teacher_outputs(kd_lineage, tiny_data):
+    cfg, outcome, info = kd_lineage
+    g0, g1, g2 = info["generations"]
+    assert "loss.seq_kd" in g1["metrics"] and "loss.label_smoothing" in g1["metrics"]
+    assert "loss.pseudo_label" in g2["metrics"] and "loss.seq_kd" not in g2["metrics"]
+    assert g1["metrics"]["seq_kd_cached"] == 0.0 and g1["metrics"]["seq_kd_sentences"] > 500
+    assert g2["metrics"]["pseudo_label_sentences"] > 0
+    client = _client(outcome.tracking_uri)
+    for g, label in ((g1, "seq_kd"), (g2, "pseudo_label")):
+        files = [a.path for a in client.list_artifacts(g["run_id"], "teacher_outputs")]
+        # the file is named by the teacher's checkpoint sha256: this generation's teacher
+        assert files == [f"teacher_outputs/{Path(outcome.results[g['generation']].artifacts[0]).name}"]
+        assert files[0].startswith(f"teacher_outputs/{label}-{g['teacher_checkpoint_sha256'][:16]}-")
+        assert files[0].endswith(".tsv")
+    assert "teacher_outputs" not in {a.path for a in client.list_artifacts(g0["run_id"])}
+
+
+def test_rebuilding_a_view_with_the_same_teacher_reuses_the_cache(kd_lineage, monkeypatch):
+    cfg, outcome, info = kd_lineage
+    from mgkd.tasks.translation import prepare
+
+    data = prepare(cfg)
+    teacher0 = outcome.results[0]
+    teacher, _ = load_checkpoint(Path(teacher0.checkpoint), teacher0.checkpoint_sha256)
+    counter = CountingDecoder(monkeypatch)
+    ctx = ViewContext(teacher.eval(), teacher0.checkpoint_sha256, data, cfg.eval, Path(data.cache_dir) / "teacher",
+                      torch.device("cpu"), cfg.seed + 1, lambda _: None)  # fmt: skip
+    view = SequenceKD(beam_size=2).build_view(ctx)
+    assert view.metrics["seq_kd_cached"] == 1.0 and counter.calls == 0
+    assert str(view.artifact) == outcome.results[1].artifacts[0]
+    assert math.isclose(view.metrics["seq_kd_pseudo_bleu"], info["generations"][1]["metrics"]["seq_kd_pseudo_bleu"])
