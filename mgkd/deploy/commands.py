@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import tempfile
 from dataclasses import dataclass
@@ -48,6 +49,7 @@ def infer(
         given: decoding options the user set (beam_size, max_len_a, max_len_b, length_penalty, max_tokens).
         log: prints a message on stderr (progress, warnings, the summary).
     """
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # stderr is for our progress
     if fmt not in ("tsv", "jsonl"):
         raise MgkdError(f"--format must be tsv or jsonl, got {fmt!r}")
     if engine not in ("torch", "ctranslate2"):

@@ -17,6 +17,7 @@ from mlflow.exceptions import MlflowException
 from rich.console import Console
 
 from mgkd.config import ExperimentConfig, apply_overrides, validate
+from mgkd.deploy.pyfunc import log_generation_model
 from mgkd.errors import MgkdError
 from mgkd.generations import GenerationResult, GenerationSpec, build_schedule
 from mgkd.generations.checkpoint import sha256_file
@@ -61,15 +62,20 @@ def _artifact_root(cfg: ExperimentConfig, tracking_uri: str) -> Path | None:
 
 
 def _record_generation(recorder: LineageRecorder, run_id: str, model_name: str, result: GenerationResult,
-                       tokenizer: Path) -> None:  # fmt: skip
+                       tokenizer: Path, cfg: ExperimentConfig) -> None:  # fmt: skip
     """Everything a finished generation leaves in its run, then the run's end."""
     recorder.log_metrics(run_id, result.metrics, int(result.metrics["steps"]))
     recorder.set_tags(run_id, {TAG_CHECKPOINT_SHA: result.checkpoint_sha256})
+    logged_model = None
     if result.manifest:  # an external model: the list of its folder's files, not a copy of them
         recorder.log_artifact(run_id, result.manifest, "checkpoint")
     else:
         recorder.log_artifact(run_id, result.checkpoint, "checkpoint")
         recorder.log_artifact(run_id, tokenizer, "tokenizer")
+        # The same files as an MLflow model (pyfunc): what the registry version points to.
+        logged_model = log_generation_model(recorder.uri, run_id, Path(result.checkpoint), tokenizer,
+                                         result.checkpoint_sha256, cfg.task,
+                                         {"max_length": cfg.classification.max_length})  # fmt: skip
     if result.translations:
         recorder.log_artifact(run_id, result.translations)
     for path in result.artifacts:  # teacher-made data: pseudo-target corpora, cache manifests
@@ -77,7 +83,7 @@ def _record_generation(recorder: LineageRecorder, run_id: str, model_name: str, 
     samples = {k: [s[k] for s in result.samples] for k in ("source", "reference", "hypothesis")}
     recorder.log_table(run_id, samples, "samples/test_first50.json")
     # The registry's version k is generation k, tagged with the same lineage edges as its run.
-    version = recorder.register(model_name, run_id, "checkpoint", recorder.lineage_tags(run_id))
+    version = recorder.register(model_name, run_id, "checkpoint", recorder.lineage_tags(run_id), logged_model)
     recorder.set_tags(run_id, {TAG_MODEL: model_name, "mgkd.model_version": str(version)})
     recorder.end(run_id, "FINISHED")
 
@@ -234,7 +240,7 @@ def _drive(cfg: ExperimentConfig, specs: list[GenerationSpec], data: PreparedDat
                     result = sweep.best
                 else:
                     result = runner.run(spec, lineage_dir / f"gen-{spec.index}", teacher, events)
-            _record_generation(recorder, run_id, model_name, result, data.cache_dir / "spm.model")
+            _record_generation(recorder, run_id, model_name, result, data.cache_dir / "spm.model", cfg)
             results.append(result)
             run_ids.append(run_id)
             console.print(lineage_table(specs, results, f"after generation {spec.index}"))
