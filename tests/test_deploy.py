@@ -208,3 +208,44 @@ def test_a_line_longer_than_the_limit_is_truncated_and_counted(lineage, tmp_path
     assert r.exit_code == 0, r.output
     assert len(r.stdout.splitlines()) == 2
     assert "1 of 2 lines were longer than the model's limit of 8 tokens" in " ".join(r.stderr.split())
+
+
+def test_predict_gives_each_lines_label_and_probability(lineage, tmp_path):
+    """A classification checkpoint (random weights, the lineage's tokenizer): labels as its own forward pass."""
+    import sentencepiece as spm
+    import torch
+
+    from mgkd.config import ModelConfig
+    from mgkd.generations.checkpoint import save_checkpoint
+    from mgkd.models import build_model
+
+    tok = next(lineage["out"].glob("cache/*/spm.model"))
+    sp = spm.SentencePieceProcessor(model_file=str(tok))
+    torch.manual_seed(0)
+    cfg = ModelConfig(arch="transformer_classifier", d_model=32, n_heads=2, ff_dim=64, encoder_layers=1)
+    model = build_model(cfg, sp.get_piece_size(), 3).eval()
+    labels = ["negative", "neutral", "positive"]
+    ckpt = tmp_path / "clf.pt"
+    sha = save_checkpoint(ckpt, model, sp.get_piece_size(), labels=labels)
+    texts = lineage["sources"][:6] + ["a pair of texts\tand its second half"]
+    (tmp_path / "in.txt").write_text("".join(t + "\n" for t in texts), encoding="utf-8")
+    r = CliRunner().invoke(app, ["predict", str(tmp_path / "in.txt"), "--model", str(ckpt), "--tokenizer", str(tok),
+                                 "--sha256", sha, "--format", "jsonl"])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    got = [json.loads(line) for line in r.stdout.splitlines()]
+    from mgkd.tasks.classification import encode_example
+
+    for text, row in zip(texts, got):
+        a, _, b = text.partition("\t")
+        ids, start = encode_example(sp.encode(a), sp.encode(b) if b else None, 64)
+        seg = torch.zeros(1, len(ids), dtype=torch.long)
+        seg[0, start:] = 1
+        with torch.no_grad():
+            p = model(torch.tensor(ids[None].astype("int64")), seg).logits.softmax(-1)[0]
+        assert row["label"] == labels[int(p.argmax())] and abs(row["probability"] - float(p.max())) < 1e-5
+    tsv = CliRunner().invoke(app, ["predict", str(tmp_path / "in.txt"), "--model", str(ckpt), "--tokenizer",
+                                   str(tok), "--sha256", sha])  # fmt: skip
+    assert [line.split("\t")[0] for line in tsv.stdout.splitlines()] == [row["label"] for row in got]
+    wrong = CliRunner().invoke(app, ["translate", str(tmp_path / "in.txt"), "--model", str(ckpt), "--tokenizer",
+                                     str(tok), "--sha256", sha])  # fmt: skip
+    assert wrong.exit_code == 2 and "use `mgkd predict`" in wrong.stderr
