@@ -448,6 +448,26 @@ def predict(
               "float32", output_format, 512, _log_err)  # fmt: skip
 
 
+@app.command()
+def export(
+    output: Annotated[Path, typer.Option("--output", "-o", help="The model folder to write.")],
+    output_format: Annotated[str, typer.Option("--format", help="ctranslate2 (Transformer translation).")] = (
+        "ctranslate2"
+    ),
+    quantization: Annotated[str, typer.Option(help="float32, int8 or int8_float32.")] = "float32",
+    force: Annotated[bool, typer.Option("--force", help="Replace the folder if it exists.")] = False,
+    model: ModelOpt = None, run: RunOpt = None, generation: GenerationOpt = None, tracking_uri: TrackingOpt = None,
+    output_dir: OutputDirOpt = Path("mgkd-runs"), tokenizer: TokenizerOpt = None, sha256: ShaOpt = None,
+) -> None:  # fmt: skip
+    """Export a generation to an inference engine: a CTranslate2 folder (with its sentencepiece model)."""
+    from mgkd.deploy.commands import ModelChoice
+    from mgkd.deploy.commands import export as export_model
+
+    with user_errors():
+        choice = ModelChoice(model, run, generation, tracking_uri, output_dir, tokenizer, sha256)
+        export_model(choice, output, output_format, quantization, force, _log_err)
+
+
 def _log_err(message: str) -> None:
     err_console.print(message, highlight=False, soft_wrap=True)
 

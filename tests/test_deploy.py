@@ -249,3 +249,86 @@ def test_predict_gives_each_lines_label_and_probability(lineage, tmp_path):
     wrong = CliRunner().invoke(app, ["translate", str(tmp_path / "in.txt"), "--model", str(ckpt), "--tokenizer",
                                      str(tok), "--sha256", sha])  # fmt: skip
     assert wrong.exit_code == 2 and "use `mgkd predict`" in wrong.stderr
+
+
+# -- CTranslate2 export --------------------------------------------------------------------------------
+
+
+def _ids(sp, texts):
+    import numpy as np
+
+    return [np.asarray(sp.encode(t), dtype=np.int64) for t in texts]
+
+
+def test_ctranslate2_float32_greedy_ids_equal_mgkds_own(lineage, tmp_path):
+    """A trained 1+1 model and a random 2+2 one (weights scaled up so every position says something else):
+    CTranslate2's greedy token ids are mgkd's, exactly."""
+    import sentencepiece as spm
+    import torch
+
+    from mgkd.config import ModelConfig
+    from mgkd.deploy.ctranslate2 import CT2Translator, export_checkpoint
+    from mgkd.deploy.inference import DecodeOptions, TorchTranslator
+    from mgkd.generations.checkpoint import load_checkpoint
+    from mgkd.models import build_model
+
+    tok = next(lineage["out"].glob("cache/*/spm.model"))
+    sp = spm.SentencePieceProcessor(model_file=str(tok))
+    trained, payload = load_checkpoint(lineage["dir"] / "gen-1" / "checkpoint.pt")
+    torch.manual_seed(0)
+    deep = build_model(ModelConfig(d_model=32, n_heads=4, ff_dim=48, encoder_layers=2, decoder_layers=2),
+                       sp.get_piece_size())  # fmt: skip
+    with torch.no_grad():
+        for p in deep.parameters():
+            p.normal_(0, 0.3)
+    options = DecodeOptions(max_len_a=1.2, max_len_b=6)
+    ids = _ids(sp, lineage["sources"])
+    for name, model, meta in (("trained", trained, payload), ("deep", deep, {})):
+        model.eval()
+        folder = export_checkpoint(model, meta, tok, tmp_path / name, "float32")
+        ours = TorchTranslator(model, sp, options).decode_batch(ids)
+        theirs = CT2Translator(folder, sp, options, None, model.cfg.max_positions).decode_batch(ids)
+        assert len({tuple(o) for o in ours}) > len(ours) // 2, name  # varied outputs, not one repeated answer
+        assert theirs == ours, name
+
+
+def test_export_cli_int8_loads_translates_and_is_smaller(lineage, tmp_path):
+    import ctranslate2
+    import sentencepiece as spm
+
+    out = str(lineage["out"])
+    for q in ("float32", "int8"):
+        r = CliRunner().invoke(app, ["export", "--output-dir", out, "-o", str(tmp_path / q), "--quantization", q])
+        assert r.exit_code == 0, r.output
+    assert (tmp_path / "int8" / "model.bin").stat().st_size < (tmp_path / "float32" / "model.bin").stat().st_size
+    again = CliRunner().invoke(app, ["export", "--output-dir", out, "-o", str(tmp_path / "int8")])
+    assert again.exit_code == 2 and "exists" in again.stderr
+    r = translate(str(lineage["input"]), "--model", str(tmp_path / "int8"))
+    assert r.exit_code == 0, r.output
+    assert len(r.stdout.splitlines()) == len(lineage["sources"]) and any(r.stdout.split())
+    # The folder's README command, with plain ctranslate2: the float32 export says what mgkd says.
+    folder = tmp_path / "float32"
+    sp = spm.SentencePieceProcessor(model_file=str(folder / "spm.model"))
+    translator = ctranslate2.Translator(str(folder), device="cpu", compute_type="float32")
+    pieces = sp.encode(lineage["sources"][:5], out_type=str)
+    result = translator.translate_batch(pieces, beam_size=1, max_decoding_length=512)
+    plain = [sp.decode(r.hypotheses[0]) for r in result]
+    long_enough = [i for i, h in enumerate(lineage["recorded"][1][:5]) if h == plain[i]]
+    # mgkd stops at max_len_a * n + max_len_b tokens; where that limit did not cut, the texts are the same.
+    assert long_enough, (plain, lineage["recorded"][1][:5])
+    engine = translate(str(lineage["input"]), "--output-dir", out, "--engine", "ctranslate2")
+    assert engine.exit_code == 0, engine.output
+    assert engine.stdout.splitlines() == lineage["recorded"][1]
+
+
+def test_bigru_export_is_refused_naming_what_is_supported(lineage, tmp_path):
+    from mgkd.config import ModelConfig
+    from mgkd.deploy.ctranslate2 import export_checkpoint
+    from mgkd.errors import MgkdError
+    from mgkd.models import build_model
+
+    tok = next(lineage["out"].glob("cache/*/spm.model"))
+    bigru = build_model(ModelConfig(arch="bigru", d_model=32, encoder_layers=1, decoder_layers=1), 400)
+    with pytest.raises(MgkdError, match="supports the architectures transformer; this model is 'bigru'"):
+        export_checkpoint(bigru, {}, tok, tmp_path / "bigru", "int8")
+    assert not (tmp_path / "bigru").exists()

@@ -129,3 +129,21 @@ def _engine(
         folder = export_checkpoint(model, payload, bundle.tokenizer, workdir / "ct2", quantization)
         return CT2Translator(folder, sp, options, max_source_tokens, int(model.cfg.max_positions)), bundle.description
     return build_engine(model, payload, sp, options, bundle.settings, max_source_tokens), bundle.description
+
+
+def export(choice: ModelChoice, output: Path, fmt: str, quantization: str, force: bool, log: Any) -> None:
+    """`mgkd export`: write the chosen generation as a CTranslate2 model folder."""
+    if fmt != "ctranslate2":
+        raise MgkdError(f"--format {fmt!r}: the export format is ctranslate2 (the MLflow pyfunc model of each "
+                        "generation is logged by `mgkd run` already)")  # fmt: skip
+    from mgkd.deploy.ctranslate2 import export_checkpoint
+
+    with tempfile.TemporaryDirectory(prefix="mgkd-export-") as tmp:
+        bundle = resolve(choice.model, choice.run, choice.generation, choice.tracking_uri, choice.output_dir,
+                         choice.tokenizer, choice.sha256, Path(tmp))  # fmt: skip
+        model, payload = bundle.load()
+        folder = export_checkpoint(model, payload, bundle.tokenizer, output, quantization, force, bundle.description)
+        size = (folder / "model.bin").stat().st_size
+        log(f"exported {bundle.description} to {folder} (CTranslate2 {quantization}: model.bin {size / 1e6:.2f} MB; "
+            f"the checkpoint {bundle.checkpoint.stat().st_size / 1e6:.2f} MB)\n"
+            f"  translate: mgkd translate FILE --model {folder}   (plain ctranslate2: {folder}/README.md)")  # fmt: skip
