@@ -15,7 +15,7 @@ import json
 import time
 from pathlib import Path
 
-from mgkd.generations.checkpoint import write_atomic
+from mgkd.files import write_atomic
 from mgkd.generations.spec import GenerationSpec
 from mgkd.generations.training import Events, GenerationResult, resolve_device
 from mgkd.models import count_parameters

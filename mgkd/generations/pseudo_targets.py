@@ -31,7 +31,8 @@ import sentencepiece as spm
 import torch
 from torch import nn
 
-from mgkd.generations.checkpoint import parameter_hash, sha256_file, write_atomic
+from mgkd.files import sha256_file, write_atomic
+from mgkd.generations.checkpoint import parameter_hash
 from mgkd.models.decoding import translate_n_best
 from mgkd.tasks.corpus import Pair
 from mgkd.tasks.translation import SplitData, split_digest

@@ -41,8 +41,8 @@ import torch.nn.functional as F
 from numpy.lib.format import open_memmap
 
 from mgkd.errors import MgkdError
-from mgkd.generations.checkpoint import sha256_file
-from mgkd.models.transformer import Seq2SeqOutput
+from mgkd.files import sha256_file
+from mgkd.outputs import Seq2SeqOutput
 from mgkd.tasks.translation import PAD, Batch, PreparedData, SplitData, batch_indices, collate
 
 FORMAT = "mgkd-teacher-topk-v1"

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from mgkd.errors import MgkdError
-from mgkd.generations.checkpoint import sha256_file, write_atomic
+from mgkd.files import sha256_file, write_atomic
 
 STATE_FILE = "train_state.pt"
 FORMAT = "mgkd-train-state-1"

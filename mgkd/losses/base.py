@@ -30,8 +30,8 @@ from torch import nn
 
 from mgkd.config import EvalConfig, LossTerm, ModelConfig
 from mgkd.errors import MgkdError
-from mgkd.models.transformer import Seq2SeqOutput
-from mgkd.tasks.translation import Batch, PreparedData, SplitData
+from mgkd.outputs import ModelOutput, TargetBatch
+from mgkd.tasks.translation import PreparedData, SplitData
 
 ENTRY_POINT_GROUP = "mgkd.losses"
 VIEWS = ("gold", "seq_kd", "unlabeled")
@@ -95,7 +95,7 @@ class ViewData:
     split: SplitData
     aligned: bool = True
     token_ratio: float = 1.0
-    noise: Callable[[Batch, torch.Generator], Batch] | None = None
+    noise: Callable[[Any, torch.Generator], Any] | None = None
     artifact: Path | None = None
     metrics: dict[str, float] | None = None
 
@@ -122,7 +122,7 @@ class LossPlugin:
     # Share of the training budget done, in [0, 1]; set by the trainer every step.
     progress: float = 0.0
 
-    def __call__(self, student: Seq2SeqOutput, teacher: Seq2SeqOutput | None, batch: Batch) -> torch.Tensor:
+    def __call__(self, student: ModelOutput, teacher: ModelOutput | None, batch: TargetBatch) -> torch.Tensor:
         raise NotImplementedError
 
     def check(self, student: ModelConfig, teacher: ModelConfig | None) -> None:
@@ -202,7 +202,7 @@ def create(term: LossTerm) -> LossPlugin:
         raise MgkdError(f"loss {term.name!r}: {e}") from None
 
 
-Output = tuple[Seq2SeqOutput, Seq2SeqOutput | None, Batch]
+Output = tuple[ModelOutput, ModelOutput | None, TargetBatch]
 
 
 class Criterion:
@@ -259,9 +259,9 @@ class Criterion:
 
     def __call__(
         self,
-        student: Seq2SeqOutput | None,
-        teacher: Seq2SeqOutput | None = None,
-        batch: Batch | None = None,
+        student: ModelOutput | None,
+        teacher: ModelOutput | None = None,
+        batch: TargetBatch | None = None,
         views: dict[str, Output] | None = None,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Total loss and each raw term. `views` maps a view to (student output, teacher output, batch);

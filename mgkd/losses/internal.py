@@ -20,9 +20,8 @@ from torch import nn
 from mgkd.config import ModelConfig
 from mgkd.errors import MgkdError
 from mgkd.losses.base import LossPlugin, TeacherNeeds, register
-from mgkd.models.transformer import Seq2SeqOutput
-from mgkd.tasks.classification import ClassBatch
-from mgkd.tasks.translation import PAD, Batch
+from mgkd.outputs import ModelOutput, TargetBatch
+from mgkd.vocabulary import PAD
 
 SIDES = ("encoder", "decoder")  # bottom-up: the decoder reads the encoder's output
 FEATURES = ("hidden", "attention")
@@ -346,7 +345,7 @@ class InternalRepresentation(LossPlugin):
 
     # -- the term ----------------------------------------------------------------
 
-    def __call__(self, student: Seq2SeqOutput, teacher: Seq2SeqOutput | None, batch: Batch) -> torch.Tensor:
+    def __call__(self, student: ModelOutput, teacher: ModelOutput | None, batch: TargetBatch) -> torch.Tensor:
         if teacher is None:
             raise ValueError("internal needs a teacher; generation 0 has none")
         if not self.pairs:
@@ -357,7 +356,7 @@ class InternalRepresentation(LossPlugin):
                 return self._weighted(student, teacher, batch)
         return self._weighted(student, teacher, batch)
 
-    def _weighted(self, student: Seq2SeqOutput, teacher: Seq2SeqOutput, batch: Batch) -> torch.Tensor:
+    def _weighted(self, student: ModelOutput, teacher: ModelOutput, batch: TargetBatch) -> torch.Tensor:
         masks = _masks(batch)
         total: torch.Tensor | float = 0.0
         weights = 0.0
@@ -376,13 +375,13 @@ class InternalRepresentation(LossPlugin):
 # -- helpers -------------------------------------------------------------------
 
 
-def _masks(batch: Batch | ClassBatch) -> dict[tuple[str, str], torch.Tensor]:
-    """Where each (side, feature) is compared: real tokens; a classifier's hidden states at [CLS] only
-    (the vector its prediction reads, as Aguilar et al. match it)."""
-    if isinstance(batch, ClassBatch):
-        return {("encoder", "hidden"): batch.cls_mask(), ("encoder", "attention"): batch.src.ne(PAD)}
-    enc, dec = batch.src.ne(PAD), batch.tgt_out.ne(PAD)
-    return {(side, feature): (enc if side == "encoder" else dec) for side in SIDES for feature in FEATURES}
+def _masks(batch: TargetBatch) -> dict[tuple[str, str], torch.Tensor]:
+    """Where each (side, feature) is compared: attention at every real query; encoder hidden states where
+    the prediction reads them (every real token of a seq2seq model, a classifier's [CLS] only, as
+    Aguilar et al. match it); decoder states at real target tokens."""
+    dec = batch.target_mask
+    return {("encoder", "hidden"): batch.readout_mask(), ("encoder", "attention"): batch.src.ne(PAD),
+            ("decoder", "hidden"): dec, ("decoder", "attention"): dec}  # fmt: skip
 
 
 def _error(message: str) -> MgkdError:
@@ -409,7 +408,7 @@ def _model_config(model: nn.Module, who: str) -> ModelConfig:
     return cfg
 
 
-def _feature(out: Seq2SeqOutput, p: LayerPair, who: str) -> torch.Tensor:
+def _feature(out: Any, p: LayerPair, who: str) -> torch.Tensor:
     """The (B, L, D) hidden states or (B, H, Lq, Lk) attention of layer p.<who> on p.side."""
     if p.feature == "hidden":
         layers = out.encoder_hidden if p.side == "encoder" else out.decoder_hidden

@@ -6,9 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from mgkd.losses.base import LossPlugin, register
-from mgkd.models.transformer import Seq2SeqOutput
-from mgkd.tasks.classification import ClassBatch
-from mgkd.tasks.translation import PAD, Batch
+from mgkd.outputs import ModelOutput, TargetBatch
 
 
 @register
@@ -28,13 +26,13 @@ class LabelSmoothing(LossPlugin):
             raise ValueError(f"smoothing must be in [0, 1), got {smoothing}")
         self.smoothing = float(smoothing)
 
-    def __call__(self, student: Seq2SeqOutput, teacher: Seq2SeqOutput | None, batch: Batch) -> torch.Tensor:
+    def __call__(self, student: ModelOutput, teacher: ModelOutput | None, batch: TargetBatch) -> torch.Tensor:
+        # Token targets (B, T) with (B, T, V) logits, or one label per example (B,) with (B, C) logits:
+        # flattened alike; padding tokens are skipped by `ignore_index`.
         logits = student.logits
-        if isinstance(batch, ClassBatch):  # one label per example: (B, C) logits
-            return F.cross_entropy(logits.float(), batch.labels, label_smoothing=self.smoothing)
         return F.cross_entropy(
             logits.reshape(-1, logits.size(-1)).float(),
-            batch.tgt_out.reshape(-1),
-            ignore_index=PAD,
+            batch.targets.reshape(-1),
+            ignore_index=batch.ignore_index,
             label_smoothing=self.smoothing,
         )

@@ -15,8 +15,10 @@ the data per step. Mix with the gold loss by the terms' weights:
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 
@@ -24,11 +26,12 @@ from mgkd.config import ModelConfig
 from mgkd.errors import MgkdError
 from mgkd.losses.base import LossPlugin, TeacherNeeds, ViewContext, ViewData, register
 from mgkd.losses.sequence import token_cross_entropy
-from mgkd.models.transformer import Seq2SeqOutput
+from mgkd.outputs import ModelOutput, TargetBatch
 from mgkd.tasks.monolingual import HELDOUT, check_source, read_sources
-from mgkd.tasks.translation import EOS, PAD, Batch
+from mgkd.vocabulary import EOS, PAD
 
 PARAM = "loss 'pseudo_label' params.source"
+B = TypeVar("B", bound=TargetBatch)  # a batch dataclass: the noise gives back the same type
 
 
 @dataclass(frozen=True)
@@ -46,7 +49,7 @@ class SourceNoise:
     dropout: float = 0.1
     swap: float = 0.1
 
-    def __call__(self, batch: Batch, generator: torch.Generator) -> Batch:
+    def __call__(self, batch: B, generator: torch.Generator) -> B:
         src = batch.src.cpu()
         drop_draw = torch.rand(src.shape, generator=generator)
         swap_draw = torch.rand(src.shape, generator=generator)
@@ -70,7 +73,7 @@ class SourceNoise:
         for r, kept in enumerate(rows):
             out[r, : len(kept)] = torch.tensor(kept, dtype=src.dtype)
             out[r, len(kept)] = EOS
-        return Batch(batch.indices, out.to(batch.src.device), batch.tgt_in, batch.tgt_out)
+        return dataclasses.replace(batch, src=out.to(batch.src.device))  # type: ignore[type-var]
 
 
 @register
@@ -128,8 +131,8 @@ class PseudoLabel(LossPlugin):
         # A missing or unreadable file must stop the run before generation 0 trains.
         check_source(self.source, PARAM)
 
-    def __call__(self, student: Seq2SeqOutput, teacher: Seq2SeqOutput | None, batch: Batch) -> torch.Tensor:
-        return token_cross_entropy(student.logits, batch.tgt_out, self.smoothing)
+    def __call__(self, student: ModelOutput, teacher: ModelOutput | None, batch: TargetBatch) -> torch.Tensor:
+        return token_cross_entropy(student.logits, batch.targets, self.smoothing)
 
     def build_view(self, ctx: ViewContext) -> ViewData:
         from mgkd.generations.pseudo_targets import DecodeSettings, teacher_outputs, to_split

@@ -21,8 +21,8 @@ import torch
 import torch.nn.functional as F
 
 from mgkd.losses.base import LossPlugin, TeacherNeeds, ViewContext, ViewData, register
-from mgkd.models.transformer import Seq2SeqOutput
-from mgkd.tasks.translation import PAD, Batch
+from mgkd.outputs import ModelOutput, TargetBatch
+from mgkd.vocabulary import PAD
 
 SELECT = ("top", "inter")
 
@@ -95,8 +95,8 @@ class SequenceKD(LossPlugin):
         self.smoothing = float(smoothing)
         self.max_sentences = max_sentences
 
-    def __call__(self, student: Seq2SeqOutput, teacher: Seq2SeqOutput | None, batch: Batch) -> torch.Tensor:
-        return token_cross_entropy(student.logits, batch.tgt_out, self.smoothing)
+    def __call__(self, student: ModelOutput, teacher: ModelOutput | None, batch: TargetBatch) -> torch.Tensor:
+        return token_cross_entropy(student.logits, batch.targets, self.smoothing)
 
     def build_view(self, ctx: ViewContext) -> ViewData:
         # The store runs the teacher, so it lives with the generation code (which imports

@@ -6,9 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from mgkd.losses.base import LossPlugin, TeacherNeeds, register
-from mgkd.models.transformer import Seq2SeqOutput
-from mgkd.tasks.classification import ClassBatch
-from mgkd.tasks.translation import PAD, Batch
+from mgkd.outputs import ModelOutput, TargetBatch
 
 
 def soft_label_kd(
@@ -80,13 +78,10 @@ class SoftLabel(LossPlugin):
             return self.temperature
         return self.temperature + (self.final_temperature - self.temperature) * self.progress
 
-    def __call__(self, student: Seq2SeqOutput, teacher: Seq2SeqOutput | None, batch: Batch) -> torch.Tensor:
+    def __call__(self, student: ModelOutput, teacher: ModelOutput | None, batch: TargetBatch) -> torch.Tensor:
         if teacher is None:
             raise ValueError("soft_label needs a teacher; generation 0 has none")
-        if isinstance(batch, ClassBatch):
-            mask = torch.ones(batch.labels.shape, dtype=torch.bool, device=batch.labels.device)
-        else:
-            mask = batch.tgt_out.ne(PAD)
+        mask = batch.target_mask  # per token, or one distribution per example for a classifier
         t = self.current_temperature()
         if not self.top_k:
             return soft_label_kd(student.logits, teacher.logits, mask, t)

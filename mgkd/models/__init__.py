@@ -8,7 +8,8 @@ from mgkd.config import ModelConfig
 from mgkd.errors import MgkdError
 from mgkd.models.bigru import BiGRUSeq2Seq
 from mgkd.models.classifier import TransformerClassifier
-from mgkd.models.transformer import Seq2SeqOutput, TransformerSeq2Seq
+from mgkd.models.transformer import TransformerSeq2Seq
+from mgkd.outputs import Seq2SeqOutput
 
 MODELS: dict[str, type[nn.Module]] = {
     "transformer": TransformerSeq2Seq,

@@ -37,8 +37,8 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from mgkd.config import ModelConfig
-from mgkd.models.transformer import Seq2SeqOutput
-from mgkd.tasks.translation import PAD
+from mgkd.outputs import Seq2SeqOutput
+from mgkd.vocabulary import PAD
 
 
 @dataclass

@@ -10,25 +10,14 @@ seq2seq model's encoder does.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
 from mgkd.config import ModelConfig
 from mgkd.models.transformer import EncoderLayer, sinusoids
-from mgkd.tasks.translation import PAD
-
-
-@dataclass
-class ClassifierOutput:
-    logits: torch.Tensor  # (B, C)
-    # Filled on request: per layer, (B, L, D) hidden states and (B, H, L, L) attention probabilities.
-    encoder_hidden: list[torch.Tensor] = field(default_factory=list)
-    encoder_attention: list[torch.Tensor] = field(default_factory=list)
-    # What soft_label reads from a cached teacher; never set for classifiers (their teachers run online).
-    topk_logprobs: torch.Tensor | None = None
-    topk_indices: torch.Tensor | None = None
+from mgkd.outputs import ClassifierOutput
+from mgkd.vocabulary import PAD
 
 
 class TransformerClassifier(nn.Module):

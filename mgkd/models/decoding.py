@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 import torch
 import torch.nn.functional as F
 
-from mgkd.tasks.translation import BOS, EOS, pad_sources
+from mgkd.vocabulary import BOS, EOS, pad_sources
 
 
 @torch.no_grad()

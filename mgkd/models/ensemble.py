@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mgkd.errors import MgkdError
-from mgkd.models.transformer import Seq2SeqOutput
+from mgkd.outputs import Seq2SeqOutput
 
 
 @dataclass

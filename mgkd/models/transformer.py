@@ -9,28 +9,15 @@ layer's output and attention probabilities.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from mgkd.config import ModelConfig
-from mgkd.tasks.translation import PAD
-
-
-@dataclass
-class Seq2SeqOutput:
-    logits: torch.Tensor  # (B, T, V)
-    # Filled on request: per layer, (B, L, D) hidden states and (B, H, Lq, Lk) attention.
-    encoder_hidden: list[torch.Tensor] = field(default_factory=list)
-    decoder_hidden: list[torch.Tensor] = field(default_factory=list)
-    encoder_attention: list[torch.Tensor] = field(default_factory=list)
-    decoder_self_attention: list[torch.Tensor] = field(default_factory=list)
-    decoder_cross_attention: list[torch.Tensor] = field(default_factory=list)
-    # A cached teacher's signal: its k best log-probs per target token (B, T, k) and their token ids.
-    topk_logprobs: torch.Tensor | None = None
-    topk_indices: torch.Tensor | None = None
+from mgkd.outputs import Seq2SeqOutput
+from mgkd.vocabulary import PAD
 
 
 @dataclass

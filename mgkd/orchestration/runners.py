@@ -27,8 +27,8 @@ from typing import Any
 
 from mgkd.config import RayConfig
 from mgkd.errors import MgkdError
+from mgkd.files import write_atomic
 from mgkd.generations import GenerationResult, GenerationSpec, train_generation
-from mgkd.generations.checkpoint import write_atomic
 from mgkd.generations.training import Events
 from mgkd.tasks.translation import PreparedData
 

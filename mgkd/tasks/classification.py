@@ -32,16 +32,14 @@ import torch
 
 from mgkd.config import ClassificationDataConfig, ExperimentConfig
 from mgkd.errors import MgkdError
+from mgkd.files import write_atomic
 from mgkd.tasks.translation import (
-    BOS,
-    EOS,
-    PAD,
     SPLITS,
-    _write_atomic,
     length_batches,
     split_pairs,
     train_sentencepiece,
 )
+from mgkd.vocabulary import BOS, EOS, PAD
 
 # sentencepiece's <s> and </s> serve as [CLS] and [SEP]: the vocabulary needs no extra pieces.
 CLS, SEP = BOS, EOS
@@ -384,7 +382,7 @@ def prepare_classification(cfg: ExperimentConfig, log: Callable[[str], None] = l
     else:
         train_text = [t for e in splits["train"] for t in (e.text, e.text_pair) if t]
         spm_model = train_sentencepiece(train_text, cfg.tokenizer, cfg.seed)
-        _write_atomic(model_path, spm_model)
+        write_atomic(model_path, spm_model)
         log(f"tokenizer: trained sentencepiece ({cfg.tokenizer.vocab_size} pieces) on {len(train_text)} texts")
     sp = spm.SentencePieceProcessor(model_proto=spm_model)
     index = {name: i for i, name in enumerate(label_names)}
@@ -403,7 +401,7 @@ def prepare_classification(cfg: ExperimentConfig, log: Callable[[str], None] = l
         )  # fmt: skip
         lines = "".join(json.dumps({"id": e.id, "text": e.text, "text_pair": e.text_pair, "label": e.label},
                                    ensure_ascii=False) + "\n" for e in ex)  # fmt: skip
-        _write_atomic(cache / f"{name}.jsonl", lines.encode("utf-8"))
+        write_atomic(cache / f"{name}.jsonl", lines.encode("utf-8"))
     counts = np.bincount(data.splits["train"].labels, minlength=len(label_names))
     kept = sum(len(s) for s in splits.values())
     log(
@@ -434,8 +432,21 @@ class ClassBatch:
     def tokens(self) -> int:
         return int(self.src.ne(PAD).sum())
 
-    def cls_mask(self) -> torch.Tensor:
-        """(B, S) True at [CLS] only: where the internal-representation loss compares hidden states."""
+    # The loss-facing view (mgkd.outputs.TargetBatch): one class id per example, every one real.
+    @property
+    def targets(self) -> torch.Tensor:
+        return self.labels
+
+    @property
+    def target_mask(self) -> torch.Tensor:
+        return torch.ones(self.labels.shape, dtype=torch.bool, device=self.labels.device)
+
+    @property
+    def ignore_index(self) -> int:
+        return -100  # cross-entropy's default: no class id, so no example is skipped
+
+    def readout_mask(self) -> torch.Tensor:
+        """(B, S) True at [CLS] only: the state the prediction reads, where `internal` compares hidden states."""
         mask = torch.zeros_like(self.src, dtype=torch.bool)
         mask[:, 0] = True
         return mask

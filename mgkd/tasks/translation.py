@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
 import random
 import time
 from collections.abc import Callable, Iterator
@@ -24,9 +23,10 @@ import torch
 
 from mgkd.config import ExperimentConfig, SplitConfig, TokenizerConfig
 from mgkd.errors import MgkdError
+from mgkd.files import write_atomic
 from mgkd.tasks.corpus import Pair, read_corpus
+from mgkd.vocabulary import BOS, EOS, PAD, UNK, pad_sources
 
-PAD, UNK, BOS, EOS = 0, 1, 2, 3
 SPLITS = ("train", "valid", "test")
 
 
@@ -166,12 +166,6 @@ def _content_hash(cfg: ExperimentConfig, digests: dict[str, str]) -> str:
     return h.hexdigest()
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
 def _tokenize(sp: spm.SentencePieceProcessor, texts: list[str]) -> list[np.ndarray]:
     return [np.asarray(ids, dtype=np.int32) for ids in sp.encode(texts)]
 
@@ -192,7 +186,7 @@ def prepare(cfg: ExperimentConfig, log: Callable[[str], None] = lambda _: None) 
     else:
         train_text = [t for p in splits["train"] for t in (p.source, p.target)]
         spm_model = train_sentencepiece(train_text, cfg.tokenizer, cfg.seed)
-        _write_atomic(model_path, spm_model)
+        write_atomic(model_path, spm_model)
         log(f"tokenizer: trained sentencepiece ({cfg.tokenizer.vocab_size} pieces) on {len(train_text)} sentences")
     sp = spm.SentencePieceProcessor(model_proto=spm_model)
     data = PreparedData(spm_model=spm_model, data_hash=data_hash, splits={}, cache_dir=cache)
@@ -232,8 +226,8 @@ def _write_arrays(cache: Path, data: PreparedData) -> None:
             json.dumps({"id": i, "source": a, "target": b}, ensure_ascii=False) + "\n"
             for i, a, b in zip(s.ids, s.sources, s.targets)
         )
-        _write_atomic(cache / f"{name}.jsonl", lines.encode("utf-8"))
-        _write_atomic(npz, buf.getvalue())
+        write_atomic(cache / f"{name}.jsonl", lines.encode("utf-8"))
+        write_atomic(npz, buf.getvalue())
 
 
 # --- batches -------------------------------------------------------------------
@@ -253,14 +247,21 @@ class Batch:
     def target_tokens(self) -> int:
         return int((self.tgt_out != PAD).sum())
 
+    # The loss-facing view (mgkd.outputs.TargetBatch): targets are tokens, PAD where there is none.
+    @property
+    def targets(self) -> torch.Tensor:
+        return self.tgt_out
 
-def pad_sources(src: list[np.ndarray]) -> torch.Tensor:
-    width = max(len(a) for a in src) + 1
-    out = torch.full((len(src), width), PAD, dtype=torch.long)
-    for i, a in enumerate(src):
-        out[i, : len(a)] = torch.from_numpy(a.astype(np.int64))
-        out[i, len(a)] = EOS
-    return out
+    @property
+    def target_mask(self) -> torch.Tensor:
+        return self.tgt_out.ne(PAD)
+
+    @property
+    def ignore_index(self) -> int:
+        return PAD
+
+    def readout_mask(self) -> torch.Tensor:
+        return self.src.ne(PAD)
 
 
 def collate(split: SplitData, indices: list[int]) -> Batch:
