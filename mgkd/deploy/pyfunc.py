@@ -10,8 +10,11 @@ seconds inferring them by loading the model in a subprocess.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
+import shutil
+import tempfile
 import warnings
 from collections.abc import Iterator
 from importlib.metadata import PackageNotFoundError, version
@@ -46,7 +49,7 @@ class DistilledModel(mlflow.pyfunc.PythonModel):
         from mgkd.deploy.inference import DecodeOptions, build_engine
         from mgkd.generations.checkpoint import load_checkpoint
 
-        cfg = context.model_config or {}
+        cfg = json.loads(Path(context.artifacts["settings"]).read_text(encoding="utf-8"))
         model, payload = load_checkpoint(Path(context.artifacts["checkpoint"]), cfg.get("checkpoint_sha256"))
         model.eval()
         sp = spm.SentencePieceProcessor(model_file=context.artifacts["tokenizer"])
@@ -111,7 +114,9 @@ def log_generation_model(tracking_uri: str, run_id: str, checkpoint: Path, token
     import pandas as pd
 
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-    config = {"checkpoint_sha256": sha256, **(settings or {})}
+    # The settings travel as an artifact, not as model_config: MLflow would log model_config as run params.
+    tmp = Path(tempfile.mkdtemp(prefix="mgkd-pyfunc-"))
+    (tmp / "settings.json").write_text(json.dumps({"checkpoint_sha256": sha256, **(settings or {})}), encoding="utf-8")
     code = str(Path(__file__).resolve().parents[1])  # the mgkd package
     with (
         _tracking(tracking_uri),
@@ -125,12 +130,16 @@ def log_generation_model(tracking_uri: str, run_id: str, checkpoint: Path, token
         info = mlflow.pyfunc.log_model(
             name="model",
             python_model=DistilledModel(),
-            artifacts={"checkpoint": str(checkpoint), "tokenizer": str(tokenizer)},
+            artifacts={
+                "checkpoint": str(checkpoint),
+                "tokenizer": str(tokenizer),
+                "settings": str(tmp / "settings.json"),
+            },
             code_paths=[code],
             signature=signature(task),
             input_example=pd.DataFrame({"text": EXAMPLE_TEXTS[task]}),
             pip_requirements=pinned_requirements(),
-            model_config=config,
         )
         location = mlflow.MlflowClient(tracking_uri).get_logged_model(info.model_id).artifact_location
+    shutil.rmtree(tmp, ignore_errors=True)
     return info.model_id, location
