@@ -28,6 +28,7 @@ from pydantic import (
 )
 
 from mgkd.errors import MgkdError
+from mgkd.hf_folder import INSTALL_HINT, check_hf_folder
 
 
 class _Strict(BaseModel):
@@ -218,9 +219,6 @@ class ExternalTeacherConfig(_Strict):
     @field_validator("path")
     @classmethod
     def _folder_holds_a_seq2seq_model(cls, v: Path) -> Path:
-        # Imported here: mgkd.models imports this module.
-        from mgkd.models.external import INSTALL_HINT, check_hf_folder
-
         folder = Path(v).expanduser().resolve()  # absolute: Ray workers may start elsewhere
         try:
             check_hf_folder(folder)

@@ -61,7 +61,7 @@ class GenerationSpec:
     def as_params(self) -> dict[str, Any]:
         """Flat key -> value view for MLflow params."""
         if self.external is not None:  # no model, budget or losses of ours: the folder and how it decodes
-            from mgkd.models.external import model_params
+            from mgkd.hf_folder import model_params
 
             ext = {f"external.{k}": v for k, v in self.external.model_dump(mode="json").items()}
             return {"generation": self.index, "seed": self.seed, **model_params(self.external.path), **ext,
