@@ -20,7 +20,7 @@ from mgkd.config import (
 from mgkd.errors import MgkdError
 from mgkd.losses import Criterion
 from mgkd.losses.base import registry
-from mgkd.models import TASK_ARCHS, check_arch
+from mgkd.models import architecture, check_model, task_architectures
 from mgkd.models.cutting import plan_cut
 
 
@@ -133,9 +133,9 @@ def shrink_model(model: ModelConfig, shrink: ShrinkConfig) -> ModelConfig:
     f = shrink.factor
     if shrink.dimension == "layers":
         fewer = lambda n: max(shrink.min_layers, min(n, round(n * f)))  # noqa: E731
-        return model.model_copy(
-            update={"encoder_layers": fewer(model.encoder_layers), "decoder_layers": fewer(model.decoder_layers)}
-        )
+        # Every layer stack the architecture declares (a classifier's encoder only).
+        stacks = [count for _, count in architecture(model.arch).layers]
+        return model.model_copy(update={count: fewer(getattr(model, count)) for count in stacks})
     heads = model.n_heads
     d = max(shrink.min_d_model, int(math.floor(model.d_model * f / (8 * heads))) * 8 * heads)
     ff = max(d, int(round(model.ff_dim * d / model.d_model)))
@@ -201,11 +201,11 @@ def _check_task(cfg: ExperimentConfig, specs: list[GenerationSpec]) -> None:
                 raise MgkdError(f"{where}: an external (Hugging Face seq2seq) teacher is for task translation, "
                                 f"not {task}; drop generations.teacher.external")  # fmt: skip
             continue
-        check_arch(spec.model.arch)
-        if spec.model.arch not in TASK_ARCHS[task]:
+        check_model(spec.model, where)
+        if spec.model.arch not in task_architectures(task):
             raise MgkdError(
                 f"{where}: arch {spec.model.arch!r} does not fit task {task!r} (its architectures: "
-                f"{', '.join(sorted(TASK_ARCHS[task]))}); set model.arch"
+                f"{', '.join(sorted(task_architectures(task)))}); set model.arch"
                 + ("; `--task classification` with no --config runs the classification preset"
                    if task == "classification" else "")
             )  # fmt: skip
@@ -264,7 +264,7 @@ def _check_external_student(spec: GenerationSpec, external: ExternalTeacherConfi
 
 def _check(spec: GenerationSpec, teacher: GenerationSpec | None) -> GenerationSpec:
     where = "generations.teacher" if spec.index == 0 else f"generation {spec.index}"
-    check_arch(spec.model.arch)
+    check_model(spec.model, where)
     try:
         criterion = Criterion(spec.losses)
     except MgkdError as e:
