@@ -22,6 +22,7 @@ from mgkd.losses import Criterion
 from mgkd.losses.base import registry
 from mgkd.models import architecture, check_model, task_architectures
 from mgkd.models.cutting import plan_cut
+from mgkd.tasks.monolingual import check_source
 
 
 @dataclass(frozen=True)
@@ -262,6 +263,13 @@ def _check_external_student(spec: GenerationSpec, external: ExternalTeacherConfi
     return external
 
 
+def _check_terms(criterion: Criterion, student: ModelConfig, teacher: ModelConfig | None) -> None:
+    """The loss terms fit these models, and the source-only text they read exists (before anything trains)."""
+    criterion.check(student, teacher)
+    for param, source in criterion.unlabeled_sources().items():
+        check_source(source, param)
+
+
 def _check(spec: GenerationSpec, teacher: GenerationSpec | None) -> GenerationSpec:
     where = "generations.teacher" if spec.index == 0 else f"generation {spec.index}"
     check_model(spec.model, where)
@@ -276,7 +284,7 @@ def _check(spec: GenerationSpec, teacher: GenerationSpec | None) -> GenerationSp
                 f"{where}: loss(es) {', '.join(names)} need a teacher, but generation 0 has none; use label_smoothing"
             )
     try:
-        criterion.check(spec.model, teacher.model if teacher else None)
+        _check_terms(criterion, spec.model, teacher.model if teacher else None)
     except MgkdError as e:
         raise MgkdError(f"{where}: {e}") from None
     if spec.init == "teacher" and teacher is not None and spec.model.arch != teacher.model.arch:
@@ -292,7 +300,7 @@ def _check(spec: GenerationSpec, teacher: GenerationSpec | None) -> GenerationSp
         for point in search_corners(spec.search):
             trial = apply_search(spec, point)
             try:
-                Criterion(trial.losses).check(trial.model, teacher.model if teacher else None)
+                _check_terms(Criterion(trial.losses), trial.model, teacher.model if teacher else None)
             except MgkdError as e:
                 raise MgkdError(f"{where}: search.space {point}: {e}") from None
     shape = lambda m: m.model_dump(exclude={"dropout"})  # noqa: E731
