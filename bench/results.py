@@ -5,13 +5,17 @@
     python bench/results.py --budget demo --report-only --out RESULTS.md    # no training: report what finished
 
 The matrix (every lineage through mgkd's CLI, `mgkd run` / `mgkd resume` / `mgkd evaluate`):
-  A  born-again: the budget's teacher + generations 1-4, one lineage per seed; and its control on the first
-     seed's lineage: generations 9-12, the same chain from the same teacher, same init and budget, without KD
-     (gold labels only), which says how much of A's gain is the extra training rather than the teacher
-  B  a ~4x smaller student from the same teacher (teacher_generations [0]) with four recipes, same budget:
-     word-level KD (soft_label), from scratch (label loss only), seq-KD, seq-KD + internal
-  C  label-smoothed vs plain teacher as a teacher (Mueller et al. 2019): lineage B's gen 0 + gen 1 (smoothing
-     0.1) against a lineage whose teacher has smoothing 0 and whose gen 1 is B's gen 1 recipe, seed included
+  A  born-again: the budget's teacher + generations 1-4, one lineage per seed, each with its matched controls
+     (`generations.control: true`: beside each distilled generation, its twin with the same initial weights,
+     seed, data order and budget on gold labels only), which say how much of A's gain is the extra training
+     rather than the teacher; the verdict of each step is gated on the spread over seeds
+  B  a ~4x smaller student from the same teacher (teacher_generations [0]) with four recipes, same budget and
+     one pinned seed: word-level KD (soft_label), from scratch (label loss only), seq-KD, seq-KD + internal
+  C  label-smoothed vs plain teacher as a teacher (Mueller et al. 2019): lineage B's gen 0 + gen 5 (smoothing
+     0.1) against a lineage whose teacher has smoothing 0 and whose gen 1 is B's gen 5 recipe, seed included
+
+Before a table says "only X differs", the script checks the runs' MLflow params (seed included) and their
+initial-weight hashes (mgkd.init_sha256), and stops if more differs (mgkd.lineage.compare).
   D  `mgkd evaluate --ensemble 1,2,3,4` of each A lineage vs its best single generation
   E  configs/full.yaml: validated and a few steps run (`--set` overrides), not trained to completion
 
@@ -43,6 +47,8 @@ sys.path.insert(0, str(ROOT))
 
 from mgkd.config import apply_overrides, load_raw, validate  # noqa: E402
 from mgkd.errors import MgkdError  # noqa: E402
+from mgkd.generations.controls import CONTROL_MAY_DIFFER  # noqa: E402
+from mgkd.lineage.compare import check_only, params_diff, verdict  # noqa: E402
 from mgkd.lineage.tracking import TAG_KIND, TAG_LINEAGE, lineage_config, mlflow_client, read_last_lineage  # noqa: E402
 from mgkd.lineage.tracking import read_lineage as _read_lineage  # noqa: E402
 
@@ -154,19 +160,15 @@ RECIPES = {
 }
 
 
-# A's control: generations 9-12 continue from generation 0 as 1-4 do (init teacher, the students' budget) with
-# the label loss only, so they differ from 1-4 in the teacher's signal alone.
-CONTROL = [9, 10, 11, 12]
+# B's students (and C's) are compared with each other: one pinned seed for all of them, so they start from the
+# same weights and see the same batches (without it generation k's seed is seed + k).
+SMALL_SEED_OFFSET = 5
 
 
-def _control(k: int) -> dict[str, Any]:
-    return {"init": "teacher", "teacher_generations": [0 if k == CONTROL[0] else k - 1],
-            "losses": _losses("scratch", {})}  # fmt: skip
-
-
-def _small(budget: Budget, recipe: str) -> dict[str, Any]:
+def _small(budget: Budget, recipe: str, seed: int) -> dict[str, Any]:
     return {"model": dict(budget.small_model), "train": dict(budget.small_train), "init": "scratch",
-            "teacher_generations": [0], "losses": _losses(recipe, budget.seq_kd)}  # fmt: skip
+            "teacher_generations": [0], "losses": _losses(recipe, budget.seq_kd),
+            "seed": seed + SMALL_SEED_OFFSET}  # fmt: skip
 
 
 def matrix(budget: Budget, seeds: list[int], runs: Path, ray: bool) -> dict[str, Lineage]:
@@ -184,12 +186,12 @@ def matrix(budget: Budget, seeds: list[int], runs: Path, ray: bool) -> dict[str,
         raw["seed"] = seed
         raw["name"] = "results_born_again"
         raw["generations"]["count"] = 4
-        if i == 0:  # B's small students and A's control ride on this lineage's teacher
-            raw["generations"]["count"] = max(CONTROL)
-            per = {k: _small(budget, r) for k, (r, _) in RECIPES.items()}
-            raw["generations"]["per_generation"] = {**per, **{k: _control(k) for k in CONTROL}}
-            add(f"ab-seed{seed}", raw, f"A+B: born-again generations 1-4, small students 5-8 and A's control 9-12, "
-                f"seed {seed}", "AB")  # fmt: skip
+        raw["generations"]["control"] = True  # every distilled generation with its matched control
+        if i == 0:  # B's small students ride on this lineage's teacher
+            raw["generations"]["count"] = max(RECIPES)
+            raw["generations"]["per_generation"] = {k: _small(budget, r, seed) for k, (r, _) in RECIPES.items()}
+            add(f"ab-seed{seed}", raw, f"A+B: born-again generations 1-4 and small students 5-8, with their "
+                f"matched controls, seed {seed}", "AB")  # fmt: skip
         else:
             add(f"a-born-again-seed{seed}", raw, f"A: born-again lineage, seed {seed}", "A")
     raw = copy.deepcopy(base)
@@ -197,7 +199,7 @@ def matrix(budget: Budget, seeds: list[int], runs: Path, ray: bool) -> dict[str,
     raw["generations"]["count"] = 1
     raw["generations"]["teacher"] = {"losses": [{"name": "label_smoothing", "weight": 1.0,
                                                  "params": {"smoothing": 0.0}}]}  # fmt: skip
-    raw["generations"]["per_generation"] = {1: _small(budget, RECIPES[5][0])}
+    raw["generations"]["per_generation"] = {1: _small(budget, RECIPES[5][0], seeds[0])}
     add("c-plain-teacher", raw, "C: plain (no label smoothing) teacher + the word-KD small student", "C")
     return out
 
@@ -338,6 +340,16 @@ class Record:
                 return g
         raise MgkdError(f"lineage {self.info['lineage_id']} ({self.lin.key}) has no finished generation {k}")
 
+    def control(self, k: int) -> dict[str, Any]:
+        """Generation k's finished matched control (generations.control)."""
+        for c in self.info.get("controls", []):
+            if c["generation"] == k and c["status"] == "FINISHED":
+                return c
+        raise MgkdError(f"lineage {self.info['lineage_id']} ({self.lin.key}) has no finished control of generation {k}")
+
+    def has_control(self, k: int) -> bool:
+        return any(c["generation"] == k and c["status"] == "FINISHED" for c in self.info.get("controls", []))
+
     def m(self, k: int, key: str) -> float:
         metrics = self.gen(k)["metrics"]
         if key not in metrics:
@@ -441,54 +453,53 @@ def table_a(recs: list[Record]) -> tuple[str, list[dict[str, Any]]]:
     return "\n".join(lines), rows
 
 
-def params_diff(a: dict[str, Any], b: dict[str, Any], losses: bool = True) -> list[str]:
-    """The MLflow params in which two generations differ, beyond their index, seed and teachers (and their
-    losses when `losses` is False): what would make a side-by-side comparison unfair."""
-    ignore = ("generation", "seed", "teacher_generations")
-    keep = lambda p: p not in ignore and (losses or not p.startswith("loss."))  # noqa: E731
-    a, b = {p: v for p, v in a.items() if keep(p)}, {p: v for p, v in b.items() if keep(p)}
-    return sorted(p for p in set(a) | set(b) if a.get(p) != b.get(p))
-
-
-def control_a(rec: Record | None) -> tuple[list[str], str | None]:
-    """A's control: the born-again chain 1-4 against the same chain without the teacher's signal (9-12).
-    Returns the section and its verdict (None until the control has run)."""
-    md = ["### A, control: the same chain without distillation", ""]
-    if rec is None or not rec.has(0, 1, 2, 3, 4, *CONTROL):
-        return md + ["Not run yet (generations 9-12 of the first seed's lineage).", ""], None
-    pairs = list(zip(range(1, 5), CONTROL))
-    for k, c in pairs:  # the same init, model and budget: only the losses may differ
-        diff = params_diff(rec.gen(k)["params"], rec.gen(c)["params"], losses=False)
-        if diff:
-            raise MgkdError(f"A control: generations {k} and {c} differ in {diff}, not only in their losses")
-    md += [f"Lineage `{rec.lin.key}` (seed {rec.lin.raw['seed']}): generations 9-12 repeat the chain 1-4 from the "
-           "same teacher (generation 9 starts from a copy of generation 0, each later one from a copy of the one "
-           "before), with the same model, initialisation and budget (MLflow params read back and checked equal but "
-           "for the losses), trained on the gold labels only (label smoothing 0.1, weight 1): no teacher signal. "
-           "The difference is what distillation adds beyond the extra training. One seed: read differences "
-           "under about a BLEU point as noise.", ""]  # fmt: skip
-    md += ["| step of the chain | born-again (KD) gen | BLEU | chrF | valid loss | control (no KD) gen | BLEU | chrF "
-           "| valid loss | KD − control BLEU |", "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
-    for k, c in pairs:
-        md += [f"| {k} | {k} | {_fmt(rec.m(k, 'test_bleu'))} | {_fmt(rec.m(k, 'test_chrf'))} | "
-               f"{rec.m(k, 'best_valid_loss'):.3f} | {c} | {_fmt(rec.m(c, 'test_bleu'))} | "
-               f"{_fmt(rec.m(c, 'test_chrf'))} | {rec.m(c, 'best_valid_loss'):.3f} | "
-               f"{rec.m(k, 'test_bleu') - rec.m(c, 'test_bleu'):+.2f} |"]  # fmt: skip
-    gaps = [rec.m(k, "test_bleu") - rec.m(c, "test_bleu") for k, c in pairs]
-    lower = sum(rec.m(k, "best_valid_loss") < rec.m(c, "best_valid_loss") for k, c in pairs)
-    verdict = ("distillation adds to the extra training" if min(gaps) > 0 else
-               "the extra training explains the whole gain and distillation costs BLEU" if max(gaps) < 0 else
-               "neither is ahead at every step")  # fmt: skip
-    finding = (f"KD − control BLEU is {min(gaps):+.2f} to {max(gaps):+.2f} (mean {statistics.mean(gaps):+.2f}) over "
-               f"the four steps, and the KD student has the lower valid loss at {lower} of them: at this budget "
-               f"{verdict}.")  # fmt: skip
-    md += [
-        "",
-        f"- Read off the table: {finding}",
-        f"- Teacher (generation 0): BLEU {_fmt(rec.m(0, 'test_bleu'))}, chrF {_fmt(rec.m(0, 'test_chrf'))}, "
-        f"valid loss {rec.m(0, 'best_valid_loss'):.3f}. Budget of every row: {_budget_of(rec, CONTROL[0])}.",
-        "",
-    ]
+def control_a(recs: list[Record]) -> tuple[list[str], str | None]:
+    """A's matched controls: each born-again generation against its twin on gold labels only, over the seeds.
+    Returns the section and its finding (None until every lineage's controls have run)."""
+    md = ["### A, matched controls: the same generations without distillation", ""]
+    recs = [r for r in recs if all(r.has_control(k) for k in range(1, 5))]
+    if not recs:
+        return md + ["Not run yet (the A lineages' controls, `generations.control: true`).", ""], None
+    checked = []
+    for r in recs:  # same params but the losses, same initial weights: checked, not assumed
+        for k in range(1, 5):
+            g, c = r.gen(k), r.control(k)
+            checked.append(check_only(f"A seed {r.lin.raw['seed']} generation {k} vs its control", g["params"],
+                                      c["params"], CONTROL_MAY_DIFFER, g["init_sha256"], c["init_sha256"]))  # fmt: skip
+            if c["data_order_sha256"] != g["data_order_sha256"]:
+                raise MgkdError(f"A seed {r.lin.raw['seed']} generation {k}: its control saw other batches")
+    seeds = [int(r.lin.raw["seed"]) for r in recs]
+    md += [f"Each generation k of the A lineages (seeds {', '.join(map(str, seeds))}) has a matched control: the "
+           "same model started from the same weights (a copy of generation k-1), with the same seed, batch order and "
+           "budget, trained on the gold labels only (label smoothing 0.1, weight 1): no teacher signal. The MLflow "
+           "params were read back and checked equal but for the losses, and the initial-weight and batch-order "
+           "hashes equal (mgkd.init_sha256, mgkd.data_order_sha256). KD − control is what distillation adds beyond "
+           "the extra training. A verdict counts only when the mean gap is larger than the spread over seeds (the "
+           "larger min–max range of either side); inside it the table says no measurable difference.", ""]  # fmt: skip
+    md += ["| gen | KD BLEU | control BLEU | KD − control BLEU (" + " / ".join(f"seed {s}" for s in seeds) + ") | "
+           "KD chrF | control chrF | verdict (BLEU) |", "|---|---|---|---|---|---|---|"]  # fmt: skip
+    verdicts = []
+    for k in range(1, 5):
+        kd = [r.m(k, "test_bleu") for r in recs]
+        ctl = [float(r.control(k)["metrics"]["test_bleu"]) for r in recs]
+        kd_chrf = [r.m(k, "test_chrf") for r in recs]
+        ctl_chrf = [float(r.control(k)["metrics"]["test_chrf"]) for r in recs]
+        v = verdict(kd, ctl, "KD", "control", "BLEU")
+        verdicts.append((k, v))
+        gaps = " / ".join(f"{a - b:+.2f}" for a, b in zip(kd, ctl))
+        md += [f"| {k} | {_spread(kd)} | {_spread(ctl)} | {gaps} | {_spread(kd_chrf)} | {_spread(ctl_chrf)} | "
+               f"{v.text.split(': ')[-1]} |"]  # fmt: skip
+    ahead = [k for k, v in verdicts if v.measurable and v.gap > 0]
+    behind = [k for k, v in verdicts if v.measurable and v.gap < 0]
+    gaps = [v.gap for _, v in verdicts]
+    finding = (f"KD − control BLEU (mean over {len(recs)} seed(s)) is {min(gaps):+.2f} to {max(gaps):+.2f}; "
+               f"KD is measurably ahead at generation(s) {', '.join(map(str, ahead)) or 'none'}, behind at "
+               f"{', '.join(map(str, behind)) or 'none'}, and no measurable difference elsewhere"
+               + (" (one seed: no spread, so no verdict)" if len(recs) < 2 else "") + ".")  # fmt: skip
+    md += ["", f"- Read off the table: {finding}"]
+    md += [f"- Generation {k}: {v.text}." for k, v in verdicts]
+    md += [f"- Fairness, as checked: {checked[0]} (and likewise for every row and seed).",
+           f"- Budget of every row: {_budget_of(recs[0], 1)}.", ""]  # fmt: skip
     return md, finding
 
 
@@ -593,18 +604,18 @@ def write_report(args: argparse.Namespace, budget: Budget, lineages: dict[str, L
         for r in a:
             if "B" in r.lin.parts:
                 md[-2] += (f" The seed-{r.lin.raw['seed']} lineage (`{r.lin.key}`) also holds B's small students as "
-                           "generations 5-8 and the control chain below as generations 9-12; they train after "
-                           "generation 4 and teach none of 1-4, so they change nothing in this table.")  # fmt: skip
+                           "generations 5-8; they train after generation 4 and teach none of 1-4, so they change "
+                           "nothing in this table.")  # fmt: skip
         md += [table, ""]
         md += [f"- Budget: teacher {_budget_of(r0, 0)}; each student {_budget_of(r0, 1)}.",
                f"- Data: {_data_line(r0)}."]  # fmt: skip
         md += [f"- Seed {r.lin.raw['seed']}: {_run_line(r)}." for r in a]
         md += ["", f"![A]({rel(figs / 'a_born_again.png')})", ""]
-        control, finding = control_a(next((r for r in a if "B" in r.lin.parts), None))
+        control, finding = control_a(a)
         md += control
-        if finding:  # the headline says what its control found, so the gains are not read as distillation's
-            headline += ("\n\nIts control (RESULTS.md, A, control: the same chain on gold labels only, seed "
-                         f"{a[0].lin.raw['seed']}): {finding}")  # fmt: skip
+        if finding:  # the headline says what its controls found, so the gains are not read as distillation's
+            headline += ("\n\nIts matched controls (RESULTS.md, A: each generation again on gold labels only, same "
+                         f"initial weights, seed, batches and budget): {finding}")  # fmt: skip
     else:
         md += ["Not run yet.", ""]
 
@@ -613,12 +624,16 @@ def write_report(args: argparse.Namespace, budget: Budget, lineages: dict[str, L
     order = [k for k in (6, 5, 7, 8) if b is not None and b.has(0, k)]  # scratch first: the baseline
     if b is not None and order:
         tp, sp = b.m(0, "parameters"), b.m(order[0], "parameters")
+        fair = [check_only(f"B generation {k} vs {order[0]}", b.gen(order[0])["params"], b.gen(k)["params"], ["loss."],
+                           b.gen(order[0])["init_sha256"], b.gen(k)["init_sha256"]) for k in order[1:]]  # fmt: skip
         md += [f"## B. A {tp / sp:.1f}x smaller student: from scratch vs word-KD vs seq-KD vs seq-KD + internal", ""]
         md += [f"Lineage `{b.lin.key}` (the seed-{b.lin.raw['seed']} lineage of A): generation 0 is the teacher "
                f"({_model_name(b.gen(0))}, {tp / 1e6:.2f}M parameters); generations 5-8 all learn from generation 0 "
                f"(`teacher_generations: [0]`) and are the same small model ({_model_name(b.gen(order[0]))}, "
                f"{sp / 1e6:.2f}M parameters, **{tp / sp:.2f}x** fewer than the teacher), trained from scratch with the "
-               "same budget; only the loss differs.", ""]  # fmt: skip
+               f"same budget and seed ({b.gen(order[0])['params'].get('seed')}); "
+               + (fair[0] if fair else "only the losses differ")
+               + ".", ""]  # fmt: skip
         head = "| gen | student recipe | params | test BLEU | test chrF | best valid loss | steps | train time s |"
         md += [head, "|---|---|---|---|---|---|---|---|"]
         md += [f"| 0 | teacher ({_model_name(b.gen(0))}) | {tp / 1e6:.2f}M | {_fmt(b.m(0, 'test_bleu'))} | "
@@ -628,6 +643,10 @@ def write_report(args: argparse.Namespace, budget: Budget, lineages: dict[str, L
             md += [f"| {k} | {RECIPES[k][1]} | {b.m(k, 'parameters') / 1e6:.2f}M | {_fmt(b.m(k, 'test_bleu'))} | "
                    f"{_fmt(b.m(k, 'test_chrf'))} | {b.m(k, 'best_valid_loss'):.3f} | {int(b.m(k, 'steps'))} | "
                    f"{b.m(k, 'train_time_s'):.0f} |"]  # fmt: skip
+        if 6 in order:  # each distilled recipe against the same model on gold labels only, gated on the seed spread
+            md += ["", *(f"- {RECIPES[k][0]}: " + verdict([b.m(k, "test_bleu")], [b.m(6, "test_bleu")], RECIPES[k][0],
+                                                         "scratch", "BLEU").text + "."
+                         for k in order if k != 6)]  # fmt: skip
         not_yet = [f"{k} ({RECIPES[k][0]})" for k in RECIPES if k not in order]
         if not_yet:
             md += ["", f"- **Not finished yet**: generation(s) {', '.join(not_yet)}."]
@@ -665,14 +684,17 @@ def write_report(args: argparse.Namespace, budget: Budget, lineages: dict[str, L
     c = next((r for r in recs.values() if r is not None and "C" in r.lin.parts), None)
     md += ["## C. Label-smoothed vs plain teacher as a teacher (Müller et al. 2019)", ""]
     if b is not None and c is not None and b.has(0, 5) and c.has(0, 1):
-        diff = params_diff(b.gen(5)["params"], c.gen(1)["params"])
+        diff = params_diff(b.gen(5)["params"], c.gen(1)["params"])  # the seed included
         if diff:
             raise MgkdError(f"C: the two students' recipes differ in {diff}; the comparison would not be fair")
+        if not b.gen(5)["init_sha256"] or b.gen(5)["init_sha256"] != c.gen(1)["init_sha256"]:
+            raise MgkdError("C: the two students started from different (or unrecorded) weights (mgkd.init_sha256)")
         md += ["Two teachers of the same architecture, seed and budget, one trained with label smoothing 0.1 "
                f"(generation 0 of `{b.lin.key}`) and one without (smoothing 0, lineage `{c.lin.key}`); each teaches "
                "the same student recipe (word-level KD into the small model of B, from scratch; the two students' "
-               "MLflow params were read back and checked identical except the generation index and its seed: "
-               f"{b.gen(5)['params'].get('seed')} and {c.gen(1)['params'].get('seed')}).", ""]  # fmt: skip
+               "MLflow params were read back and checked identical but for the generation index, seed "
+               f"{b.gen(5)['params'].get('seed')} included, and their initial weights equal, sha256 "
+               f"{b.gen(5)['init_sha256'][:12]}…).", ""]  # fmt: skip
         md += ["| teacher | teacher BLEU | teacher chrF | teacher valid loss | student BLEU | student chrF | "
                "student valid loss | student − teacher BLEU |", "|---|---|---|---|---|---|---|---|"]  # fmt: skip
         vals = {}

@@ -141,6 +141,14 @@ def run(
     force: Annotated[
         bool, typer.Option("--force", help="Start even if the output folder holds another or unfinished lineage.")
     ] = False,
+    control: Annotated[
+        bool,
+        typer.Option(
+            "--control",
+            help="Beside each distilled generation, train its matched control: same init, "
+            "seed, data order and budget, gold labels only (generations.control).",
+        ),
+    ] = False,
 ) -> None:
     """Train a teacher and its distilled generations; record the lineage in MLflow.
 
@@ -153,6 +161,8 @@ def run(
             sets.append(f"ray.address={ray_address}")
         if no_ray:
             sets.append("ray.enabled=false")
+        if control:
+            sets.append("generations.control=true")
         if task is not None:
             sets.append(f"task={task}")
             if config is None and preset is None and task == "classification":
@@ -334,6 +344,14 @@ def lineage(
             lines.append(f"       run {g['run_id']}  checkpoint sha256 {g['checkpoint_sha256'] or '-'}")
             if g["teacher_run_id"]:
                 lines.append(f"       teacher run {g['teacher_run_id']}  sha256 {g['teacher_checkpoint_sha256']}")
+            for c in (c for c in info["controls"] if c["control_of"] == g["run_id"]):
+                gaps = "  ".join(f"{k.removeprefix('kd_minus_control_test_')} {v:+.2f}"
+                                 for k, v in m.items() if k.startswith("kd_minus_control_"))  # fmt: skip
+                lines.append(
+                    f"       [bold]control[/] (no KD)  {_scores(c['metrics'])}  KD − control: {gaps or '-'}  "
+                    f"{c['status']}{'' if c['matched'] else '  [red]NOT matched (init or data order)[/]'}"
+                )
+                lines.append(f"       control run {c['run_id']}  init sha256 {c['init_sha256'] or '-'}")
         console.print("\n".join(lines), soft_wrap=True, highlight=False)
 
 

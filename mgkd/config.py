@@ -284,6 +284,22 @@ class GenerationOverride(_Strict):
     external: ExternalTeacherConfig | None = None
     # A Ray Tune sweep: trials of this generation with values drawn from a search space (see SearchConfig).
     search: SearchConfig | None = None
+    # The generation's seed (initial weights, batch order, dropout). None: the experiment's seed + the
+    # generation's index. Pin one value on generations.student to compare students that differ only in their
+    # losses (a generation and its matched control always share the seed).
+    seed: int | None = None
+
+    @field_validator("teacher_generations", mode="before")
+    @classmethod
+    def _teachers_are_generation_indices(cls, v: Any) -> Any:
+        # Only generations teach; a matched control has no index and is never a teacher.
+        named = [t for t in v if not isinstance(t, int) or isinstance(t, bool)] if isinstance(v, list) else []
+        if named:
+            raise ValueError(
+                "teacher_generations names generations by index (0 = the teacher, k = the k-th student); "
+                "a matched control (generations.control) is never a teacher"
+            )
+        return v
 
 
 def _default_teacher() -> GenerationOverride:
@@ -329,6 +345,10 @@ class GenerationsConfig(_Strict):
     student: GenerationOverride = Field(default_factory=_default_student)
     # Per-generation changes on top of `student`, keyed by generation index (1..count).
     per_generation: dict[int, GenerationOverride] = Field(default_factory=dict)
+    # Matched controls: beside each distilled generation, a twin with the same architecture, initial weights,
+    # seed, data order and budget trained without the teacher (the generation's gold-label terms only), so
+    # the lineage shows what distillation adds beyond the training itself. A control never teaches.
+    control: bool = False
 
     @model_validator(mode="after")
     def _indices_in_range(self) -> GenerationsConfig:

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 
 from mgkd.errors import MgkdError
 from mgkd.generations.checkpoint import parameter_hash, save_checkpoint
+from mgkd.generations.controls import epoch_seed
 from mgkd.generations.spec import GenerationSpec
 from mgkd.generations.train_state import (
     clear_train_state,
@@ -120,6 +121,7 @@ def train_classifier_generation(
     elif spec.init == "cut" and init_source is not None:
         cut_layers(student, init_source, spec.cut_layers or {})
     student.to(device)
+    init_sha256 = parameter_hash(student)  # recorded: a generation and its matched control must start equal
     n_params = count_parameters(student)
     extra_params = [q for plugin in criterion.plugins for q in plugin.setup(student, teacher)]
     t_needs, s_needs = criterion.needs("gold")
@@ -186,7 +188,7 @@ def train_classifier_generation(
         while step < total_steps:
             epoch += 1
             done_position = skip
-            order = batch_indices(train, spec.train.max_tokens, shuffle=True, seed=spec.seed * 100_003 + epoch)
+            order = batch_indices(train, spec.train.max_tokens, shuffle=True, seed=epoch_seed(spec.seed, epoch))
             if world > 1:  # worker r takes batches r, r + world, ...: one global step = world batches
                 order = order[rank::world][:steps_per_epoch]
             for position, idx in enumerate(order):
@@ -282,4 +284,5 @@ def train_classifier_generation(
         {"source": a if b is None else f"{a} ||| {b}", "reference": names[g], "hypothesis": names[p]}
         for a, b, g, p in list(zip(test.texts, test.pairs, test.labels, pred))[:50]
     ]
-    return GenerationResult(spec.index, str(ckpt), sha, n_params, metrics, teacher_hash, str(predictions), samples)
+    return GenerationResult(spec.index, str(ckpt), sha, n_params, metrics, teacher_hash, str(predictions), samples,
+                            init_sha256=init_sha256)  # fmt: skip

@@ -49,6 +49,8 @@ class GenerationSpec:
     teacher_cache_k: int | None = None
     # A Ray Tune sweep over this generation (None: one run).
     search: SearchConfig | None = None
+    # A matched control (see generations/controls.py): the index of the generation it is the twin of.
+    control_of: int | None = None
 
     @property
     def has_teacher(self) -> bool:
@@ -99,17 +101,18 @@ class GenerationSpec:
         d["search"] = self.search.model_dump() if self.search is not None else None
         if d["search"] is None:
             del d["search"]
-        for key in ("external", "teacher_external"):  # only where set: other specs read as before
+        for key in ("external", "teacher_external", "control_of"):  # only where set: other specs read as before
             value = getattr(self, key)
             if value is None:
                 del d[key]
-            else:
+            elif key != "control_of":
                 d[key] = value.model_dump(mode="json")
         return d
 
 
 def _apply(cfg: ExperimentConfig, base: GenerationSpec | None, ov: GenerationOverride, index: int,
-           model_base: ModelConfig | None = None) -> GenerationSpec:  # fmt: skip
+           model_base: ModelConfig | None = None, seed: int | None = None) -> GenerationSpec:  # fmt: skip
+    """`ov` on top of `base` (or the experiment's defaults). The seed: `seed`, else the experiment's + index."""
     model_base = model_base or (base.model if base else cfg.model)
     model = ModelConfig.model_validate({**model_base.model_dump(), **ov.model})
     train = TrainConfig.model_validate({**(base.train if base else cfg.train).model_dump(), **ov.train})
@@ -121,7 +124,7 @@ def _apply(cfg: ExperimentConfig, base: GenerationSpec | None, ov: GenerationOve
         eval=cfg.eval,
         init=ov.init or (base.init if base else "scratch"),
         teacher_signal=ov.teacher_signal or (base.teacher_signal if base else "online"),
-        seed=cfg.seed + index,
+        seed=seed if seed is not None else cfg.seed + index,
         cut_layers=ov.cut_layers if ov.cut_layers is not None else (base.cut_layers if base else None),  # type: ignore[arg-type]
         teacher_generations=None if index == 0 else sorted(ov.teacher_generations or [index - 1]),
         teacher_cache_k=ov.teacher_cache_k or (base.teacher_cache_k if base else None),
@@ -153,11 +156,13 @@ def build_schedule(cfg: ExperimentConfig) -> list[GenerationSpec]:
     Explicit per-generation lists are `generations.per_generation` (any key of a generation).
     """
     g = cfg.generations
-    teacher = replace(_apply(cfg, None, g.teacher, 0), external=g.teacher.external)
+    teacher = replace(_apply(cfg, None, g.teacher, 0, seed=g.teacher.seed), external=g.teacher.external)
     student_defaults = _apply(cfg, None, g.student, 1)
     specs = [teacher]
     for k in range(1, g.count + 1):
         ov = g.per_generation.get(k) or GenerationOverride()
+        # A seed pinned on generations.student holds for every student, unless generation k pins its own.
+        seed = ov.seed if ov.seed is not None else g.student.seed
         if g.schedule == "shrink":
             prev = specs[-1]
             base_model = shrink_model(prev.model, g.shrink)
@@ -165,9 +170,9 @@ def build_schedule(cfg: ExperimentConfig) -> list[GenerationSpec]:
             if ov.init is None:  # the schedule decides how a smaller student starts, unless K says otherwise
                 init = g.shrink.init if g.shrink.dimension == "layers" else "scratch"
                 ov = ov.model_copy(update={"init": init, "cut_layers": ov.cut_layers or g.shrink.cut_layers})
-            specs.append(_apply(cfg, defaults, ov, k, model_base=base_model))
+            specs.append(_apply(cfg, defaults, ov, k, model_base=base_model, seed=seed))
         else:
-            specs.append(_apply(cfg, student_defaults, ov, k))
+            specs.append(_apply(cfg, student_defaults, ov, k, seed=seed))
     _check_task(cfg, specs)
     for i, spec in enumerate(specs):
         tg = spec.teacher_generations or []
@@ -189,6 +194,9 @@ def build_schedule(cfg: ExperimentConfig) -> list[GenerationSpec]:
                     f"generation {spec.index}: an ensemble teacher {tg} exposes log-probabilities only; "
                     "internal-representation losses need a single teacher"
                 )
+    from mgkd.generations.controls import check_controls  # it imports this module
+
+    check_controls(cfg, specs)
     return specs
 
 

@@ -34,6 +34,7 @@ from mgkd.config import ExternalTeacherConfig
 from mgkd.errors import MgkdError
 from mgkd.files import sha256_file
 from mgkd.generations.checkpoint import load_checkpoint, parameter_hash, save_checkpoint
+from mgkd.generations.controls import epoch_seed
 from mgkd.generations.spec import GenerationSpec
 from mgkd.generations.teacher_cache import TeacherCache, load_or_build_cache
 from mgkd.generations.train_state import (
@@ -121,6 +122,9 @@ class GenerationResult:
     artifacts: list[str] = field(default_factory=list)
     # An external generation 0: `checkpoint` is its folder, recorded as this manifest (files, sizes, sha256).
     manifest: str | None = None
+    # sha256 of the student's weights right after it was built (before any step): a generation and its matched
+    # control must show the same.
+    init_sha256: str | None = None
 
 
 def resolve_device(name: str) -> torch.device:
@@ -278,6 +282,7 @@ def train_generation(
         teacher_hash = parameter_hash(teacher)
 
     student = build_student(spec, data.vocab_size, init_source).to(device)
+    init_sha256 = parameter_hash(student)  # recorded: a generation and its matched control must start equal
     n_params = count_parameters(student)
 
     views, view_metrics = (
@@ -369,7 +374,7 @@ def train_generation(
         while step < total_steps:
             epoch += 1
             done_position = skip
-            order = batch_indices(train, spec.train.max_tokens, shuffle=True, seed=spec.seed * 100_003 + epoch)
+            order = batch_indices(train, spec.train.max_tokens, shuffle=True, seed=epoch_seed(spec.seed, epoch))
             if world > 1:  # worker r takes batches r, r + world, ...: one global step = world batches
                 order = order[rank::world][:steps_per_epoch]
             for position, idx in enumerate(order):
@@ -488,7 +493,16 @@ def train_generation(
     if cache is not None:
         artifacts.append(str(cache.manifest_path))
     return GenerationResult(
-        spec.index, str(ckpt), sha, n_params, metrics, teacher_hash, str(translations), samples, artifacts
+        spec.index,
+        str(ckpt),
+        sha,
+        n_params,
+        metrics,
+        teacher_hash,
+        str(translations),
+        samples,
+        artifacts,
+        init_sha256=init_sha256,
     )
 
 

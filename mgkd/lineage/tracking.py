@@ -10,6 +10,13 @@ Tags that make the lineage (on each generation's run):
   mgkd.teacher_run_id              generation k-1's run id (absent on generation 0)
   mgkd.teacher_checkpoint_sha256   sha256 of the checkpoint this generation learned from
   mgkd.checkpoint_sha256           sha256 of this generation's selected checkpoint
+  mgkd.init_sha256                 sha256 of the student's weights before its first step
+  mgkd.data_order_sha256           sha256 of its training batches in order (every epoch of the budget)
+  mgkd.control_run_id              its matched control's run (generations.control)
+
+A matched control is a child run of the lineage with `mgkd.kind=control`,
+`mgkd.control_of=<generation run id>` and the generation's index: it is never
+one of the lineage's generations (never a teacher, not in the model registry).
 """
 
 from __future__ import annotations
@@ -31,6 +38,10 @@ TAG_TEACHER_SHA = "mgkd.teacher_checkpoint_sha256"
 TAG_CHECKPOINT_SHA = "mgkd.checkpoint_sha256"
 TAG_KIND = "mgkd.kind"  # "lineage" | "generation"
 TAG_MODEL = "mgkd.registered_model"
+TAG_CONTROL_OF = "mgkd.control_of"  # on a control: the run id of the generation it is the twin of
+TAG_CONTROL_RUN = "mgkd.control_run_id"  # on a generation: its control's run id
+TAG_INIT_SHA = "mgkd.init_sha256"
+TAG_DATA_ORDER_SHA = "mgkd.data_order_sha256"
 
 
 def default_tracking_uri(output_dir: Path) -> str:
@@ -158,6 +169,18 @@ class LineageRecorder:
         self._log_params(run.info.run_id, {k: str(v) for k, v in params.items()})
         return run.info.run_id
 
+    def start_control(self, lineage_id: str, generation_run_id: str, index: int, params: dict[str, Any],
+                      teacher_run_id: str | None, teacher_sha256: str | None) -> str:  # fmt: skip
+        """Generation `index`'s matched control: a child run of the lineage, tagged with the generation's run."""
+        tags = {"mlflow.parentRunId": lineage_id, TAG_KIND: "control", TAG_LINEAGE: lineage_id,
+                TAG_GENERATION: str(index), TAG_CONTROL_OF: generation_run_id}  # fmt: skip
+        if teacher_run_id:  # where init teacher/cut copied from; no loss of a control reads the teacher
+            tags[TAG_TEACHER_RUN] = teacher_run_id
+            tags[TAG_TEACHER_SHA] = teacher_sha256 or ""
+        run = self.client.create_run(self.experiment_id, run_name=f"gen-{index}-control", tags=tags)
+        self._log_params(run.info.run_id, {k: str(v) for k, v in params.items()})
+        return run.info.run_id
+
     def start_trial(self, lineage_id: str, generation_run_id: str, index: int, trial_id: str,
                     params: dict[str, Any], tags: dict[str, str]) -> str:  # fmt: skip
         """A Tune trial of generation `index`: a run nested under the generation's run."""
@@ -254,6 +277,10 @@ def read_lineage(tracking_uri: str, lineage_id: str | None = None, experiment: s
         filter_string=f"tags.`{TAG_LINEAGE}` = '{lid}' and tags.`{TAG_KIND}` = 'generation'",
     )
     gens = sorted(children, key=lambda r: int(r.data.tags[TAG_GENERATION]))
+    controls = client.search_runs(
+        [parent.info.experiment_id],
+        filter_string=f"tags.`{TAG_LINEAGE}` = '{lid}' and tags.`{TAG_KIND}` = 'control'",
+    )
     return {
         "lineage_id": lid,
         "experiment_id": parent.info.experiment_id,
@@ -268,11 +295,31 @@ def read_lineage(tracking_uri: str, lineage_id: str | None = None, experiment: s
                 "teacher_run_id": r.data.tags.get(TAG_TEACHER_RUN),
                 "teacher_checkpoint_sha256": r.data.tags.get(TAG_TEACHER_SHA),
                 "checkpoint_sha256": r.data.tags.get(TAG_CHECKPOINT_SHA),
+                "init_sha256": r.data.tags.get(TAG_INIT_SHA),
+                "data_order_sha256": r.data.tags.get(TAG_DATA_ORDER_SHA),
+                "control_run_id": r.data.tags.get(TAG_CONTROL_RUN),
                 "arch": r.data.params.get("model.arch"),
                 "metrics": dict(r.data.metrics),
                 "params": dict(r.data.params),
             }
             for r in gens
+        ],
+        # Matched controls (generations.control): not generations, listed apart, by the index they twin.
+        "controls": [
+            {
+                "generation": int(r.data.tags[TAG_GENERATION]),
+                "run_id": r.info.run_id,
+                "run_name": r.info.run_name,
+                "status": r.info.status,
+                "control_of": r.data.tags.get(TAG_CONTROL_OF),
+                "checkpoint_sha256": r.data.tags.get(TAG_CHECKPOINT_SHA),
+                "init_sha256": r.data.tags.get(TAG_INIT_SHA),
+                "data_order_sha256": r.data.tags.get(TAG_DATA_ORDER_SHA),
+                "matched": r.data.tags.get("mgkd.control_matched") == "true",
+                "metrics": dict(r.data.metrics),
+                "params": dict(r.data.params),
+            }
+            for r in sorted(controls, key=lambda r: (int(r.data.tags[TAG_GENERATION]), r.info.start_time))
         ],
     }
 
@@ -304,8 +351,10 @@ def dataset_inputs(name: str, splits: dict[str, dict[str, Any]]) -> list[Any]:
     return out
 
 
-def lineage_plot(generations: list[dict[str, float]], path: Path) -> Path:
-    """Test BLEU/chrF (classification: accuracy/macro-F1) and parameter count across generations, as a PNG."""
+def lineage_plot(generations: list[dict[str, float]], path: Path,
+                 controls: list[dict[str, float]] | None = None) -> Path:  # fmt: skip
+    """Test BLEU/chrF (classification: accuracy/macro-F1) and parameter count across generations, as a PNG;
+    with `controls` (each with its "generation"), the controls' first score and each KD − control gap."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -318,6 +367,22 @@ def lineage_plot(generations: list[dict[str, float]], path: Path) -> Path:
              "test_macro_f1": "test macro-F1 (%)"}  # fmt: skip
     ax.plot(xs, [g[first] for g in generations], "o-", label=label[first])
     ax.plot(xs, [g[second] for g in generations], "s--", label=label[second])
+    by_gen = {int(g["generation"]): g for g in generations}
+    paired = [c for c in controls or [] if first in c and int(c["generation"]) in by_gen]
+    if paired:
+        cx = [int(c["generation"]) for c in paired]
+        ax.plot(cx, [c[first] for c in paired], "x:", color="black", label=f"{label[first]}, control (no KD)")
+        for c in paired:
+            k = int(c["generation"])
+            gap = by_gen[k][first] - c[first]
+            ax.annotate(
+                f"KD − control {gap:+.2f}",
+                (k, by_gen[k][first]),
+                textcoords="offset points",
+                xytext=(0, 8),
+                ha="center",
+                fontsize=7,
+            )
     ax.set_xlabel("generation (0 = teacher)")
     ax.set_ylabel("score")
     ax.set_xticks(xs)

@@ -9,7 +9,7 @@ next generation's teacher. It coordinates; the runners train.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
@@ -20,6 +20,7 @@ from mgkd.config import ExperimentConfig, apply_overrides, validate
 from mgkd.errors import MgkdError
 from mgkd.files import sha256_file
 from mgkd.generations import GenerationResult, GenerationSpec, build_schedule
+from mgkd.generations.spec import apply_search
 from mgkd.lineage.tracking import (
     LAST_LINEAGE,
     TAG_CHECKPOINT_SHA,
@@ -36,6 +37,13 @@ from mgkd.lineage.tracking import (
     write_last_lineage,
 )
 from mgkd.models.external import folder_sha256
+from mgkd.orchestration.controls import (
+    fairness_tags,
+    recorded_best_point,
+    recorded_controls,
+    run_control,
+    wanted_controls,
+)
 from mgkd.orchestration.display import GenerationProgress, lineage_table
 from mgkd.orchestration.runners import LocalRunner, RayRunner
 from mgkd.orchestration.sweep import SweepOutcome, run_sweep
@@ -53,6 +61,9 @@ class LineageOutcome:
     results: list[GenerationResult]
     run_ids: list[str]
     wall_time_s: float
+    # Matched controls by the index of the generation they twin (generations.control).
+    controls: dict[int, GenerationResult] = field(default_factory=dict)
+    control_run_ids: dict[int, str] = field(default_factory=dict)
 
 
 def _artifact_root(cfg: ExperimentConfig, tracking_uri: str) -> Path | None:
@@ -61,15 +72,15 @@ def _artifact_root(cfg: ExperimentConfig, tracking_uri: str) -> Path | None:
 
 
 def _record_generation(recorder: LineageRecorder, run_id: str, model_name: str, result: GenerationResult,
-                       tokenizer: Path) -> None:  # fmt: skip
+                       data: PreparedData, spec: GenerationSpec) -> None:  # fmt: skip
     """Everything a finished generation leaves in its run, then the run's end."""
     recorder.log_metrics(run_id, result.metrics, int(result.metrics["steps"]))
-    recorder.set_tags(run_id, {TAG_CHECKPOINT_SHA: result.checkpoint_sha256})
+    recorder.set_tags(run_id, {TAG_CHECKPOINT_SHA: result.checkpoint_sha256, **fairness_tags(result, data, spec)})
     if result.manifest:  # an external model: the list of its folder's files, not a copy of them
         recorder.log_artifact(run_id, result.manifest, "checkpoint")
     else:
         recorder.log_artifact(run_id, result.checkpoint, "checkpoint")
-        recorder.log_artifact(run_id, tokenizer, "tokenizer")
+        recorder.log_artifact(run_id, data.cache_dir / "spm.model", "tokenizer")
     if result.translations:
         recorder.log_artifact(run_id, result.translations)
     for path in result.artifacts:  # teacher-made data: pseudo-target corpora, cache manifests
@@ -172,80 +183,109 @@ def resume_lineage(target: str, tracking_uri: str | None = None, console: Consol
                 if got != ckpt:
                     got.replace(ckpt)
             result = GenerationResult(k, str(ckpt), g["checkpoint_sha256"], int(g["metrics"].get("parameters", 0)),
-                                      dict(g["metrics"]))  # fmt: skip
+                                      dict(g["metrics"]), init_sha256=g["init_sha256"])  # fmt: skip
             done[k] = (g["run_id"], result)
         elif k not in done:
             open_runs[k] = g["run_id"]
+    done_controls, open_controls = recorded_controls(info)
     recorder.reopen(lineage_id)
     if overrides:  # the lineage's config.yaml is what the next resume reads
         _record_config(recorder, lineage_id, lineage_dir, cfg)
         recorder.set_tags(lineage_id, {"mgkd.resume_overrides": " ".join(overrides)[:5000]})
     _write_last(Path(cfg.output_dir).resolve(), lineage_id, tracking_uri, cfg, recorder)
     console.log(
-        f"resuming lineage {lineage_id}: generations {sorted(done) or 'none'} finished and reused; "
+        f"resuming lineage {lineage_id}: generations {sorted(done) or 'none'} finished and reused"
+        + (f", controls of {sorted(done_controls)}" if done_controls else "")
+        + "; "
         f"runner: {runner.description}"
     )
-    return _drive(cfg, specs, data, recorder, runner, lineage_id, console, t0, done, open_runs)
+    return _drive(cfg, specs, data, recorder, runner, lineage_id, console, t0, done, open_runs, done_controls,
+                  open_controls)  # fmt: skip
 
 
 def _drive(cfg: ExperimentConfig, specs: list[GenerationSpec], data: PreparedData, recorder: LineageRecorder,
            runner: LocalRunner | RayRunner, lineage_id: str, console: Console, t0: float,
-           done: dict[int, tuple[str, GenerationResult]], open_runs: dict[int, str]) -> LineageOutcome:  # fmt: skip
-    """Run the generations not yet `done` (reopening `open_runs`), record them, end the lineage."""
+           done: dict[int, tuple[str, GenerationResult]], open_runs: dict[int, str],
+           done_controls: dict[int, tuple[str, GenerationResult]] | None = None,
+           open_controls: dict[int, str] | None = None) -> LineageOutcome:  # fmt: skip
+    """Run the generations not yet `done` (reopening `open_runs`) and the matched controls not yet
+    `done_controls` (reopening `open_controls`), record them, end the lineage."""
     lineage_dir = Path(cfg.output_dir).resolve() / "lineages" / lineage_id
     model_name = _model_name(cfg, lineage_id)
     datasets = _datasets(cfg, data)
     results: list[GenerationResult] = []
     run_ids: list[str] = []
+    wanted = wanted_controls(cfg, specs)
+    controls = {k: r for k, (_, r) in (done_controls or {}).items() if k in wanted}
+    control_run_ids = {k: rid for k, (rid, _) in (done_controls or {}).items() if k in wanted}
+    ended: set[str] = set()  # runs recorded to their end; any other open run is ended as KILLED/FAILED
     status = "FAILED"
     run_id = None
     try:
         for spec in specs:
-            if spec.index in done:
-                run_ids.append(done[spec.index][0])
-                results.append(done[spec.index][1])
-                continue
             # Generation k's teacher: generation k-1, or the ensemble of the generations the spec names.
             teachers = [results[g] for g in spec.teacher_generations or []]
             teacher = teachers if len(teachers) > 1 else (teachers[0] if teachers else None)
-            if spec.index in open_runs:  # a killed generation continues in its own run
-                run_id = open_runs[spec.index]
-                recorder.reopen(run_id)
+            best_point = None
+            if spec.index in done:
+                run_ids.append(done[spec.index][0])
+                results.append(done[spec.index][1])
             else:
-                run_id = recorder.start_generation(
-                    lineage_id, spec.index, spec.as_params(),
-                    ",".join(run_ids[g] for g in spec.teacher_generations or []) or None,
-                    ",".join(t.checkpoint_sha256 for t in teachers) or None,
-                )  # fmt: skip
-                recorder.log_inputs(run_id, datasets)
-                recorder.log_dict(run_id, spec.to_dict(), "spec.json")
-
-            with GenerationProgress(console, spec) as progress:
-
-                def events(event: dict, run_id: str = run_id, progress: GenerationProgress = progress) -> None:
-                    if event["type"] in ("step", "epoch"):
-                        recorder.log_metrics(run_id, event["metrics"], event["step"])
-                    progress(event)
-
-                if spec.search is not None:
-                    assert isinstance(runner, RayRunner)  # the config requires Ray for a search
-                    sweep = run_sweep(runner, spec, lineage_dir / f"gen-{spec.index}", teacher, events)
-                    _record_trials(recorder, lineage_id, run_id, spec.index, sweep)
-                    result = sweep.best
+                if spec.index in open_runs:  # a killed generation continues in its own run
+                    run_id = open_runs[spec.index]
+                    recorder.reopen(run_id)
                 else:
-                    result = runner.run(spec, lineage_dir / f"gen-{spec.index}", teacher, events)
-            _record_generation(recorder, run_id, model_name, result, data.cache_dir / "spm.model")
-            results.append(result)
-            run_ids.append(run_id)
-            console.print(lineage_table(specs, results, f"after generation {spec.index}"))
-            for s in result.samples[:2]:
-                console.print(
-                    f"  [dim]src[/]  {s['source']}\n  [dim]ref[/]  {s['reference']}\n  [dim]hyp[/]  {s['hypothesis']}"
-                )
+                    run_id = recorder.start_generation(
+                        lineage_id, spec.index, spec.as_params(),
+                        ",".join(run_ids[g] for g in spec.teacher_generations or []) or None,
+                        ",".join(t.checkpoint_sha256 for t in teachers) or None,
+                    )  # fmt: skip
+                    recorder.log_inputs(run_id, datasets)
+                    recorder.log_dict(run_id, spec.to_dict(), "spec.json")
+
+                with GenerationProgress(console, spec) as progress:
+
+                    def events(event: dict, run_id: str = run_id, progress: GenerationProgress = progress) -> None:
+                        if event["type"] in ("step", "epoch"):
+                            recorder.log_metrics(run_id, event["metrics"], event["step"])
+                        progress(event)
+
+                    if spec.search is not None:
+                        assert isinstance(runner, RayRunner)  # the config requires Ray for a search
+                        sweep = run_sweep(runner, spec, lineage_dir / f"gen-{spec.index}", teacher, events)
+                        _record_trials(recorder, lineage_id, run_id, spec.index, sweep)
+                        result, best_point = sweep.best, sweep.best_trial.point
+                    else:
+                        result = runner.run(spec, lineage_dir / f"gen-{spec.index}", teacher, events)
+                trained = apply_search(spec, best_point) if best_point else spec
+                _record_generation(recorder, run_id, model_name, result, data, trained)
+                ended.add(run_id)
+                results.append(result)
+                run_ids.append(run_id)
+                console.print(lineage_table(specs, results, f"after generation {spec.index}", controls))
+                for s in result.samples[:2]:
+                    console.print(f"  [dim]src[/]  {s['source']}\n  [dim]ref[/]  {s['reference']}\n"
+                                  f"  [dim]hyp[/]  {s['hypothesis']}")  # fmt: skip
+            if spec.index in wanted and spec.index not in controls:  # its twin, trained without the teacher
+
+                def started(rid: str) -> None:
+                    nonlocal run_id
+                    run_id = rid
+
+                if best_point is None and spec.search is not None:  # a sweep finished before a resume
+                    best_point = recorded_best_point(recorder, run_ids[-1])
+                control_run_ids[spec.index], controls[spec.index] = run_control(
+                    spec, specs[0].losses, best_point, run_ids[-1], results[-1],
+                    (open_controls or {}).get(spec.index), recorder, runner, teacher, lineage_id, lineage_dir, data,
+                    console, started,
+                )  # fmt: skip
+                ended.add(control_run_ids[spec.index])
+                console.print(lineage_table(specs, results, f"after generation {spec.index}'s control", controls))
         wall = time.perf_counter() - t0
         final = {f"final_{k}": v for k, v in results[-1].metrics.items() if k in ("test_bleu", "test_accuracy")}
         recorder.log_metrics(lineage_id, {"wall_time_s": wall, **final}, 0)
-        plot = lineage_plot([{"generation": r.index, **r.metrics} for r in results], lineage_dir / "lineage.png")
+        plot = lineage_plot([{"generation": r.index, **r.metrics} for r in results], lineage_dir / "lineage.png",
+                            [{"generation": k, **r.metrics} for k, r in sorted(controls.items())])  # fmt: skip
         recorder.log_artifact(lineage_id, plot)
         status = "FINISHED"
     except KeyboardInterrupt:
@@ -260,16 +300,17 @@ def _drive(cfg: ExperimentConfig, specs: list[GenerationSpec], data: PreparedDat
         ) from None
     finally:
         try:
-            if status != "FINISHED" and run_id is not None and run_id not in run_ids:
+            if status != "FINISHED" and run_id is not None and run_id not in ended and run_id not in run_ids:
                 recorder.end(run_id, status)
             recorder.end(lineage_id, status)
         except MlflowException:
             pass  # the store is down: the runs keep their last status, resume reopens them
         runner.close()
 
-    console.print(lineage_table(specs, results, f"lineage {lineage_id} ({wall / 60:.1f} min)"))
+    console.print(lineage_table(specs, results, f"lineage {lineage_id} ({wall / 60:.1f} min)", controls))
     output_dir = Path(cfg.output_dir).resolve()
-    return LineageOutcome(lineage_id, recorder.uri, cfg.experiment_name, output_dir, specs, results, run_ids, wall)
+    return LineageOutcome(lineage_id, recorder.uri, cfg.experiment_name, output_dir, specs, results, run_ids, wall,
+                          controls, control_run_ids)  # fmt: skip
 
 
 def _record_trials(recorder: LineageRecorder, lineage_id: str, run_id: str, index: int, sweep: SweepOutcome) -> None:

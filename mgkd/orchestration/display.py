@@ -36,6 +36,8 @@ class GenerationProgress:
     def __call__(self, event: dict[str, Any]) -> None:
         kind = event["type"]
         name = "teacher" if self.spec.index == 0 else f"gen {self.spec.index}"
+        if self.spec.control_of is not None:
+            name += " control"
         if kind == "start":
             self.train_task = self.progress.add_task(f"{name} train", total=event["total_steps"], info="")
         elif kind == "step" and self.train_task is not None:
@@ -79,14 +81,20 @@ class GenerationProgress:
             self.progress.update(self.decode_tasks[split], completed=event["done"])
 
 
-def lineage_table(specs: list[GenerationSpec], results: list[GenerationResult], title: str) -> Table:
+def lineage_table(specs: list[GenerationSpec], results: list[GenerationResult], title: str,
+                  controls: dict[int, GenerationResult] | None = None) -> Table:  # fmt: skip
+    """One row per generation; with matched controls, their first score and KD − control beside it."""
     table = Table(title=title)
     # Classification shows accuracy and macro-F1 (and MCC where configured) where translation shows BLEU/chrF.
     scores = [("test_bleu", "test BLEU"), ("test_chrf", "test chrF")]
     if results and "test_accuracy" in results[0].metrics:
         scores = [("test_accuracy", "test acc"), ("test_macro_f1", "test macro-F1")]
         scores += [("test_mcc", "test MCC")] if "test_mcc" in results[0].metrics else []
-    for col in ("gen", "architecture", "params", "valid loss", *(c for _, c in scores), "train time", "teacher"):
+    key, name = scores[0]
+    short = name.removeprefix("test ")
+    gap_cols = (f"control {short}", f"KD − control {short}") if controls else ()
+    for col in ("gen", "architecture", "params", "valid loss", *(c for _, c in scores), *gap_cols, "train time",
+                "teacher"):  # fmt: skip
         table.add_column(col, justify="right" if col not in ("architecture", "teacher") else "left")
     for spec, r in zip(specs, results):
         m = spec.model
@@ -99,6 +107,16 @@ def lineage_table(specs: list[GenerationSpec], results: list[GenerationResult], 
         met = r.metrics
         table.add_row(
             str(spec.index), arch, f"{r.parameters / 1e6:.2f}M", f"{met.get('best_valid_loss', float('nan')):.3f}",
-            *(f"{met[k]:.2f}" for k, _ in scores), f"{met['train_time_s']:.0f}s", teacher,
+            *(f"{met[k]:.2f}" for k, _ in scores), *_gap(key, met, (controls or {}).get(spec.index), bool(controls)),
+            f"{met['train_time_s']:.0f}s", teacher,
         )  # fmt: skip
     return table
+
+
+def _gap(key: str, kd: dict[str, float], control: GenerationResult | None, shown: bool) -> tuple[str, ...]:
+    """The control's score and KD − control ("-" where the generation has no control)."""
+    if not shown:
+        return ()
+    if control is None or key not in control.metrics or key not in kd:
+        return ("-", "-")
+    return (f"{control.metrics[key]:.2f}", f"{kd[key] - control.metrics[key]:+.2f}")

@@ -1,0 +1,98 @@
+"""Matched controls: a distilled generation's twin trained without its teacher.
+
+A control answers "what did distillation add beyond the training itself?". It is
+generation k again (same architecture, same initialisation path, same seed, so
+the same initial weights and the same batch order, same budget) with the
+teacher-dependent loss terms removed: what is left are the terms on the gold
+labels, reweighted to sum to 1 (a model trained without a teacher puts its whole
+loss on the labels). Where generation k has no gold term (e.g. soft_label
+alone), the control takes generation 0's losses, the loss the teacher itself was
+trained with.
+
+A control is not a generation: it has no index of its own, is never a teacher,
+and is recorded as a run tagged `mgkd.control_of=<generation run id>`.
+The fairness of the pair is recorded, not assumed: both runs carry the
+sha256 of the initial weights and of the batch order (`mgkd.init_sha256`,
+`mgkd.data_order_sha256`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import replace
+from typing import Any
+
+from mgkd.config import ExperimentConfig, LossTerm
+from mgkd.errors import MgkdError
+from mgkd.generations.spec import GenerationSpec, apply_search
+from mgkd.losses import Criterion
+
+# Params in which a generation and its control may differ: the losses, and how the teacher's signal is delivered
+# (a control reads no teacher signal, so a cached one is not built for it).
+CONTROL_MAY_DIFFER = ("loss.", "teacher_signal", "teacher_cache_k")
+
+
+def teacher_dependent(term: LossTerm) -> bool:
+    """Whether the term learns from the teacher (its outputs, internals or decoded targets)."""
+    plugin = Criterion([term]).plugins[0]
+    return plugin.teacher_needs.any or plugin.teacher_needs.pseudo_targets or plugin.view != "gold"
+
+
+def is_distilled(spec: GenerationSpec) -> bool:
+    """A student with at least one teacher-dependent loss term: the generations a control is trained for."""
+    return spec.index > 0 and spec.external is None and any(teacher_dependent(t) for t in spec.losses)
+
+
+def control_losses(spec: GenerationSpec, teacher_losses: list[LossTerm]) -> list[LossTerm]:
+    """The generation's gold-label terms with weights summing to 1 (or generation 0's losses if it has none)."""
+    gold = [t for t in spec.losses if not teacher_dependent(t)]
+    if not gold:
+        return [t.model_copy(deep=True) for t in teacher_losses]
+    total = sum(t.weight for t in gold)
+    return [t.model_copy(update={"weight": t.weight / total}, deep=True) for t in gold]
+
+
+def control_spec(spec: GenerationSpec, teacher_losses: list[LossTerm],
+                 best_point: dict[str, Any] | None = None) -> GenerationSpec:  # fmt: skip
+    """Generation `spec`'s control. A swept generation's control takes the winning trial's values except its
+    loss parameters (`best_point`): the control is trained as the selected student was, minus the teacher."""
+    if best_point:
+        spec = apply_search(spec, {k: v for k, v in best_point.items() if not k.startswith("loss.")})
+    return replace(spec, losses=control_losses(spec, teacher_losses), teacher_signal="online", teacher_cache_k=None,
+                   search=None, control_of=spec.index)  # fmt: skip
+
+
+def check_controls(cfg: ExperimentConfig, specs: list[GenerationSpec]) -> None:
+    """`generations.control` needs at least one distilled generation; otherwise a control would be its twin."""
+    if not cfg.generations.control:
+        return
+    if not any(is_distilled(s) for s in specs):
+        students = [s for s in specs if s.index > 0]
+        losses = sorted({t.name for s in students for t in s.losses})
+        raise MgkdError(
+            f"generations.control: generation(s) {', '.join(str(s.index) for s in students)} learn without the "
+            f"teacher (losses: {', '.join(losses)}), so a control would be the same run; give a generation a "
+            "distillation loss (soft_label, seq_kd, internal, pseudo_label) or drop generations.control / --control"
+        )
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The seed of epoch `epoch`'s batch order (1-based): the trainer's, and the digest's below."""
+    return seed * 100_003 + epoch
+
+
+def data_order_sha256(data: Any, spec: GenerationSpec) -> str:
+    """sha256 of the training batches, in order, of every epoch the budget allows: equal digests mean equal
+    data order. Data-parallel workers take interleaved slices of this one order."""
+    from mgkd.tasks.classification import ClassificationData
+    from mgkd.tasks.classification import batch_indices as classification_batches
+    from mgkd.tasks.translation import batch_indices as translation_batches
+
+    batches = classification_batches if isinstance(data, ClassificationData) else translation_batches
+    train = data.splits["train"]
+    h = hashlib.sha256()
+    for epoch in range(1, spec.train.max_epochs + 1):
+        for batch in batches(train, spec.train.max_tokens, shuffle=True, seed=epoch_seed(spec.seed, epoch)):
+            h.update(",".join(map(str, batch)).encode() + b";")
+        h.update(b"|")
+    return h.hexdigest()
