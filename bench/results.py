@@ -742,7 +742,8 @@ def write_report(args: argparse.Namespace, budget: Budget, lineages: dict[str, L
                                                                            for r in ens]  # fmt: skip
         _bars(figs / "d_ensemble.png", "D. ensemble of generations 1-4 vs best single generation", labels,
               {"test BLEU": bars_s + bars_e}, {})  # fmt: skip
-        md += ["", *notes, "- Budget and hardware: those of the A lineages above.", "",
+        gated = verdict(bars_e, bars_s, "ensemble", "best single", "BLEU")  # gated on the spread over seeds
+        md += ["", f"- {gated.text}.", *notes, "- Budget and hardware: those of the A lineages above.", "",
                f"![D]({rel(figs / 'd_ensemble.png')})", ""]  # fmt: skip
     else:
         md += ["Not run yet.", ""]

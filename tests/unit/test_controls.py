@@ -53,6 +53,13 @@ def test_the_control_of_a_swept_generation_takes_the_winners_settings_but_not_it
     assert [(t.name, t.weight) for t in twin.losses] == [("label_smoothing", 1.0)]
 
 
+def test_a_sweeps_recorded_winner_reads_back_with_its_types():
+    # What resume reads when a swept generation finished but its control did not.
+    from mgkd.orchestration.controls import param_value
+
+    assert [param_value(str(v)) for v in (1e-05, 0.003, 4, True, "cosine")] == [1e-05, 0.003, 4, True, "cosine"]
+
+
 def test_a_control_of_a_cached_teacher_signal_trains_online(tmp_path):
     cfg = tiny_config(tmp_path, "generations.count=1", "generations.student.teacher_signal=cached",
                       "generations.student.losses=[{name: label_smoothing, weight: 0.5}, "
