@@ -325,6 +325,7 @@ def lineage(
 ) -> None:
     """Read a lineage back from MLflow and print it."""
     from mgkd.lineage.tracking import read_lineage
+    from mgkd.models.registry import model_label
 
     with user_errors():
         uri, experiment = _store_of(tracking_uri, lineage_id, experiment, output_dir)
@@ -336,11 +337,11 @@ def lineage(
         lines = [f"[bold]lineage {info['lineage_id']}[/] ({info['status']}, experiment id {info['experiment_id']})"]
         for g in info["generations"]:
             m, p = g["metrics"], g["params"]
+            sizes = {k.removeprefix("model."): v for k, v in p.items() if k.startswith("model.")}
             tg = p.get("teacher_generations", f"[{g['generation'] - 1}]")
             teacher = f"teacher gen {tg.strip('[]')}" if g["teacher_run_id"] else "teacher (generation 0)"
             lines.append(
-                f"[bold]gen {g['generation']}[/]  {g['arch'] or '?'} d{p.get('model.d_model', '?')} "
-                f"{p.get('model.encoder_layers', '?')}+{p.get('model.decoder_layers', '?')}  "
+                f"[bold]gen {g['generation']}[/]  {model_label(g['arch'], sizes)}  "
                 f"{m.get('parameters', 0) / 1e6:.2f}M params  {_scores(m)}  {teacher}  {g['status']}"
             )
             lines.append(f"       run {g['run_id']}  checkpoint sha256 {g['checkpoint_sha256'] or '-'}")
