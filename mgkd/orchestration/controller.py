@@ -27,12 +27,12 @@ from mgkd.lineage.tracking import (
     TAG_CHECKPOINT_SHA,
     TAG_MODEL,
     LineageRecorder,
-    _client,
     check_tracking_uri,
     dataset_inputs,
     default_tracking_uri,
     lineage_config,
     lineage_plot,
+    mlflow_client,
     read_last_lineage,
     read_lineage,
     write_last_lineage,
@@ -149,7 +149,7 @@ def resume_lineage(target: str, tracking_uri: str | None = None, console: Consol
     info = read_lineage(tracking_uri, lineage_id)
     if info["status"] == "FINISHED":
         raise MgkdError(f"lineage {lineage_id} already finished; nothing to resume (mgkd lineage {lineage_id})")
-    client = _client(tracking_uri)
+    client = mlflow_client(tracking_uri)
     raw = lineage_config(tracking_uri, lineage_id)
     # `--set` may change what the rest of the lineage does (e.g. a lower train.lr after a NaN); a change of a
     # generation's model or of the data is refused when its saved state or the data hash is checked.
@@ -394,7 +394,7 @@ def _check_output_dir(output_dir: Path, cfg: ExperimentConfig) -> None:
             f"{cfg.experiment_name!r}; choose another --output-dir, or --force to add a lineage there"
         )
     try:
-        status = _client(last["tracking_uri"]).get_run(lineage_id).info.status
+        status = mlflow_client(last["tracking_uri"]).get_run(lineage_id).info.status
     except Exception:  # noqa: BLE001 - a store we cannot read says nothing about the lineage
         return
     if status in ("RUNNING", "KILLED", "FAILED"):
