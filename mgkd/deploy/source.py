@@ -17,7 +17,7 @@ import torch
 
 from mgkd.errors import MgkdError
 from mgkd.generations.checkpoint import load_checkpoint, sha256_file
-from mgkd.lineage.tracking import TAG_CHECKPOINT_SHA, _client, lineage_config, read_last_lineage, read_lineage
+from mgkd.lineage.tracking import TAG_CHECKPOINT_SHA, lineage_config, mlflow_client, read_last_lineage, read_lineage
 
 REGISTRY_PREFIX = "models:/"
 DEFAULT_CLASSIFICATION_MAX_LENGTH = 64  # classification.max_length's default, for a bare checkpoint
@@ -121,7 +121,7 @@ def _from_registry(name_version: str, uri: str, workdir: Path) -> Bundle:
     if len(parts) != 2 or not all(parts):
         raise MgkdError(f"{name_version!r}: give a registry version as models:/NAME/VERSION")
     name, version = parts
-    client = _client(uri)
+    client = mlflow_client(uri)
     try:
         if version == "latest":
             versions = client.search_model_versions(f"name = '{name}'")
@@ -148,7 +148,7 @@ def _from_run(
 
     if not sha256:
         raise MgkdError(f"{description}: its run {run_id} recorded no checkpoint checksum; it cannot be verified")
-    client = _client(uri)
+    client = mlflow_client(uri)
     dest = Path(tempfile.mkdtemp(prefix="model-", dir=workdir))
     try:
         ckpt = Path(client.download_artifacts(run_id, "checkpoint/checkpoint.pt", str(dest)))

@@ -18,7 +18,7 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 from mgkd.cli import app
-from mgkd.lineage.tracking import TAG_MODEL, _client, read_lineage
+from mgkd.lineage.tracking import TAG_MODEL, mlflow_client, read_lineage
 from mgkd.orchestration.controller import run_lineage
 
 from ..helpers import QUIET_MLFLOW_SERVER, free_port, stop, tiny_config
@@ -42,7 +42,7 @@ def lineage(tmp_path_factory):
     sources = [r["source"] for r in rows]
     inp = out / "test.en"
     inp.write_text("".join(s + "\n" for s in sources), encoding="utf-8")
-    name = _client(outcome.tracking_uri).get_run(info["generations"][1]["run_id"]).data.tags[TAG_MODEL]
+    name = mlflow_client(outcome.tracking_uri).get_run(info["generations"][1]["run_id"]).data.tags[TAG_MODEL]
     return {"out": out, "uri": outcome.tracking_uri, "id": outcome.lineage_id, "dir": lineage_dir, "input": inp,
             "sources": sources, "recorded": recorded, "name": name}  # fmt: skip
 
@@ -98,7 +98,7 @@ def test_pyfunc_model_of_the_registry_equals_mgkd_translate(lineage):
         mlflow.set_tracking_uri(None)
         mlflow.set_registry_uri(None)
     assert list(got) == lineage["recorded"][1]
-    version = _client(lineage["uri"]).get_model_version(lineage["name"], "2")
+    version = mlflow_client(lineage["uri"]).get_model_version(lineage["name"], "2")
     assert "/models/m-" in version.source and version.source.endswith("/artifacts")  # the logged model's files
 
 
