@@ -46,8 +46,9 @@ from mgkd.generations.train_state import (
     save_train_state,
     set_rng_state,
 )
+from mgkd.generations.views import GenerationViewContext
 from mgkd.losses import Criterion
-from mgkd.losses.base import TeacherNeeds, ViewContext, ViewData
+from mgkd.losses.base import TeacherNeeds, ViewData
 from mgkd.models import build_model, count_parameters
 from mgkd.models.cutting import cut_layers
 from mgkd.models.decoding import translate
@@ -532,7 +533,8 @@ def _teacher_views(criterion: Criterion, teacher: torch.nn.Module, digest: str, 
     each, the other workers then read it from the store."""
     views: dict[str, ViewData] = {}
     view_metrics: dict[str, float] = {}
-    ctx = ViewContext(teacher, digest, data, spec.eval, Path(data.cache_dir) / "teacher", device, spec.seed, events)
+    ctx = GenerationViewContext(teacher, digest, data, spec.eval, Path(data.cache_dir) / "teacher", device,
+                                spec.seed, events)  # fmt: skip
     for name, _, plugin in criterion.terms:
         if plugin.view != "gold" and plugin.view not in views:
             made = _first_on_worker_0(world, lambda plugin=plugin: plugin.build_view(ctx))

@@ -9,6 +9,7 @@ folder `gen-<k>-control`, so a killed control continues from its own state.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -69,7 +70,15 @@ def recorded_best_point(recorder: LineageRecorder, run_id: str) -> dict[str, Any
     """A finished sweep's winning values, as `_record_trials` logged them (`search.best.<key>` params)."""
     params = recorder.client.get_run(run_id).data.params
     prefix = "search.best."
-    return {k.removeprefix(prefix): yaml.safe_load(v) for k, v in params.items() if k.startswith(prefix)}
+    return {k.removeprefix(prefix): param_value(v) for k, v in params.items() if k.startswith(prefix)}
+
+
+def param_value(text: str) -> Any:
+    """A value as `str()` wrote it into an MLflow param: JSON reads 1e-05 (YAML 1.1 would not), YAML True."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        return yaml.safe_load(text)
 
 
 def run_control(

@@ -26,7 +26,7 @@ from mgkd.errors import MgkdError
 from mgkd.generations import GenerationResult, GenerationSpec
 from mgkd.generations.spec import apply_search
 from mgkd.generations.training import Events, prepare_teacher_outputs
-from mgkd.models import TASK_ARCHS
+from mgkd.models import task_architectures
 from mgkd.orchestration.runners import (
     ERROR_FILE,
     RESULT_FILE,
@@ -107,7 +107,7 @@ def run_sweep(runner: RayRunner, spec: GenerationSpec, out_dir: Path, teacher: T
     out_dir = Path(out_dir).resolve()
     checkpoint, sha256 = teacher_files(teacher)
     # Once for all trials. A classifier's teacher runs online in every trial: it has nothing to build.
-    if spec.has_teacher and spec.model.arch not in TASK_ARCHS["classification"]:
+    if spec.has_teacher and spec.model.arch not in task_architectures("classification"):
         events({"type": "sweep", "phase": "teacher outputs"})
         task = ray.remote(prepare_teacher_outputs).options(
             num_cpus=cfg.cpus_per_generation, num_gpus=cfg.gpus_per_generation, max_retries=0

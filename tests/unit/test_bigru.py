@@ -12,7 +12,7 @@ from mgkd.errors import MgkdError
 from mgkd.generations import build_schedule
 from mgkd.generations.checkpoint import load_checkpoint, save_checkpoint
 from mgkd.generations.training import build_student
-from mgkd.models import MODELS, build_model, check_arch, exposed_features
+from mgkd.models import architecture, build_model, check_arch
 from mgkd.models.bigru import BiGRUSeq2Seq
 from mgkd.models.decoding import beam_decode, greedy_decode
 from mgkd.tasks.translation import BOS, EOS, PAD, pad_sources
@@ -106,9 +106,10 @@ def test_forward_returns_the_exposed_features(random_model):
     torch.testing.assert_close(attn.sum(-1), torch.ones(b, 1, t))
     assert not attn.masked_select(src.eq(PAD)[:, None, None, :]).any()  # no weight on source padding
     assert not plain.encoder_hidden and not plain.decoder_cross_attention
-    filled = {k for k in BiGRUSeq2Seq.exposes if getattr(out, k)}
-    assert filled == BiGRUSeq2Seq.exposes == exposed_features("bigru")
-    assert "decoder_self_attention" in exposed_features("transformer") - exposed_features("bigru")
+    exposes = architecture("bigru").exposes  # its @register declaration
+    filled = {k for k in exposes if getattr(out, k)}
+    assert filled == exposes
+    assert "decoder_self_attention" in architecture("transformer").exposes - exposes
 
 
 # -- batched decoding -----------------------------------------------------------
@@ -216,17 +217,18 @@ def test_init_teacher_copies_a_bigru_teachers_tensors(trained_model):
 
 
 def test_bigru_is_registered_and_its_config_is_checked():
-    assert MODELS["bigru"] is BiGRUSeq2Seq
+    assert architecture("bigru").cls is BiGRUSeq2Seq
     check_arch("bigru")
     with pytest.raises(MgkdError, match="bigru, transformer"):
         check_arch("lstm")
-    # n_heads does not constrain a GRU; an odd width cannot be split between two directions
-    ModelConfig(arch="bigru", d_model=50, n_heads=4)
-    with pytest.raises(MgkdError, match="d_model must be even"):
-        build_config(overrides=["model.arch=bigru", "model.d_model=33"])
-    with pytest.raises(MgkdError, match="embed_dim is a bigru size"):
-        build_config(overrides=["model.embed_dim=64"])
-    assert build_config(overrides=["model.embed_dim=128"]).model.embed_dim == 128
+    # n_heads does not constrain a GRU; an odd width cannot be split between two directions.
+    # Each architecture checks its sizes when the schedule is built, before anything trains.
+    build_schedule(build_config(overrides=["model.arch=bigru", "model.d_model=50", "model.n_heads=4"]))
+    with pytest.raises(MgkdError, match="generations.teacher: arch 'bigru' .* d_model must be even"):
+        build_schedule(build_config(overrides=["model.arch=bigru", "model.d_model=33"]))
+    with pytest.raises(MgkdError, match="generations.teacher: embed_dim is a bigru size"):
+        build_schedule(build_config(overrides=["model.embed_dim=64"]))
+    assert build_schedule(build_config(overrides=["model.embed_dim=128"]))[0].model.embed_dim == 128
 
 
 def test_init_teacher_across_architectures_names_both_and_the_fix():

@@ -53,6 +53,13 @@ def test_the_control_of_a_swept_generation_takes_the_winners_settings_but_not_it
     assert [(t.name, t.weight) for t in twin.losses] == [("label_smoothing", 1.0)]
 
 
+def test_a_sweeps_recorded_winner_reads_back_with_its_types():
+    # What resume reads when a swept generation finished but its control did not.
+    from mgkd.orchestration.controls import param_value
+
+    assert [param_value(str(v)) for v in (1e-05, 0.003, 4, True, "cosine")] == [1e-05, 0.003, 4, True, "cosine"]
+
+
 def test_a_control_of_a_cached_teacher_signal_trains_online(tmp_path):
     cfg = tiny_config(tmp_path, "generations.count=1", "generations.student.teacher_signal=cached",
                       "generations.student.losses=[{name: label_smoothing, weight: 0.5}, "
@@ -112,6 +119,14 @@ def test_control_with_nothing_to_compare_is_refused_naming_the_generations(tmp_p
     out = _cli_error(tmp_path, "--control", "-g", "2", "--set", "generations.student.losses=[{name: label_smoothing}]")
     assert "generations.control: generation(s) 1, 2 learn without the teacher (losses: label_smoothing)" in out
     assert "drop generations.control" in out
+
+
+def test_submit_takes_control_too_and_checks_it_before_contacting_the_cluster(tmp_path):
+    result = CliRunner().invoke(app, ["submit", "--address", "http://127.0.0.1:1", "--tracking-uri",
+                                      "http://127.0.0.1:2", "--control", "--set",
+                                      "generations.student.losses=[{name: label_smoothing}]"])  # fmt: skip
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert "generations.control: generation(s) 1, 2, 3, 4 learn without the teacher" in " ".join(result.output.split())
 
 
 def test_a_control_cannot_be_named_as_a_teacher(tmp_path):

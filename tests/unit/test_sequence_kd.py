@@ -15,14 +15,14 @@ from mgkd.errors import MgkdError
 from mgkd.generations import build_schedule
 from mgkd.generations.pseudo_targets import DecodeSettings, teacher_outputs, to_split
 from mgkd.generations.training import _cycle_batches
+from mgkd.generations.views import GenerationViewContext
 from mgkd.losses import create
-from mgkd.losses.base import ViewContext
 from mgkd.losses.pseudo_label import PseudoLabel, SourceNoise
 from mgkd.losses.sequence import SequenceKD, select_hypotheses, token_cross_entropy
 from mgkd.models import build_model
 from mgkd.models.decoding import beam_decode, beam_search, greedy_decode
 from mgkd.models.transformer import Seq2SeqOutput
-from mgkd.tasks.monolingual import fit_length, normalized, read_sources
+from mgkd.tasks.monolingual import check_source, fit_length, normalized, read_sources
 from mgkd.tasks.translation import EOS, PAD, Batch, collate, pad_sources
 
 from ..helpers import tiny_config
@@ -241,11 +241,11 @@ def test_seq_kd_params_are_checked():
     assert create(LossTerm(name="seq_kd")).n_best == 1  # "top" decodes one hypothesis
 
 
-def _ctx(data, teacher, tmp_path: Path, events=None, sha: str = "e" * 64) -> ViewContext:
+def _ctx(data, teacher, tmp_path: Path, events=None, sha: str = "e" * 64) -> GenerationViewContext:
     # An untrained teacher rarely ends a sentence: outputs of at most 4 tokens keep decoding quick.
     eval_cfg = tiny_config(tmp_path).eval.model_copy(update={"max_len_a": 0.0})
-    return ViewContext(teacher, sha, data, eval_cfg, tmp_path / "teacher", torch.device("cpu"), 1,
-                       events or (lambda _: None))  # fmt: skip
+    return GenerationViewContext(teacher, sha, data, eval_cfg, tmp_path / "teacher", torch.device("cpu"), 1,
+                                 events or (lambda _: None))  # fmt: skip
 
 
 def test_seq_kd_view_is_aligned_with_the_training_split(tiny_data, tiny_teacher, tmp_path):
@@ -362,10 +362,9 @@ def test_bad_file_source_is_a_config_error(tmp_path, content, match):
     if content is not None:
         path.write_bytes(content)
     plugin = PseudoLabel(source=str(path))
-    with pytest.raises(MgkdError, match=match) as err:
-        plugin.check(ModelConfig(), ModelConfig())
-    assert "pseudo_label" in str(err.value) and "params.source" in str(err.value)
-    # ...raised while the config is checked, before anything trains
+    # The plugin names the text it reads; the schedule checks it, and the message names the param.
+    assert plugin.unlabeled_sources() == {"loss 'pseudo_label' params.source": str(path)}
+    # ...and the schedule refuses it while the config is checked, before anything trains
     cfg = tiny_config(
         tmp_path, "generations.count=2",
         f"generations.per_generation.2.losses=[{{name: pseudo_label, params: {{source: '{path}'}}}}]",
@@ -392,8 +391,9 @@ def test_builtin_sources_heldout_and_another_version(tiny_data):
     assert not {s.id.split("#")[0].removeprefix("k:") for s in kjv} & valid_test  # no test verse, reworded
     assert not held & {normalized(s.text) for s in kjv}
     assert any("LORD" in s.text or "thee" in s.text.split() for s in kjv)  # it is the King James text
-    with pytest.raises(MgkdError, match="no version 'zz'"):
-        PseudoLabel(source="builtin:zz").check(ModelConfig(), None)
+    [(param, source)] = PseudoLabel(source="builtin:zz").unlabeled_sources().items()  # what the schedule checks
+    with pytest.raises(MgkdError, match="params.source 'builtin:zz': bible.db has no version 'zz'"):
+        check_source(source, param)
 
 
 def test_pseudo_label_view_respects_the_token_ratio(tiny_data, tiny_teacher, tmp_path):
