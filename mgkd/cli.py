@@ -46,6 +46,14 @@ GenerationsOption = Annotated[
     int | None,
     typer.Option("--generations", "-g", help="Distilled generations after the teacher (generations.count)."),
 ]
+ControlOption = Annotated[
+    bool,
+    typer.Option(
+        "--control",
+        help="Beside each distilled generation, train its matched control: same init, seed, data order and "
+        "budget, gold labels only (generations.control).",
+    ),
+]
 
 
 @contextlib.contextmanager
@@ -87,9 +95,12 @@ def _store_of(tracking_uri: str | None, lineage_id: str | None, experiment: str 
 
 
 def _option_overrides(overrides: list[str] | None, generations: int | None, schedule: str | None,
-                      output_dir: Path | None, tracking_uri: str | None, seed: int | None) -> list[str]:  # fmt: skip
+                      output_dir: Path | None, tracking_uri: str | None, seed: int | None,
+                      control: bool = False) -> list[str]:  # fmt: skip
     """The experiment options `run` and `submit` share, as `--set` overrides (after the user's own)."""
     sets = list(overrides or [])
+    if control:
+        sets.append("generations.control=true")
     if generations is not None:
         sets.append(f"generations.count={generations}")
     if schedule is not None:
@@ -141,14 +152,7 @@ def run(
     force: Annotated[
         bool, typer.Option("--force", help="Start even if the output folder holds another or unfinished lineage.")
     ] = False,
-    control: Annotated[
-        bool,
-        typer.Option(
-            "--control",
-            help="Beside each distilled generation, train its matched control: same init, "
-            "seed, data order and budget, gold labels only (generations.control).",
-        ),
-    ] = False,
+    control: ControlOption = False,
 ) -> None:
     """Train a teacher and its distilled generations; record the lineage in MLflow.
 
@@ -156,13 +160,11 @@ def run(
     Bible corpus, a small Transformer teacher and 4 born-again students.
     """
     with user_errors():
-        sets = _option_overrides(overrides, generations, schedule, output_dir, tracking_uri, seed)
+        sets = _option_overrides(overrides, generations, schedule, output_dir, tracking_uri, seed, control)
         if ray_address:
             sets.append(f"ray.address={ray_address}")
         if no_ray:
             sets.append("ray.enabled=false")
-        if control:
-            sets.append("generations.control=true")
         if task is not None:
             from mgkd.tasks import get_task
 
@@ -211,6 +213,7 @@ def submit(
     follow: Annotated[
         bool, typer.Option("--follow", "-f", help="Stream the job's logs until it ends; exit 1 unless it succeeds.")
     ] = False,
+    control: ControlOption = False,
 ) -> None:
     """Submit the lineage to a Ray cluster as a job (Ray Jobs API); print its id, or follow its logs.
 
@@ -221,7 +224,7 @@ def submit(
 
     with user_errors():
         cfg = _experiment(config, preset, _option_overrides(overrides, generations, schedule, output_dir,
-                                                            tracking_uri, seed))  # fmt: skip
+                                                            tracking_uri, seed, control))  # fmt: skip
         job_env = {}
         for item in env or []:
             key, sep, value = item.partition("=")
@@ -324,6 +327,7 @@ def lineage(
 ) -> None:
     """Read a lineage back from MLflow and print it."""
     from mgkd.lineage.tracking import read_lineage
+    from mgkd.models.registry import model_label
     from mgkd.tasks import get_task, scores_line
 
     with user_errors():
@@ -338,11 +342,11 @@ def lineage(
         lines = [f"[bold]lineage {info['lineage_id']}[/] ({info['status']}, experiment id {info['experiment_id']})"]
         for g in info["generations"]:
             m, p = g["metrics"], g["params"]
+            sizes = {k.removeprefix("model."): v for k, v in p.items() if k.startswith("model.")}
             tg = p.get("teacher_generations", f"[{g['generation'] - 1}]")
             teacher = f"teacher gen {tg.strip('[]')}" if g["teacher_run_id"] else "teacher (generation 0)"
             lines.append(
-                f"[bold]gen {g['generation']}[/]  {g['arch'] or '?'} d{p.get('model.d_model', '?')} "
-                f"{p.get('model.encoder_layers', '?')}+{p.get('model.decoder_layers', '?')}  "
+                f"[bold]gen {g['generation']}[/]  {model_label(g['arch'], sizes)}  "
                 f"{m.get('parameters', 0) / 1e6:.2f}M params  {scores_line(task, m)}  {teacher}  {g['status']}"
             )
             lines.append(f"       run {g['run_id']}  checkpoint sha256 {g['checkpoint_sha256'] or '-'}")

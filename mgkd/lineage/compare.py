@@ -44,8 +44,10 @@ def check_only(what: str, a: dict[str, Any], b: dict[str, Any], may_differ: Sequ
     if init_a != init_b:
         raise MgkdError(f"{what}: the runs started from different weights (init sha256 {init_a[:12]}… vs "
                         f"{init_b[:12]}…), so more than {', '.join(may_differ)} differs")  # fmt: skip
-    return (f"only {', '.join(m.rstrip('.') for m in may_differ)} differs: params (seed included) checked equal "
-            f"otherwise, and the same initial weights (sha256 {init_a[:12]}…)")  # fmt: skip
+    differing = params_diff(a, b)  # what does differ, named as a reader would: "the losses" for loss.*
+    names = sorted({"the losses" if p.startswith("loss.") else p for p in differing}) or ["nothing"]
+    return (f"only {' and '.join(names)} differ: params (seed included) checked equal otherwise, and the same "
+            f"initial weights (sha256 {init_a[:12]}…)")  # fmt: skip
 
 
 @dataclass(frozen=True)

@@ -104,11 +104,12 @@ def lineage_config(tracking_uri: str, lineage_id: str) -> dict[str, Any]:
     import yaml
 
     with tempfile.TemporaryDirectory(prefix="mgkd-config-") as tmp:
-        path = Path(_client(tracking_uri).download_artifacts(lineage_id, "config.yaml", tmp))
+        path = Path(mlflow_client(tracking_uri).download_artifacts(lineage_id, "config.yaml", tmp))
         return yaml.safe_load(path.read_text(encoding="utf-8"))
 
 
-def _client(uri: str) -> Any:
+def mlflow_client(uri: str) -> Any:
+    """An MlflowClient on `uri` for both tracking and the model registry (mlflow imported on first use)."""
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     from mlflow.tracking import MlflowClient
 
@@ -132,7 +133,7 @@ class LineageRecorder:
     def __init__(self, tracking_uri: str, experiment: str, artifact_root: Path | None = None) -> None:
         check_tracking_uri(tracking_uri)
         self.uri = tracking_uri
-        self.client = _client(tracking_uri)
+        self.client = mlflow_client(tracking_uri)
         exp = self.client.get_experiment_by_name(experiment)
         if exp is None:
             location = Path(artifact_root).resolve().as_uri() if artifact_root else None
@@ -253,7 +254,7 @@ def read_lineage(tracking_uri: str, lineage_id: str | None = None, experiment: s
 
     `lineage_id` is the parent run's id; without it, the newest lineage of `experiment`.
     """
-    client = _client(tracking_uri)
+    client = mlflow_client(tracking_uri)
     if lineage_id is None:
         if experiment is None:
             raise MgkdError("give a lineage id (the parent run id) or --experiment NAME")

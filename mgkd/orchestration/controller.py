@@ -26,18 +26,24 @@ from mgkd.lineage.tracking import (
     TAG_CHECKPOINT_SHA,
     TAG_MODEL,
     LineageRecorder,
-    _client,
     check_tracking_uri,
     dataset_inputs,
     default_tracking_uri,
     lineage_config,
     lineage_plot,
+    mlflow_client,
     read_last_lineage,
     read_lineage,
     write_last_lineage,
 )
 from mgkd.models.external import folder_sha256
-from mgkd.orchestration.controls import fairness_tags, recorded_best_point, run_control, wanted_controls
+from mgkd.orchestration.controls import (
+    fairness_tags,
+    recorded_best_point,
+    recorded_controls,
+    run_control,
+    wanted_controls,
+)
 from mgkd.orchestration.display import GenerationProgress, lineage_table
 from mgkd.orchestration.runners import LocalRunner, RayRunner
 from mgkd.orchestration.sweep import SweepOutcome, run_sweep
@@ -137,7 +143,7 @@ def resume_lineage(target: str, tracking_uri: str | None = None, console: Consol
     info = read_lineage(tracking_uri, lineage_id)
     if info["status"] == "FINISHED":
         raise MgkdError(f"lineage {lineage_id} already finished; nothing to resume (mgkd lineage {lineage_id})")
-    client = _client(tracking_uri)
+    client = mlflow_client(tracking_uri)
     raw = lineage_config(tracking_uri, lineage_id)
     # `--set` may change what the rest of the lineage does (e.g. a lower train.lr after a NaN); a change of a
     # generation's model or of the data is refused when its saved state or the data hash is checked.
@@ -181,18 +187,7 @@ def resume_lineage(target: str, tracking_uri: str | None = None, console: Consol
             done[k] = (g["run_id"], result)
         elif k not in done:
             open_runs[k] = g["run_id"]
-    # Matched controls: a finished one is kept (it never teaches: its metrics are all the lineage reads back),
-    # an unfinished one continues in its own run from its saved training state.
-    done_controls: dict[int, tuple[str, GenerationResult]] = {}
-    open_controls: dict[int, str] = {}
-    for c in info["controls"]:
-        k = c["generation"]
-        if c["status"] == "FINISHED" and c["checkpoint_sha256"]:
-            done_controls[k] = (c["run_id"], GenerationResult(k, "", c["checkpoint_sha256"],
-                                int(c["metrics"].get("parameters", 0)), dict(c["metrics"]),
-                                init_sha256=c["init_sha256"]))  # fmt: skip
-        elif k not in done_controls:
-            open_controls[k] = c["run_id"]
+    done_controls, open_controls = recorded_controls(info)
     recorder.reopen(lineage_id)
     if overrides:  # the lineage's config.yaml is what the next resume reads
         _record_config(recorder, lineage_id, lineage_dir, cfg)
@@ -205,7 +200,7 @@ def resume_lineage(target: str, tracking_uri: str | None = None, console: Consol
         f"runner: {runner.description}"
     )
     return _drive(cfg, specs, data, recorder, runner, lineage_id, console, t0, done, open_runs, done_controls,
-                  {k: v for k, v in open_controls.items() if k not in done_controls})  # fmt: skip
+                  open_controls)  # fmt: skip
 
 
 def _drive(cfg: ExperimentConfig, specs: list[GenerationSpec], data: PreparedData, recorder: LineageRecorder,
@@ -258,8 +253,7 @@ def _drive(cfg: ExperimentConfig, specs: list[GenerationSpec], data: PreparedDat
 
                     if spec.search is not None:
                         assert isinstance(runner, RayRunner)  # the config requires Ray for a search
-                        sweep = run_sweep(runner, spec, lineage_dir / f"gen-{spec.index}", teacher, events,
-                                          task=task)
+                        sweep = run_sweep(runner, spec, lineage_dir / f"gen-{spec.index}", teacher, events, task=task)
                         _record_trials(recorder, lineage_id, run_id, spec.index, sweep)
                         result, best_point = sweep.best, sweep.best_trial.point
                     else:
@@ -287,8 +281,9 @@ def _drive(cfg: ExperimentConfig, specs: list[GenerationSpec], data: PreparedDat
                     console, started,
                 )  # fmt: skip
                 ended.add(control_run_ids[spec.index])
-                console.print(lineage_table(specs, results, f"after generation {spec.index}'s control", controls,
-                                            task=task))
+                console.print(
+                    lineage_table(specs, results, f"after generation {spec.index}'s control", controls, task=task)
+                )
         wall = time.perf_counter() - t0
         final = {f"final_{k}": v for k, v in results[-1].metrics.items() if k == task.table[0]}  # the headline
         recorder.log_metrics(lineage_id, {"wall_time_s": wall, **final}, 0)
@@ -397,7 +392,7 @@ def _check_output_dir(output_dir: Path, cfg: ExperimentConfig) -> None:
             f"{cfg.experiment_name!r}; choose another --output-dir, or --force to add a lineage there"
         )
     try:
-        status = _client(last["tracking_uri"]).get_run(lineage_id).info.status
+        status = mlflow_client(last["tracking_uri"]).get_run(lineage_id).info.status
     except Exception:  # noqa: BLE001 - a store we cannot read says nothing about the lineage
         return
     if status in ("RUNNING", "KILLED", "FAILED"):

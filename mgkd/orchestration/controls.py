@@ -9,6 +9,7 @@ folder `gen-<k>-control`, so a killed control continues from its own state.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -48,11 +49,37 @@ def fairness_tags(result: GenerationResult, data: Any, spec: GenerationSpec) -> 
     return tags
 
 
+def recorded_controls(info: dict[str, Any]) -> tuple[dict[int, tuple[str, GenerationResult]], dict[int, str]]:
+    """What a lineage (`read_lineage`) holds for resume: finished controls (kept; a control never teaches, so
+    its metrics are all the lineage reads back) and unfinished ones (continued in their own runs)."""
+    done: dict[int, tuple[str, GenerationResult]] = {}
+    open_runs: dict[int, str] = {}
+    for c in info["controls"]:
+        k = c["generation"]
+        if c["status"] == "FINISHED" and c["checkpoint_sha256"]:
+            metrics = dict(c["metrics"])
+            result = GenerationResult(k, "", c["checkpoint_sha256"], int(metrics.get("parameters", 0)), metrics,
+                                      init_sha256=c["init_sha256"])  # fmt: skip
+            done[k] = (c["run_id"], result)
+    for c in info["controls"]:
+        if c["generation"] not in done:
+            open_runs.setdefault(c["generation"], c["run_id"])
+    return done, open_runs
+
+
 def recorded_best_point(recorder: LineageRecorder, run_id: str) -> dict[str, Any]:
     """A finished sweep's winning values, as `_record_trials` logged them (`search.best.<key>` params)."""
     params = recorder.client.get_run(run_id).data.params
     prefix = "search.best."
-    return {k.removeprefix(prefix): yaml.safe_load(v) for k, v in params.items() if k.startswith(prefix)}
+    return {k.removeprefix(prefix): param_value(v) for k, v in params.items() if k.startswith(prefix)}
+
+
+def param_value(text: str) -> Any:
+    """A value as `str()` wrote it into an MLflow param: JSON reads 1e-05 (YAML 1.1 would not), YAML True."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        return yaml.safe_load(text)
 
 
 def run_control(

@@ -43,7 +43,6 @@ from mgkd.vocabulary import BOS, EOS, PAD
 CLS, SEP = BOS, EOS
 
 
-
 # --- the prepared data -------------------------------------------------------------
 
 

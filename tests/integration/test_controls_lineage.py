@@ -1,0 +1,73 @@
+"""A lineage with matched controls through real Ray Train and a real MLflow store, read back from MLflow;
+and a killed lineage whose controls resume without redoing the finished ones."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from rich.console import Console
+from typer.testing import CliRunner
+
+from mgkd.cli import app
+from mgkd.generations.controls import CONTROL_MAY_DIFFER
+from mgkd.lineage.compare import check_only, params_diff
+from mgkd.lineage.tracking import mlflow_client, read_lineage
+from mgkd.orchestration.controller import run_lineage
+
+from ..helpers import tiny_config
+
+
+@pytest.fixture(scope="module")
+def lineage(tmp_path_factory, ray_session):
+    tmp = tmp_path_factory.mktemp("controls")
+    cfg = tiny_config(tmp, "generations.count=2", "generations.control=true", "generations.student.init=scratch")
+    outcome = run_lineage(cfg, Console(quiet=True))
+    return cfg, outcome, read_lineage(outcome.tracking_uri, outcome.lineage_id)
+
+
+def test_each_distilled_generation_has_a_matched_control_run(lineage):
+    cfg, outcome, info = lineage
+    gens, controls = info["generations"], info["controls"]
+    assert [g["generation"] for g in gens] == [0, 1, 2]  # controls are not generations
+    assert [c["generation"] for c in controls] == [1, 2] and sorted(outcome.controls) == [1, 2]
+    client = mlflow_client(outcome.tracking_uri)
+    for c in controls:
+        g = gens[c["generation"]]
+        tags = client.get_run(c["run_id"]).data.tags
+        assert tags["mgkd.kind"] == "control" and tags["mlflow.parentRunId"] == info["lineage_id"]
+        assert c["control_of"] == g["run_id"] and g["control_run_id"] == c["run_id"]
+        assert c["status"] == "FINISHED" and c["matched"]
+        # The same seed, init path and budget: the same initial weights and batch order, recorded by the trainer.
+        assert c["init_sha256"] == g["init_sha256"] and len(g["init_sha256"]) == 64
+        assert c["data_order_sha256"] == g["data_order_sha256"]
+        assert params_diff(g["params"], c["params"], CONTROL_MAY_DIFFER) == []
+        assert "loss.soft_label.weight" in g["params"] and "loss.soft_label.weight" not in c["params"]
+        assert c["params"]["loss.label_smoothing.weight"] == "1.0" and c["params"]["seed"] == g["params"]["seed"]
+        check_only(f"gen {g['generation']} vs control", g["params"], c["params"], CONTROL_MAY_DIFFER,
+                   g["init_sha256"], c["init_sha256"])  # fmt: skip
+        # The control trained on gold only, and the KD − control values on the generation's run say so.
+        assert "loss.soft_label" not in c["metrics"] and "loss.label_smoothing" in c["metrics"]
+        for score in ("test_bleu", "test_chrf"):
+            assert g["metrics"][f"kd_minus_control_{score}"] == pytest.approx(g["metrics"][score] - c["metrics"][score])
+        paths = {a.path for a in client.list_artifacts(c["run_id"], "checkpoint")}
+        assert paths == {"checkpoint/checkpoint.pt"}
+    # Students of different seeds start apart: the hash tells them apart.
+    assert gens[1]["init_sha256"] != gens[2]["init_sha256"]
+    # A control never teaches: generation 2 learned from generation 1's run, and only generations are registered.
+    assert gens[2]["teacher_run_id"] == gens[1]["run_id"]
+    versions = client.search_model_versions(f"name='{info['tags']['mgkd.registered_model']}'")
+    assert sorted(v.run_id for v in versions) == sorted(g["run_id"] for g in gens)
+    assert "lineage.png" in {a.path for a in client.list_artifacts(info["lineage_id"])}
+
+
+def test_lineage_command_shows_the_controls(lineage):
+    cfg, outcome, info = lineage
+    shown = json.loads(CliRunner().invoke(app, ["lineage", "--output-dir", str(cfg.output_dir), "--json"]).stdout)
+    assert [c["run_id"] for c in shown["controls"]] == [c["run_id"] for c in info["controls"]]
+    assert "kd_minus_control_test_bleu" in shown["generations"][1]["metrics"]
+    table = CliRunner().invoke(app, ["lineage", "--output-dir", str(cfg.output_dir)], env={"COLUMNS": "200"})
+    assert table.exit_code == 0, table.output
+    text = " ".join(table.stdout.split())
+    gap = info["generations"][1]["metrics"]["kd_minus_control_test_bleu"]
+    assert f"KD − control: bleu {gap:+.2f}" in text and info["controls"][0]["run_id"] in text

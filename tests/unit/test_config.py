@@ -1,0 +1,124 @@
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from mgkd.cli import app
+from mgkd.config import apply_overrides, build_config, preset_names
+from mgkd.errors import MgkdError
+from mgkd.generations import build_schedule
+
+
+def test_demo_preset_is_default_and_valid():
+    cfg = build_config()
+    assert "demo" in preset_names()
+    assert cfg.name == "demo" and cfg.generations.count == 4
+    specs = build_schedule(cfg)
+    assert [s.index for s in specs] == [0, 1, 2, 3, 4]
+    assert specs[0].losses[0].name == "label_smoothing"
+    assert {t.name for t in specs[1].losses} == {"label_smoothing", "soft_label"}
+    # born-again: every student has the teacher's architecture
+    assert all(s.model == specs[0].model for s in specs)
+
+
+def test_overrides_are_typed():
+    raw = apply_overrides({}, ["train.max_epochs=3", "ray.enabled=false", "train.lr=1e-4", "name=x"])
+    assert raw == {"train": {"max_epochs": 3, "lr": 1e-4}, "ray": {"enabled": False}, "name": "x"}
+
+
+def test_per_generation_override_changes_one_generation():
+    cfg = build_config(
+        overrides=["generations.count=2", "generations.per_generation={2: {model: {d_model: 64}, init: scratch}}"]
+    )
+    specs = build_schedule(cfg)
+    assert [s.model.d_model for s in specs] == [128, 128, 64]
+    assert [s.init for s in specs[1:]] == ["teacher", "scratch"]
+
+
+def test_teacher_init_needs_the_teachers_shape():
+    cfg = build_config(overrides=["generations.count=2", "generations.per_generation={2: {model: {d_model: 64}}}"])
+    with pytest.raises(MgkdError, match="generation 2: init 'teacher' copies the teacher's tensors"):
+        build_schedule(cfg)
+    # dropout is not a shape: allowed
+    build_schedule(build_config(overrides=["generations.per_generation={2: {model: {dropout: 0.3}}}"]))
+
+
+@pytest.mark.parametrize(
+    "override, expected",
+    [
+        ("train.max_epochs=0", "train.max_epochs"),
+        ("train.max_epochs=abc", "train.max_epochs"),
+        ("model.bogus=1", "model.bogus: unknown key"),
+        ("generations.count=-1", "generations.count"),
+        ("generations.student.train={lr: -1}", "generations.student.train"),
+        ("generations.per_generation={7: {}}", "outside 1..4"),
+        ("corpus.kind=tsv", "corpus.kind 'tsv' needs corpus.path"),
+    ],
+)
+def test_bad_values_name_the_field(override, expected):
+    with pytest.raises(MgkdError, match="invalid config") as e:
+        build_config(overrides=[override])
+    assert expected in str(e.value)
+
+
+def test_an_architectures_own_size_check_stops_the_schedule():
+    # Checked by the architecture's declaration (mgkd.models.registry) for every generation.
+    with pytest.raises(MgkdError, match=r"generations.teacher: d_model \(128\) must be divisible by n_heads \(3\)"):
+        build_schedule(build_config(overrides=["model.n_heads=3"]))
+    bad_student = "generations.per_generation={2: {model: {n_heads: 3}}}"
+    with pytest.raises(MgkdError, match=r"generation 2: d_model \(128\) must be divisible by n_heads \(3\)"):
+        build_schedule(build_config(overrides=[bad_student]))
+
+
+def test_unknown_loss_names_the_choices():
+    cfg = build_config(overrides=["generations.student.losses=[{name: softlabel}]"])
+    with pytest.raises(MgkdError, match=r"generation 1: unknown loss 'softlabel'.*label_smoothing, .*soft_label"):
+        build_schedule(cfg)
+
+
+def test_unknown_loss_parameter():
+    cfg = build_config(overrides=["generations.student.losses=[{name: soft_label, params: {temprature: 2}}]"])
+    with pytest.raises(MgkdError, match="no parameter.*temprature.*temperature"):
+        build_schedule(cfg)
+
+
+def test_teacher_loss_on_generation_zero_is_refused():
+    cfg = build_config(overrides=["generations.teacher.losses=[{name: soft_label}]"])
+    with pytest.raises(MgkdError, match="need a teacher"):
+        build_schedule(cfg)
+
+
+def test_config_file_paths_are_relative_to_the_file(tmp_path: Path):
+    (tmp_path / "pairs.tsv").write_text("a\tb\n", encoding="utf-8")
+    cfg_file = tmp_path / "exp.yaml"
+    cfg_file.write_text("name: mine\ncorpus: {kind: tsv, path: pairs.tsv}\n", encoding="utf-8")
+    cfg = build_config(cfg_file, overrides=["generations.count=2"])
+    assert cfg.corpus.path == (tmp_path / "pairs.tsv").resolve()
+    assert cfg.generations.count == 2 and cfg.name == "mine"
+
+
+runner = CliRunner()
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["run", "--generations", "0"], "generations.count"),
+        (["run", "--set", "train.max_epochs=-2"], "train.max_epochs"),
+        (["run", "--preset", "nope"], "unknown preset 'nope'; choose one of: born_again, classification, demo"),
+        (["run", "--config", "missing.yaml"], "config file missing.yaml does not exist"),
+        (["run", "--set", "generations.student.losses=[{name: nope}]"], "unknown loss 'nope'"),
+        (["run", "--set", "novalue"], "must look like key.path=value"),
+    ],
+)
+def test_cli_bad_input_exits_2_without_traceback(args, message, tmp_path):
+    result = runner.invoke(app, [*args, "--output-dir", str(tmp_path)])
+    assert result.exit_code == 2, result.output
+    assert message in result.output.replace("\n", " ") or message in result.output
+    assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("preset", preset_names())
+def test_every_preset_builds_its_schedule(preset):
+    specs = build_schedule(build_config(preset=preset))
+    assert specs[0].index == 0 and len(specs) >= 2
