@@ -218,16 +218,18 @@ class LineageRecorder:
     def log_table(self, run_id: str, columns: dict[str, list[str]], artifact_file: str) -> None:
         self.client.log_table(run_id, data=columns, artifact_file=artifact_file)
 
-    def register(self, model_name: str, run_id: str, artifact_path: str, tags: dict[str, str]) -> int:
-        """Register the run's artifact folder as the next version of `model_name`; returns the version."""
+    def register(self, model_name: str, run_id: str, artifact_path: str, tags: dict[str, str],
+                 logged_model: tuple[str, str] | None = None) -> int:  # fmt: skip
+        """Register the run's logged model (id, artifact location) or else its artifact folder as the next
+        version of `model_name`; returns the version."""
         from mlflow.exceptions import MlflowException
 
         try:
             self.client.get_registered_model(model_name)
         except MlflowException:
             self.client.create_registered_model(model_name, description="an mgkd lineage: version k is generation k")
-        source = f"{self.client.get_run(run_id).info.artifact_uri}/{artifact_path}"
-        mv = self.client.create_model_version(model_name, source, run_id=run_id, tags=tags)
+        model_id, source = logged_model or (None, f"{self.client.get_run(run_id).info.artifact_uri}/{artifact_path}")
+        mv = self.client.create_model_version(model_name, source, run_id=run_id, tags=tags, model_id=model_id)
         return int(mv.version)
 
     def lineage_tags(self, run_id: str) -> dict[str, str]:

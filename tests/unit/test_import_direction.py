@@ -1,4 +1,4 @@
-"""Imports run one way: cli -> orchestration -> generations -> (losses, tasks) -> models -> bottom modules.
+"""Imports run one way: cli -> orchestration -> deploy -> generations -> (losses, tasks) -> models -> bottom modules.
 
 The test reads every module of the package with `ast` (no import is run), so
 it sees every import: at module level, inside functions (lazy imports) and
@@ -20,8 +20,9 @@ BOTTOM = frozenset({"mgkd", "config", "errors", "vocabulary", "outputs", "files"
 # What each layer may import besides itself (a package imports its own modules freely).
 LAYERS: dict[str, frozenset[str]] = {
     "cli": frozenset({"orchestration", "deploy", "generations", "lineage", "losses", "tasks", "models"}) | BOTTOM,
-    # Ray, the controller over generations, sweeps, submission: the one user of lineage (MLflow) with deploy.
-    "orchestration": frozenset({"generations", "lineage", "losses", "tasks", "models"}) | BOTTOM,
+    # Ray, the controller over generations, sweeps, submission; with deploy, the user of lineage (MLflow).
+    # It may log a generation's deployable model (deploy.pyfunc) beside its checkpoint.
+    "orchestration": frozenset({"deploy", "generations", "lineage", "losses", "tasks", "models"}) | BOTTOM,
     # Inference and export of a lineage's models: reads checkpoints and the lineage, runs models.
     "deploy": frozenset({"generations", "lineage", "tasks", "models"}) | BOTTOM,
     # One generation: teacher signal, the training recipe, checkpoints.
