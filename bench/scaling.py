@@ -76,8 +76,9 @@ def main() -> None:
         spec = build_schedule(c)[0]
         runner = RayRunner(c.ray, data, work)
         t = time.perf_counter()
-        out = run_sweep(runner, spec, work / "lineages" / f"c{concurrent}" / "gen-0", None, lambda e: None,
-                        task=TRANSLATION)
+        out = run_sweep(
+            runner, spec, work / "lineages" / f"c{concurrent}" / "gen-0", None, lambda e: None, task=TRANSLATION
+        )
         wall = time.perf_counter() - t
         done = sum(tr.status == "completed" for tr in out.trials)
         tune_rows.append((concurrent, cpus, done, wall, done / wall * 3600))

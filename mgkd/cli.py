@@ -46,6 +46,14 @@ GenerationsOption = Annotated[
     int | None,
     typer.Option("--generations", "-g", help="Distilled generations after the teacher (generations.count)."),
 ]
+ControlOption = Annotated[
+    bool,
+    typer.Option(
+        "--control",
+        help="Beside each distilled generation, train its matched control: same init, seed, data order and "
+        "budget, gold labels only (generations.control).",
+    ),
+]
 
 
 @contextlib.contextmanager
@@ -87,9 +95,12 @@ def _store_of(tracking_uri: str | None, lineage_id: str | None, experiment: str 
 
 
 def _option_overrides(overrides: list[str] | None, generations: int | None, schedule: str | None,
-                      output_dir: Path | None, tracking_uri: str | None, seed: int | None) -> list[str]:  # fmt: skip
+                      output_dir: Path | None, tracking_uri: str | None, seed: int | None,
+                      control: bool = False) -> list[str]:  # fmt: skip
     """The experiment options `run` and `submit` share, as `--set` overrides (after the user's own)."""
     sets = list(overrides or [])
+    if control:
+        sets.append("generations.control=true")
     if generations is not None:
         sets.append(f"generations.count={generations}")
     if schedule is not None:
@@ -141,14 +152,7 @@ def run(
     force: Annotated[
         bool, typer.Option("--force", help="Start even if the output folder holds another or unfinished lineage.")
     ] = False,
-    control: Annotated[
-        bool,
-        typer.Option(
-            "--control",
-            help="Beside each distilled generation, train its matched control: same init, "
-            "seed, data order and budget, gold labels only (generations.control).",
-        ),
-    ] = False,
+    control: ControlOption = False,
 ) -> None:
     """Train a teacher and its distilled generations; record the lineage in MLflow.
 
@@ -156,13 +160,11 @@ def run(
     Bible corpus, a small Transformer teacher and 4 born-again students.
     """
     with user_errors():
-        sets = _option_overrides(overrides, generations, schedule, output_dir, tracking_uri, seed)
+        sets = _option_overrides(overrides, generations, schedule, output_dir, tracking_uri, seed, control)
         if ray_address:
             sets.append(f"ray.address={ray_address}")
         if no_ray:
             sets.append("ray.enabled=false")
-        if control:
-            sets.append("generations.control=true")
         if task is not None:
             from mgkd.tasks import get_task
 
@@ -211,6 +213,7 @@ def submit(
     follow: Annotated[
         bool, typer.Option("--follow", "-f", help="Stream the job's logs until it ends; exit 1 unless it succeeds.")
     ] = False,
+    control: ControlOption = False,
 ) -> None:
     """Submit the lineage to a Ray cluster as a job (Ray Jobs API); print its id, or follow its logs.
 
@@ -221,7 +224,7 @@ def submit(
 
     with user_errors():
         cfg = _experiment(config, preset, _option_overrides(overrides, generations, schedule, output_dir,
-                                                            tracking_uri, seed))  # fmt: skip
+                                                            tracking_uri, seed, control))  # fmt: skip
         job_env = {}
         for item in env or []:
             key, sep, value = item.partition("=")
@@ -324,6 +327,7 @@ def lineage(
 ) -> None:
     """Read a lineage back from MLflow and print it."""
     from mgkd.lineage.tracking import read_lineage
+    from mgkd.models.registry import model_label
     from mgkd.tasks import get_task, scores_line
 
     with user_errors():
@@ -338,11 +342,11 @@ def lineage(
         lines = [f"[bold]lineage {info['lineage_id']}[/] ({info['status']}, experiment id {info['experiment_id']})"]
         for g in info["generations"]:
             m, p = g["metrics"], g["params"]
+            sizes = {k.removeprefix("model."): v for k, v in p.items() if k.startswith("model.")}
             tg = p.get("teacher_generations", f"[{g['generation'] - 1}]")
             teacher = f"teacher gen {tg.strip('[]')}" if g["teacher_run_id"] else "teacher (generation 0)"
             lines.append(
-                f"[bold]gen {g['generation']}[/]  {g['arch'] or '?'} d{p.get('model.d_model', '?')} "
-                f"{p.get('model.encoder_layers', '?')}+{p.get('model.decoder_layers', '?')}  "
+                f"[bold]gen {g['generation']}[/]  {model_label(g['arch'], sizes)}  "
                 f"{m.get('parameters', 0) / 1e6:.2f}M params  {scores_line(task, m)}  {teacher}  {g['status']}"
             )
             lines.append(f"       run {g['run_id']}  checkpoint sha256 {g['checkpoint_sha256'] or '-'}")
@@ -393,6 +397,98 @@ def evaluate(
             table.add_row(r["model"], f"{r['bleu']:.2f}", f"{r['chrf']:.2f}", f"{r['sentences_per_s']:.0f}")
         console.print(table)
         console.print(f"logged as run {report.run_id}", highlight=False)
+
+
+# The options `mgkd translate` and `mgkd predict` share: which model, and where the input and output are.
+InputArg = Annotated[Path | None, typer.Argument(help="Input file, one sentence per line (default or -: stdin).")]
+OutputOpt = Annotated[Path | None, typer.Option("--output", "-o", help="Write here (atomically) instead of stdout.")]
+ModelOpt = Annotated[
+    str | None,
+    typer.Option("--model", "-m", help="models:/NAME/VERSION, a checkpoint file, or an exported CTranslate2 folder."),
+]
+RunOpt = Annotated[str | None, typer.Option("--run", help="Lineage run id (default: the output folder's last).")]
+GenerationOpt = Annotated[
+    int | None, typer.Option("--generation", "-g", help="Generation (default: the lineage's last finished).")
+]
+TrackingOpt = Annotated[
+    str | None, typer.Option(help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else the run's store).")
+]
+OutputDirOpt = Annotated[Path, typer.Option(help="Output folder of a run (its last lineage).")]
+TokenizerOpt = Annotated[
+    Path | None, typer.Option(help="sentencepiece model of a checkpoint file (default: found beside it).")
+]
+ShaOpt = Annotated[
+    str | None, typer.Option("--sha256", help="Expected sha256 of a checkpoint file (default: its lineage's record).")
+]
+MaxSrcOpt = Annotated[
+    int | None, typer.Option(help="Input tokens kept per line (default: the model's limit); longer lines are cut.")
+]
+MaxTokensOpt = Annotated[int | None, typer.Option(help="Padded input tokens per batch (default 4096).")]
+
+
+@app.command()
+def translate(
+    input_path: InputArg = None, output: OutputOpt = None, model: ModelOpt = None, run: RunOpt = None,
+    generation: GenerationOpt = None, tracking_uri: TrackingOpt = None, output_dir: OutputDirOpt = Path("mgkd-runs"),
+    tokenizer: TokenizerOpt = None, sha256: ShaOpt = None,
+    beam_size: Annotated[int | None, typer.Option(help="Beam size (default: the generation's eval.beam_size).")] = None,
+    max_len_a: Annotated[float | None, typer.Option(help="Output limit ceil(a * (source + 1) + b): a.")] = None,
+    max_len_b: Annotated[int | None, typer.Option(help="Output limit: b.")] = None,
+    max_len_src: MaxSrcOpt = None, max_tokens: MaxTokensOpt = None,
+    engine: Annotated[str, typer.Option(help="torch (mgkd's decoder) or ctranslate2.")] = "torch",
+    quantization: Annotated[
+        str, typer.Option(help="With --engine ctranslate2: float32, int8 or int8_float32.")
+    ] = "float32",
+) -> None:  # fmt: skip
+    """Translate a file or stdin with a generation of a lineage, a registered version, or a checkpoint."""
+    from mgkd.deploy.commands import ModelChoice, infer
+
+    with user_errors():
+        choice = ModelChoice(model, run, generation, tracking_uri, output_dir, tokenizer, sha256)
+        given = {"beam_size": beam_size, "max_len_a": max_len_a, "max_len_b": max_len_b, "max_tokens": max_tokens}
+        infer("translation", input_path, output, choice, given, max_len_src, engine, quantization, "tsv", 512,
+              _log_err)  # fmt: skip
+
+
+@app.command()
+def predict(
+    input_path: InputArg = None, output: OutputOpt = None, model: ModelOpt = None, run: RunOpt = None,
+    generation: GenerationOpt = None, tracking_uri: TrackingOpt = None, output_dir: OutputDirOpt = Path("mgkd-runs"),
+    tokenizer: TokenizerOpt = None, sha256: ShaOpt = None, max_len_src: MaxSrcOpt = None,
+    max_tokens: MaxTokensOpt = None,
+    output_format: Annotated[str, typer.Option("--format", help="tsv (label<TAB>probability) or jsonl.")] = "tsv",
+) -> None:  # fmt: skip
+    """Classify each line (a text, or text<TAB>pair) of a file or stdin: its label and probability."""
+    from mgkd.deploy.commands import ModelChoice, infer
+
+    with user_errors():
+        choice = ModelChoice(model, run, generation, tracking_uri, output_dir, tokenizer, sha256)
+        infer("classification", input_path, output, choice, {"max_tokens": max_tokens}, max_len_src, "torch",
+              "float32", output_format, 512, _log_err)  # fmt: skip
+
+
+@app.command()
+def export(
+    output: Annotated[Path, typer.Option("--output", "-o", help="The model folder to write.")],
+    output_format: Annotated[str, typer.Option("--format", help="ctranslate2 (Transformer translation).")] = (
+        "ctranslate2"
+    ),
+    quantization: Annotated[str, typer.Option(help="float32, int8 or int8_float32.")] = "float32",
+    force: Annotated[bool, typer.Option("--force", help="Replace the folder if it exists.")] = False,
+    model: ModelOpt = None, run: RunOpt = None, generation: GenerationOpt = None, tracking_uri: TrackingOpt = None,
+    output_dir: OutputDirOpt = Path("mgkd-runs"), tokenizer: TokenizerOpt = None, sha256: ShaOpt = None,
+) -> None:  # fmt: skip
+    """Export a generation to an inference engine: a CTranslate2 folder (with its sentencepiece model)."""
+    from mgkd.deploy.commands import ModelChoice
+    from mgkd.deploy.commands import export as export_model
+
+    with user_errors():
+        choice = ModelChoice(model, run, generation, tracking_uri, output_dir, tokenizer, sha256)
+        export_model(choice, output, output_format, quantization, force, _log_err)
+
+
+def _log_err(message: str) -> None:
+    err_console.print(message, highlight=False, soft_wrap=True)
 
 
 def _port_is_free(host: str, port: int) -> bool:
@@ -461,6 +557,7 @@ def main() -> None:
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     # MLflow announces its sqlite schema migrations at INFO; the run's own log says where the store is.
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # translate/predict download models
     app()
 
 

@@ -29,6 +29,7 @@ from pydantic import (
 )
 
 from mgkd.errors import MgkdError
+from mgkd.hf_folder import INSTALL_HINT, check_hf_folder
 
 
 class _Strict(BaseModel):
@@ -225,7 +226,8 @@ class ModelConfig(_Strict):
     transformer: every key but embed_dim. bigru: d_model is the width of the
     encoder states (d_model // 2 per direction) and of the decoder,
     encoder_layers/decoder_layers are GRU layers, embed_dim the embedding size;
-    n_heads, ff_dim and max_positions are unused.
+    n_heads, ff_dim and max_positions are unused. Each architecture checks its
+    own sizes (`mgkd.models.registry`), when the schedule is built.
     """
 
     arch: str = "transformer"
@@ -238,24 +240,6 @@ class ModelConfig(_Strict):
     max_positions: PositiveInt = 512
     # bigru only: embedding size (None: d_model). A smaller one saves most of a small model's parameters.
     embed_dim: PositiveInt | None = None
-
-    @model_validator(mode="after")
-    def _sizes_fit_arch(self) -> ModelConfig:
-        if self.arch == "bigru":
-            if self.d_model % 2:
-                raise ValueError(
-                    f"arch 'bigru' splits d_model between its two encoder directions, so d_model must be even "
-                    f"(got {self.d_model})"
-                )
-            return self
-        if self.d_model % self.n_heads:
-            raise ValueError(f"d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})")
-        if self.embed_dim is not None and self.embed_dim != self.d_model:
-            raise ValueError(
-                f"embed_dim is a bigru size; arch {self.arch!r} embeds tokens in d_model ({self.d_model}) "
-                "dimensions: drop embed_dim"
-            )
-        return self
 
 
 class LossTerm(_Strict):
@@ -310,9 +294,6 @@ class ExternalTeacherConfig(_Strict):
     @field_validator("path")
     @classmethod
     def _folder_holds_a_seq2seq_model(cls, v: Path) -> Path:
-        # Imported here: mgkd.models imports this module.
-        from mgkd.models.external import INSTALL_HINT, check_hf_folder
-
         folder = Path(v).expanduser().resolve()  # absolute: Ray workers may start elsewhere
         try:
             check_hf_folder(folder)

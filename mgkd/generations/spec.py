@@ -20,9 +20,10 @@ from mgkd.config import (
 from mgkd.errors import MgkdError
 from mgkd.losses import Criterion
 from mgkd.losses.base import registry
-from mgkd.models import TASK_ARCHS, check_arch
+from mgkd.models import architecture, check_model, task_architectures
 from mgkd.models.cutting import plan_cut
 from mgkd.tasks import TASKS, get_task
+from mgkd.tasks.monolingual import check_source
 
 
 @dataclass(frozen=True)
@@ -64,7 +65,7 @@ class GenerationSpec:
     def as_params(self) -> dict[str, Any]:
         """Flat key -> value view for MLflow params."""
         if self.external is not None:  # no model, budget or losses of ours: the folder and how it decodes
-            from mgkd.models.external import model_params
+            from mgkd.hf_folder import model_params
 
             ext = {f"external.{k}": v for k, v in self.external.model_dump(mode="json").items()}
             return {"generation": self.index, "seed": self.seed, **model_params(self.external.path), **ext,
@@ -138,9 +139,9 @@ def shrink_model(model: ModelConfig, shrink: ShrinkConfig) -> ModelConfig:
     f = shrink.factor
     if shrink.dimension == "layers":
         fewer = lambda n: max(shrink.min_layers, min(n, round(n * f)))  # noqa: E731
-        return model.model_copy(
-            update={"encoder_layers": fewer(model.encoder_layers), "decoder_layers": fewer(model.decoder_layers)}
-        )
+        # Every layer stack the architecture declares (a classifier's encoder only).
+        stacks = [count for _, count in architecture(model.arch).layers]
+        return model.model_copy(update={count: fewer(getattr(model, count)) for count in stacks})
     heads = model.n_heads
     d = max(shrink.min_d_model, int(math.floor(model.d_model * f / (8 * heads))) * 8 * heads)
     ff = max(d, int(round(model.ff_dim * d / model.d_model)))
@@ -218,11 +219,11 @@ def _check_task(cfg: ExperimentConfig, specs: list[GenerationSpec]) -> None:
                 raise MgkdError(f"{where}: an external (Hugging Face seq2seq) teacher is for task translation, "
                                 f"not {task}; drop generations.teacher.external")  # fmt: skip
             continue
-        check_arch(spec.model.arch)
-        if spec.model.arch not in TASK_ARCHS[task]:
+        check_model(spec.model, where)
+        if spec.model.arch not in task_architectures(task):
             raise MgkdError(
                 f"{where}: arch {spec.model.arch!r} does not fit task {task!r} (its architectures: "
-                f"{', '.join(sorted(TASK_ARCHS[task]))}); set model.arch"
+                f"{', '.join(sorted(task_architectures(task)))}); set model.arch"
                 f"; `--task {task}` with no --config runs the {declared.preset} preset"
             )
         try:
@@ -276,9 +277,16 @@ def _check_external_student(spec: GenerationSpec, external: ExternalTeacherConfi
     return external
 
 
+def _check_terms(criterion: Criterion, student: ModelConfig, teacher: ModelConfig | None) -> None:
+    """The loss terms fit these models, and the source-only text they read exists (before anything trains)."""
+    criterion.check(student, teacher)
+    for param, source in criterion.unlabeled_sources().items():
+        check_source(source, param)
+
+
 def _check(spec: GenerationSpec, teacher: GenerationSpec | None) -> GenerationSpec:
     where = "generations.teacher" if spec.index == 0 else f"generation {spec.index}"
-    check_arch(spec.model.arch)
+    check_model(spec.model, where)
     try:
         criterion = Criterion(spec.losses)
     except MgkdError as e:
@@ -290,7 +298,7 @@ def _check(spec: GenerationSpec, teacher: GenerationSpec | None) -> GenerationSp
                 f"{where}: loss(es) {', '.join(names)} need a teacher, but generation 0 has none; use label_smoothing"
             )
     try:
-        criterion.check(spec.model, teacher.model if teacher else None)
+        _check_terms(criterion, spec.model, teacher.model if teacher else None)
     except MgkdError as e:
         raise MgkdError(f"{where}: {e}") from None
     if spec.init == "teacher" and teacher is not None and spec.model.arch != teacher.model.arch:
@@ -306,7 +314,7 @@ def _check(spec: GenerationSpec, teacher: GenerationSpec | None) -> GenerationSp
         for point in search_corners(spec.search):
             trial = apply_search(spec, point)
             try:
-                Criterion(trial.losses).check(trial.model, teacher.model if teacher else None)
+                _check_terms(Criterion(trial.losses), trial.model, teacher.model if teacher else None)
             except MgkdError as e:
                 raise MgkdError(f"{where}: search.space {point}: {e}") from None
     shape = lambda m: m.model_dump(exclude={"dropout"})  # noqa: E731

@@ -16,8 +16,9 @@ from mgkd.generations.checkpoint import load_checkpoint
 from mgkd.generations.loop import Events, first_on_worker_0, resolve_device
 from mgkd.generations.spec import GenerationSpec
 from mgkd.generations.teacher_cache import TeacherCache, load_or_build_cache
+from mgkd.generations.views import GenerationViewContext
 from mgkd.losses import Criterion
-from mgkd.losses.base import ViewContext, ViewData
+from mgkd.losses.base import ViewData
 from mgkd.models import build_model
 from mgkd.models.cutting import cut_layers
 from mgkd.models.ensemble import EnsembleSeq2Seq
@@ -100,7 +101,8 @@ def teacher_views(criterion: Criterion, teacher: torch.nn.Module, digest: str, s
     each, the other workers then read it from the store."""
     views: dict[str, ViewData] = {}
     view_metrics: dict[str, float] = {}
-    ctx = ViewContext(teacher, digest, data, spec.eval, Path(data.cache_dir) / "teacher", device, spec.seed, events)
+    ctx = GenerationViewContext(teacher, digest, data, spec.eval, Path(data.cache_dir) / "teacher", device,
+                                spec.seed, events)  # fmt: skip
     for name, _, plugin in criterion.terms:
         if plugin.view != "gold" and plugin.view not in views:
             made = first_on_worker_0(world, lambda plugin=plugin: plugin.build_view(ctx))

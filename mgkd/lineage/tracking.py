@@ -104,11 +104,12 @@ def lineage_config(tracking_uri: str, lineage_id: str) -> dict[str, Any]:
     import yaml
 
     with tempfile.TemporaryDirectory(prefix="mgkd-config-") as tmp:
-        path = Path(_client(tracking_uri).download_artifacts(lineage_id, "config.yaml", tmp))
+        path = Path(mlflow_client(tracking_uri).download_artifacts(lineage_id, "config.yaml", tmp))
         return yaml.safe_load(path.read_text(encoding="utf-8"))
 
 
-def _client(uri: str) -> Any:
+def mlflow_client(uri: str) -> Any:
+    """An MlflowClient on `uri` for both tracking and the model registry (mlflow imported on first use)."""
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     from mlflow.tracking import MlflowClient
 
@@ -132,7 +133,7 @@ class LineageRecorder:
     def __init__(self, tracking_uri: str, experiment: str, artifact_root: Path | None = None) -> None:
         check_tracking_uri(tracking_uri)
         self.uri = tracking_uri
-        self.client = _client(tracking_uri)
+        self.client = mlflow_client(tracking_uri)
         exp = self.client.get_experiment_by_name(experiment)
         if exp is None:
             location = Path(artifact_root).resolve().as_uri() if artifact_root else None
@@ -217,16 +218,18 @@ class LineageRecorder:
     def log_table(self, run_id: str, columns: dict[str, list[str]], artifact_file: str) -> None:
         self.client.log_table(run_id, data=columns, artifact_file=artifact_file)
 
-    def register(self, model_name: str, run_id: str, artifact_path: str, tags: dict[str, str]) -> int:
-        """Register the run's artifact folder as the next version of `model_name`; returns the version."""
+    def register(self, model_name: str, run_id: str, artifact_path: str, tags: dict[str, str],
+                 logged_model: tuple[str, str] | None = None) -> int:  # fmt: skip
+        """Register the run's logged model (id, artifact location) or else its artifact folder as the next
+        version of `model_name`; returns the version."""
         from mlflow.exceptions import MlflowException
 
         try:
             self.client.get_registered_model(model_name)
         except MlflowException:
             self.client.create_registered_model(model_name, description="an mgkd lineage: version k is generation k")
-        source = f"{self.client.get_run(run_id).info.artifact_uri}/{artifact_path}"
-        mv = self.client.create_model_version(model_name, source, run_id=run_id, tags=tags)
+        model_id, source = logged_model or (None, f"{self.client.get_run(run_id).info.artifact_uri}/{artifact_path}")
+        mv = self.client.create_model_version(model_name, source, run_id=run_id, tags=tags, model_id=model_id)
         return int(mv.version)
 
     def lineage_tags(self, run_id: str) -> dict[str, str]:
@@ -253,7 +256,7 @@ def read_lineage(tracking_uri: str, lineage_id: str | None = None, experiment: s
 
     `lineage_id` is the parent run's id; without it, the newest lineage of `experiment`.
     """
-    client = _client(tracking_uri)
+    client = mlflow_client(tracking_uri)
     if lineage_id is None:
         if experiment is None:
             raise MgkdError("give a lineage id (the parent run id) or --experiment NAME")

@@ -19,11 +19,11 @@ view that some term uses.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 import torch
 from torch import nn
@@ -31,7 +31,6 @@ from torch import nn
 from mgkd.config import EvalConfig, LossTerm, ModelConfig
 from mgkd.errors import MgkdError
 from mgkd.outputs import ModelOutput, TargetBatch
-from mgkd.tasks.translation import PreparedData, SplitData
 
 ENTRY_POINT_GROUP = "mgkd.losses"
 VIEWS = ("gold", "seq_kd", "unlabeled")
@@ -72,18 +71,52 @@ class TeacherNeeds:
         return out + ([f"top_{self.top_k}"] if self.top_k else [])
 
 
-@dataclass
-class ViewContext:
-    """What a plugin may use to build its view of the data before a generation trains."""
+class TeacherText(Protocol):
+    """The teacher's stored outputs: for each example id its n best (score, text), best first."""
+
+    path: Path
+    hypotheses: dict[str, list[tuple[float, str]]]
+    cached: bool  # read back from the store, nothing decoded
+    rejected: str | None  # why a stored file was not trusted (then decoded again)
+    seconds: float
+
+
+class ViewContext(Protocol):
+    """What a plugin may use to build its view of the data before a generation trains.
+
+    The generation supplies it (`mgkd.generations.views.GenerationViewContext`):
+    decoding with the teacher and reading the task's data happen there, so a
+    plugin imports neither generations nor tasks code.
+    """
 
     teacher: nn.Module
     teacher_sha256: str
-    data: PreparedData
+    data: Any  # the task's prepared data: `splits` by name (ids, sources, targets), `tokenizer`
     eval: EvalConfig
     cache_dir: Path  # where teacher-derived data is stored, keyed by teacher checksum
     device: torch.device
     seed: int
     events: Callable[[dict[str, Any]], None]
+
+    def teacher_outputs(
+        self, examples: Sequence[tuple[str, str]], *, beam_size: int, n_best: int, label: str
+    ) -> TeacherText:
+        """The teacher's n best outputs for (id, source text) examples, decoded once per teacher and stored."""
+        ...
+
+    def to_split(self, ids: list[str], sources: list[str], targets: list[str]) -> Any:
+        """Texts as a split of the task's data, tokenized with the student's tokenizer."""
+        ...
+
+    def unlabeled_sources(
+        self, source: str, max_words: int, max_sentences: int | None, param: str
+    ) -> tuple[list[tuple[str, str]], dict[str, int]]:
+        """(id, text) of source-only sentences named by `source`, and counts of what was dropped and why."""
+        ...
+
+    def subset(self, ids: list[str], cap: int | None) -> list[int]:
+        """Positions of at most `cap` ids, chosen by a hash of the id."""
+        ...
 
 
 @dataclass
@@ -92,7 +125,7 @@ class ViewData:
     otherwise the view is drawn in batches of `token_ratio` times the gold token budget.
     `noise` perturbs a batch's sources (noisy student); `artifact` is logged to the generation's run."""
 
-    split: SplitData
+    split: Any  # the task's split type (translation: SplitData)
     aligned: bool = True
     token_ratio: float = 1.0
     noise: Callable[[Any, torch.Generator], Any] | None = None
@@ -127,6 +160,13 @@ class LossPlugin:
 
     def check(self, student: ModelConfig, teacher: ModelConfig | None) -> None:
         """Raise MgkdError if the plugin cannot work with these architectures (layer maps, features)."""
+
+    def unlabeled_sources(self) -> dict[str, str]:
+        """Source-only text the term reads, by the config param that names it ({param: source}).
+
+        The schedule checks each can be read (`mgkd.tasks.monolingual.check_source`) before anything trains.
+        """
+        return {}
 
     def build_view(self, ctx: ViewContext) -> ViewData | None:
         """Plugins on the `seq_kd`/`unlabeled` views make their examples here (cached by teacher checksum)."""
@@ -245,6 +285,10 @@ class Criterion:
     def check(self, student: ModelConfig, teacher: ModelConfig | None) -> None:
         for p in self.plugins:
             p.check(student, teacher)
+
+    def unlabeled_sources(self) -> dict[str, str]:
+        """Every term's source-only text, by the config param that names it."""
+        return {param: source for p in self.plugins for param, source in p.unlabeled_sources().items()}
 
     def set_progress(self, progress: float) -> None:
         for p in self.plugins:

@@ -9,134 +9,30 @@ which teacher layer; a schedule says when each pair is trained.
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from mgkd.config import ModelConfig
 from mgkd.errors import MgkdError
 from mgkd.losses.base import LossPlugin, TeacherNeeds, register
+from mgkd.losses.distances import DISTANCES
+from mgkd.losses.layer_map import (
+    DEFAULT_LOSS,
+    FEATURES,
+    MAP_KEYS,
+    SCHEDULES,
+    SIDES,
+    LayerPair,
+    bottom_up,
+    parse_entry,
+    uniform_layers,
+)
+from mgkd.losses.layer_map import map_error as _error
+from mgkd.models.registry import FEATURE_FIELDS, Architecture, architecture
 from mgkd.outputs import ModelOutput, TargetBatch
 from mgkd.vocabulary import PAD
-
-SIDES = ("encoder", "decoder")  # bottom-up: the decoder reads the encoder's output
-FEATURES = ("hidden", "attention")
-LOSSES = {"hidden": ("cosine", "mse"), "attention": ("kl",)}
-DEFAULT_LOSS = {"hidden": "cosine", "attention": "kl"}
-SCHEDULES = ("joint", "progressive", "stacked")
-MAP_KEYS = ("teacher", "student", "feature", "loss", "weight", "side")
-
-# What each architecture's forward(return_hidden=..., return_attention=...) fills,
-# as (side, feature). A new architecture declares its own row, e.g. a BiGRU
-# seq2seq with only encoder states: {("encoder", "hidden")}. Checked at config
-# time, so a map the student cannot serve fails before anything trains.
-ARCH_FEATURES: dict[str, frozenset[tuple[str, str]]] = {
-    "transformer": frozenset((side, feature) for side in SIDES for feature in FEATURES),
-    # The BiGRU returns one hidden entry per side (the top encoder states, the decoder's attentional
-    # states), so it counts as one layer per side here; its attention is not per layer and head.
-    "bigru": frozenset({("encoder", "hidden"), ("decoder", "hidden")}),
-    # The encoder classifier: its layers' states and attention (hidden states are compared at [CLS] only).
-    "transformer_classifier": frozenset({("encoder", "hidden"), ("encoder", "attention")}),
-}
-
-# Probabilities are clamped before the log: masked keys have probability 0.
-_EPS = 1e-12
-
-
-@dataclass(frozen=True)
-class LayerPair:
-    """One mapped feature: student layer `student` learns teacher layer `teacher` (1-based) on `side`."""
-
-    side: str
-    feature: str
-    teacher: int
-    student: int
-    loss: str
-    weight: float = 1.0
-
-    @property
-    def key(self) -> str:
-        """A stable name (also the projection's name; nn.ModuleDict keys cannot hold dots)."""
-        return f"{self.side}_{self.feature}_t{self.teacher}_s{self.student}"
-
-    def describe(self) -> str:
-        return (
-            f"{self.side} {self.feature}: teacher {self.teacher} -> student {self.student} "
-            f"({self.loss}, weight {self.weight:g})"
-        )
-
-
-# -- the three distances ----------------------------------------------------------
-
-
-def hidden_cosine(student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean over mask positions of 1 - cos(student, teacher); states (B, L, D), mask (B, L) True = real token.
-
-    Cosine ignores the states' scale, which differs between models of different
-    width and depth (the residual stream grows layer by layer).
-    """
-    cos = F.cosine_similarity(student.float(), teacher.float(), dim=-1, eps=1e-8)
-    m = mask.to(cos.dtype)
-    return ((1.0 - cos) * m).sum() / m.sum().clamp_min(1.0)
-
-
-def hidden_mse(student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean over mask positions and the D dimensions of the squared error."""
-    sq = (student.float() - teacher.float()).pow(2).mean(-1)
-    m = mask.to(sq.dtype)
-    return (sq * m).sum() / m.sum().clamp_min(1.0)
-
-
-def attention_kl(student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """KL(teacher || student) over the keys, averaged over heads and mask (non-padding) query positions.
-
-    Attention is (B, H, Lq, Lk) probabilities; mask (B, Lq). Keys at padding
-    have probability 0 in both, so they add nothing (0 * log 0 is taken as 0).
-    With different head counts there is no head-to-head correspondence, so
-    both sides are first averaged over their heads and the mean distributions
-    compared; by convexity this KL is at most the mean per-head KL, a looser
-    signal than matching heads one by one.
-    """
-    s, t = student.float(), teacher.float()
-    if s.size(1) != t.size(1):
-        s, t = s.mean(1, keepdim=True), t.mean(1, keepdim=True)
-    kl = (torch.xlogy(t, t) - t * s.clamp_min(_EPS).log()).sum(-1).mean(1)  # (B, Lq)
-    m = mask.to(kl.dtype)
-    return (kl * m).sum() / m.sum().clamp_min(1.0)
-
-
-DISTANCES = {"cosine": hidden_cosine, "mse": hidden_mse, "kl": attention_kl}
-
-
-# -- the map -------------------------------------------------------------------
-
-
-def uniform_layers(n_student: int, n_teacher: int) -> list[tuple[int, int]]:
-    """(student j, teacher round(j * n_t / n_s)) for j = 1..n_s, halves rounded up, at least layer 1.
-
-    The student's top layer meets the teacher's top layer and the others are
-    spread evenly below it (12 -> 6 maps j to 2j, as in the paper).
-    """
-    return [(j, max(1, math.floor(j * n_teacher / n_student + 0.5))) for j in range(1, n_student + 1)]
-
-
-def layer_count(cfg: ModelConfig, side: str) -> int:
-    if cfg.arch == "bigru":
-        return 1  # one exposed state per side (see ARCH_FEATURES)
-    return cfg.encoder_layers if side == "encoder" else cfg.decoder_layers
-
-
-def hidden_width(cfg: ModelConfig, side: str) -> int:
-    """Width of a side's hidden states (every transformer layer outputs d_model)."""
-    return cfg.d_model
-
-
-def _bottom_up(pair: LayerPair) -> tuple[int, int, int, int]:
-    return (SIDES.index(pair.side), pair.student, pair.teacher, FEATURES.index(pair.feature))
 
 
 @register
@@ -222,7 +118,7 @@ class InternalRepresentation(LossPlugin):
                     f"layer_map must be 'uniform' or a non-empty list of entries "
                     f"{{{', '.join(MAP_KEYS)}}}, got {layer_map!r}"
                 )
-            self.explicit = [_parse_entry(i, e) for i, e in enumerate(layer_map, start=1)]
+            self.explicit = [parse_entry(i, e) for i, e in enumerate(layer_map, start=1)]
             seen: set[str] = set()
             for p in self.explicit:
                 if p.key in seen:
@@ -246,21 +142,22 @@ class InternalRepresentation(LossPlugin):
     def resolved_map(self, student: ModelConfig, teacher: ModelConfig) -> list[LayerPair]:
         """The entries this term trains for these models, in bottom-up (phase) order."""
         if self.explicit is not None:
-            return sorted(self.explicit, key=_bottom_up)
-        exposed = _features(student, "student") & _features(teacher, "teacher")
+            return sorted(self.explicit, key=bottom_up)
+        s_arch, t_arch = _architecture(student, "student"), _architecture(teacher, "teacher")
+        exposed = s_arch.features & t_arch.features
         pairs = []
         for side in SIDES:
-            for j, t in uniform_layers(layer_count(student, side), layer_count(teacher, side)):
+            for j, t in uniform_layers(s_arch.layer_count(student, side), t_arch.layer_count(teacher, side)):
                 for feature in self.uniform_features:
                     if (side, feature) in exposed:
                         pairs.append(LayerPair(side, feature, t, j, DEFAULT_LOSS[feature]))
-        return sorted(pairs, key=_bottom_up)
+        return sorted(pairs, key=bottom_up)
 
     @staticmethod
     def phases(pairs: list[LayerPair]) -> list[list[LayerPair]]:
         """The entries grouped by layer pair (side, teacher, student), in bottom-up order."""
         groups: dict[tuple[str, int, int], list[LayerPair]] = {}
-        for p in sorted(pairs, key=_bottom_up):
+        for p in sorted(pairs, key=bottom_up):
             groups.setdefault((p.side, p.teacher, p.student), []).append(p)
         return list(groups.values())
 
@@ -274,7 +171,8 @@ class InternalRepresentation(LossPlugin):
                 "needs a teacher's hidden states or attention; generation 0 has none, so use "
                 "label_smoothing there and `internal` in generations.student.losses"
             )
-        s_feat, t_feat = _features(student, "student"), _features(teacher, "teacher")
+        s_arch, t_arch = _architecture(student, "student"), _architecture(teacher, "teacher")
+        s_feat, t_feat = s_arch.features, t_arch.features
         pairs = self.resolved_map(student, teacher)
         if not pairs:
             raise _error(
@@ -283,13 +181,14 @@ class InternalRepresentation(LossPlugin):
                 f"{_names(t_feat)}; change uniform_features or give an explicit layer_map"
             )
         for p in pairs:
-            for who, cfg, exposed in (("student", student, s_feat), ("teacher", teacher, t_feat)):
+            for who, cfg, arch in (("student", student, s_arch), ("teacher", teacher, t_arch)):
+                exposed = arch.features
                 if (p.side, p.feature) not in exposed:
                     raise _error(
                         f"entry '{p.describe()}': the {who}'s arch {cfg.arch!r} does not expose "
                         f"{p.side} {p.feature} (it exposes {_names(exposed)}); change layer_map"
                     )
-                layer, n = getattr(p, who), layer_count(cfg, p.side)
+                layer, n = getattr(p, who), arch.layer_count(cfg, p.side)
                 if not 1 <= layer <= n:
                     raise _error(
                         f"entry '{p.describe()}': {who} layer {layer} is outside the {who}'s {p.side} "
@@ -306,7 +205,8 @@ class InternalRepresentation(LossPlugin):
         self.pairs = self.resolved_map(student, teacher)
         self.projections = nn.ModuleDict()
         for p in self.pairs:
-            s_width, t_width = hidden_width(student, p.side), hidden_width(teacher, p.side)
+            s_width = architecture(student.arch).hidden_width(student, p.side)
+            t_width = architecture(teacher.arch).hidden_width(teacher, p.side)
             if p.feature == "hidden" and s_width != t_width:
                 # No bias: a constant output could point at the teacher's mean
                 # direction and lower the cosine without the student learning anything.
@@ -384,21 +284,16 @@ def _masks(batch: TargetBatch) -> dict[tuple[str, str], torch.Tensor]:
             ("decoder", "hidden"): dec, ("decoder", "attention"): dec}  # fmt: skip
 
 
-def _error(message: str) -> MgkdError:
-    return MgkdError(f"loss 'internal': {message}")
-
-
 def _names(exposed: frozenset[tuple[str, str]] | set[tuple[str, str]]) -> str:
     return ", ".join(f"{s} {f}" for s, f in sorted(exposed, key=lambda x: (SIDES.index(x[0]), x[1]))) or "nothing"
 
 
-def _features(cfg: ModelConfig, who: str) -> frozenset[tuple[str, str]]:
-    if cfg.arch not in ARCH_FEATURES:
-        raise _error(
-            f"the {who}'s arch {cfg.arch!r} does not declare which internal features it exposes; "
-            f"add it to mgkd.losses.internal.ARCH_FEATURES (known: {', '.join(sorted(ARCH_FEATURES))})"
-        )
-    return ARCH_FEATURES[cfg.arch]
+def _architecture(cfg: ModelConfig, who: str) -> Architecture:
+    """The declaration of the model's arch: which features it exposes, how many layers each side has."""
+    try:
+        return architecture(cfg.arch)
+    except MgkdError as e:
+        raise _error(f"the {who}: {e}") from None
 
 
 def _model_config(model: nn.Module, who: str) -> ModelConfig:
@@ -410,10 +305,7 @@ def _model_config(model: nn.Module, who: str) -> ModelConfig:
 
 def _feature(out: Any, p: LayerPair, who: str) -> torch.Tensor:
     """The (B, L, D) hidden states or (B, H, Lq, Lk) attention of layer p.<who> on p.side."""
-    if p.feature == "hidden":
-        layers = out.encoder_hidden if p.side == "encoder" else out.decoder_hidden
-    else:
-        layers = out.encoder_attention if p.side == "encoder" else out.decoder_self_attention
+    layers = getattr(out, FEATURE_FIELDS[(p.side, p.feature)])
     index = getattr(p, who)
     if len(layers) < index:
         # A bug, not a config error: check() has verified the layer exists.
@@ -422,36 +314,3 @@ def _feature(out: Any, p: LayerPair, who: str) -> torch.Tensor:
             f"mapped; the forward must run with return_hidden/return_attention (see internal.{who}_needs)"
         )
     return layers[index - 1]
-
-
-def _parse_entry(index: int, entry: Any) -> LayerPair:
-    """One layer_map entry, its names and types checked; the layer ranges are checked in `check`."""
-    where = f"layer_map entry {index}"
-    if not isinstance(entry, dict):
-        raise _error(f"{where} must be a mapping {{{', '.join(MAP_KEYS)}}}, got {entry!r}")
-    unknown = sorted(set(entry) - set(MAP_KEYS))
-    if unknown:
-        raise _error(f"{where} has unknown key(s) {', '.join(map(str, unknown))}; valid keys: {', '.join(MAP_KEYS)}")
-    for key in ("teacher", "student"):
-        if key not in entry:
-            raise _error(f"{where} needs `{key}` (a 1-based layer index)")
-        if not isinstance(entry[key], int) or isinstance(entry[key], bool):
-            raise _error(f"{where}: `{key}` must be a 1-based layer index (an integer), got {entry[key]!r}")
-    side = entry.get("side", "encoder")
-    if side not in SIDES:
-        raise _error(f"{where}: unknown side {side!r}; choose one of: {', '.join(SIDES)}")
-    feature = entry.get("feature", "hidden")
-    if feature not in FEATURES:
-        raise _error(f"{where}: unknown feature {feature!r}; choose one of: {', '.join(FEATURES)}")
-    loss = entry.get("loss", DEFAULT_LOSS[feature])
-    if loss not in LOSSES[feature]:
-        known = {name for names in LOSSES.values() for name in names}
-        what = "wrong" if loss in known else "unknown"
-        raise _error(
-            f"{where}: {what} loss {loss!r} for feature {feature!r}; {feature} is compared with "
-            f"{' or '.join(LOSSES[feature])} (hidden: cosine or mse; attention: kl)"
-        )
-    weight = entry.get("weight", 1.0)
-    if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not weight > 0:
-        raise _error(f"{where}: weight must be a number > 0, got {weight!r}")
-    return LayerPair(side, feature, entry["teacher"], entry["student"], loss, float(weight))

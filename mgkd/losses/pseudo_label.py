@@ -22,15 +22,14 @@ from typing import TypeVar
 
 import torch
 
-from mgkd.config import ModelConfig
 from mgkd.errors import MgkdError
 from mgkd.losses.base import LossPlugin, TeacherNeeds, ViewContext, ViewData, register
 from mgkd.losses.sequence import token_cross_entropy
 from mgkd.outputs import ModelOutput, TargetBatch
-from mgkd.tasks.monolingual import HELDOUT, check_source, read_sources
 from mgkd.vocabulary import EOS, PAD
 
 PARAM = "loss 'pseudo_label' params.source"
+HELDOUT = "builtin:heldout"  # the parallel corpus's own verses in none of its splits (mgkd.tasks.monolingual)
 B = TypeVar("B", bound=TargetBatch)  # a batch dataclass: the noise gives back the same type
 
 
@@ -127,24 +126,17 @@ class PseudoLabel(LossPlugin):
         self.beam_size = int(beam_size)
         self.smoothing = float(smoothing)
 
-    def check(self, student: ModelConfig, teacher: ModelConfig | None) -> None:
-        # A missing or unreadable file must stop the run before generation 0 trains.
-        check_source(self.source, PARAM)
+    def unlabeled_sources(self) -> dict[str, str]:
+        # A missing or unreadable file must stop the run before generation 0 trains: the schedule checks it.
+        return {PARAM: self.source}
 
     def __call__(self, student: ModelOutput, teacher: ModelOutput | None, batch: TargetBatch) -> torch.Tensor:
         return token_cross_entropy(student.logits, batch.targets, self.smoothing)
 
     def build_view(self, ctx: ViewContext) -> ViewData:
-        from mgkd.generations.pseudo_targets import DecodeSettings, teacher_outputs, to_split
-
         t0 = time.perf_counter()
-        sentences, counts = read_sources(self.source, ctx.data, self.max_words, self.max_sentences, PARAM)
-        examples = [(s.id, s.text) for s in sentences]
-        settings = DecodeSettings(self.beam_size, 1, ctx.eval.max_len_a, ctx.eval.max_len_b, ctx.eval.length_penalty)
-        out = teacher_outputs(
-            ctx.teacher, ctx.teacher_sha256, examples, ctx.data.tokenizer, settings, ctx.cache_dir,
-            device=ctx.device, batch_size=ctx.eval.decode_batch_size, events=ctx.events, label="pseudo_label",
-        )  # fmt: skip
+        examples, counts = ctx.unlabeled_sources(self.source, self.max_words, self.max_sentences, PARAM)
+        out = ctx.teacher_outputs(examples, beam_size=self.beam_size, n_best=1, label="pseudo_label")
         # An empty output teaches the student to stop at once: leave those out.
         labeled = [(i, s, out.hypotheses[i][0][1]) for i, s in examples if out.hypotheses[i][0][1].strip()]
         if not labeled:
@@ -152,8 +144,7 @@ class PseudoLabel(LossPlugin):
                 f"pseudo_label: the teacher translated all {len(examples)} sentences of {self.source!r} to empty "
                 "text (an untrained teacher?); train the teacher longer or drop the pseudo_label term"
             )
-        split = to_split([x[0] for x in labeled], [x[1] for x in labeled], [x[2] for x in labeled],
-                         ctx.data.tokenizer)  # fmt: skip
+        split = ctx.to_split([x[0] for x in labeled], [x[1] for x in labeled], [x[2] for x in labeled])
         noisy = self.noise.dropout > 0 or self.noise.swap > 0
         metrics = {
             "pseudo_label_sentences": float(len(split)),

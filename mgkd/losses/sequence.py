@@ -99,26 +99,15 @@ class SequenceKD(LossPlugin):
         return token_cross_entropy(student.logits, batch.targets, self.smoothing)
 
     def build_view(self, ctx: ViewContext) -> ViewData:
-        # The store runs the teacher, so it lives with the generation code (which imports
-        # this package): imported here, at call time.
-        from mgkd.generations.pseudo_targets import DecodeSettings, teacher_outputs, to_split
-        from mgkd.tasks.monolingual import stable_subset
-
         t0 = time.perf_counter()
         train = ctx.data.splits["train"]
-        rows = stable_subset(train.ids, self.max_sentences)
+        rows = ctx.subset(train.ids, self.max_sentences)
         examples = [(train.ids[i], train.sources[i]) for i in rows]
-        settings = DecodeSettings(self.beam_size, self.n_best, ctx.eval.max_len_a, ctx.eval.max_len_b,
-                                  ctx.eval.length_penalty)  # fmt: skip
-        # An mgkd teacher's tokenizer is the data's; an external teacher brings its own and ignores it.
-        # The store keeps text, so the student re-tokenizes it below with its own.
-        out = teacher_outputs(
-            ctx.teacher, ctx.teacher_sha256, examples, ctx.data.tokenizer, settings, ctx.cache_dir,
-            device=ctx.device, batch_size=ctx.eval.decode_batch_size, events=ctx.events, label="seq_kd",
-        )  # fmt: skip
+        # The store keeps text, so the student re-tokenizes it below with its own tokenizer.
+        out = ctx.teacher_outputs(examples, beam_size=self.beam_size, n_best=self.n_best, label="seq_kd")
         references = [train.targets[i] for i in rows]
         targets = select_hypotheses([out.hypotheses[i] for i, _ in examples], references, self.select)
-        split = to_split([i for i, _ in examples], [s for _, s in examples], targets, ctx.data.tokenizer)
+        split = ctx.to_split([i for i, _ in examples], [s for _, s in examples], targets)
         metrics = {
             "seq_kd_pseudo_bleu": float(sacrebleu.corpus_bleu(targets, [references]).score),
             "seq_kd_sentences": float(len(rows)),

@@ -37,6 +37,7 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from mgkd.config import ModelConfig
+from mgkd.models.registry import SEQ2SEQ_LAYERS, register
 from mgkd.outputs import Seq2SeqOutput
 from mgkd.vocabulary import PAD
 
@@ -51,14 +52,30 @@ class GRUState:
     src_pad: torch.Tensor  # (N, S) True at padding
 
 
+def check_bigru_sizes(cfg: ModelConfig) -> None:
+    """d_model is split between the encoder's two directions; n_heads does not constrain a GRU."""
+    if cfg.d_model % 2:
+        raise ValueError(
+            f"arch 'bigru' splits d_model between its two encoder directions, so d_model must be even "
+            f"(got {cfg.d_model})"
+        )
+
+
+@register(
+    "bigru",
+    task="translation",
+    description="bidirectional GRU encoder, GRU decoder with Luong attention (a small, fast student)",
+    # One entry each, whatever the GRU depth: encoder_hidden [encoder states (B, S, D)] (the top layer, both
+    # directions); decoder_hidden [attentional decoder states (B, T, D)] (what the output layer reads);
+    # decoder_cross_attention [attention probabilities (B, 1, T, S)] (one "head"; no layer map names it).
+    exposes={"encoder_hidden", "decoder_hidden", "decoder_cross_attention"},
+    layers=SEQ2SEQ_LAYERS,
+    cuttable=False,  # GRU layers of different input widths: no layer-by-layer copy
+    check=check_bigru_sizes,
+    feature_layers=lambda cfg, side: 1,
+)
 class BiGRUSeq2Seq(nn.Module):
     """Bidirectional GRU encoder, GRU decoder with attention, one joint vocabulary and embedding matrix."""
-
-    # The Seq2SeqOutput fields this model fills on request, so loss plugins can check at config time:
-    # encoder_hidden: [encoder states (B, S, D)] (one entry: the top layer, both directions);
-    # decoder_hidden: [attentional decoder states (B, T, D)] (one entry: what the output layer reads);
-    # decoder_cross_attention: [attention probabilities (B, 1, T, S)] (one entry, one "head").
-    exposes = frozenset({"encoder_hidden", "decoder_hidden", "decoder_cross_attention"})
 
     def __init__(self, cfg: ModelConfig, vocab_size: int) -> None:
         super().__init__()

@@ -15,15 +15,24 @@ import torch
 from torch import nn
 
 from mgkd.config import ModelConfig
-from mgkd.models.transformer import EncoderLayer, sinusoids
+from mgkd.models.registry import ENCODER_LAYERS, register
+from mgkd.models.transformer import EncoderLayer, check_transformer_sizes, sinusoids
 from mgkd.outputs import ClassifierOutput
 from mgkd.vocabulary import PAD
 
 
+@register(
+    "transformer_classifier",
+    task="classification",
+    description="BERT-like Transformer encoder with a [CLS] pooler and a class head",
+    exposes={"encoder_hidden", "encoder_attention"},
+    layers=ENCODER_LAYERS,
+    cuttable=True,
+    check=check_transformer_sizes,
+    data_args=("num_classes",),  # its class count comes from the data's labels
+)
 class TransformerClassifier(nn.Module):
     """Token + position + segment embeddings, pre-norm encoder layers, a tanh pooler on [CLS] (BERT's)."""
-
-    exposes = frozenset({"encoder_hidden", "encoder_attention"})
 
     def __init__(self, cfg: ModelConfig, vocab_size: int, num_classes: int | None = None) -> None:
         super().__init__()

@@ -18,11 +18,9 @@ from torch import nn
 
 from mgkd.config import ModelConfig
 from mgkd.errors import MgkdError
+from mgkd.models.registry import architecture, architectures
 
 CutLayers = str | list[int] | dict[str, list[int]]
-SIDES = (("encoder", "encoder_layers"), ("decoder", "decoder_layers"))
-# The layer stacks each cuttable architecture has (the classifier is an encoder only).
-CUT_SIDES = {"transformer": SIDES, "transformer_classifier": SIDES[:1]}
 
 
 def select_layers(how: str | list[int], n_teacher: int, n_student: int, side: str = "encoder") -> list[int]:
@@ -51,9 +49,11 @@ def select_layers(how: str | list[int], n_teacher: int, n_student: int, side: st
 
 def plan_cut(how: CutLayers, student: ModelConfig, teacher: ModelConfig) -> dict[str, list[int]]:
     """Check that a cut is possible and return the teacher layers per side; raises MgkdError otherwise."""
-    if student.arch != teacher.arch or student.arch not in CUT_SIDES:
+    # Which architectures can be cut, and their layer stacks, are their declarations.
+    cuttable = sorted(name for name, arch in architectures().items() if arch.cuttable)
+    if student.arch != teacher.arch or student.arch not in cuttable:
         raise MgkdError(
-            f"init: cut copies Transformer layers between models of one arch ({', '.join(CUT_SIDES)}); got teacher "
+            f"init: cut copies Transformer layers between models of one arch ({', '.join(cuttable)}); got teacher "
             f"{teacher.arch} and student {student.arch} (use init: scratch across architectures)"
         )
     same = ("d_model", "n_heads", "ff_dim")
@@ -65,7 +65,7 @@ def plan_cut(how: CutLayers, student: ModelConfig, teacher: ModelConfig) -> dict
             + "; change only encoder_layers/decoder_layers, or use init: scratch"
         )
     plan = {}
-    for side, attr in CUT_SIDES[student.arch]:
+    for side, attr in architecture(student.arch).layers:
         spec = how.get(side, "first") if isinstance(how, dict) else how
         plan[side] = select_layers(spec, getattr(teacher, attr), getattr(student, attr), side)
     return plan

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mgkd.config import ModelConfig
+from mgkd.models.registry import SEQ2SEQ_LAYERS, register
 from mgkd.outputs import Seq2SeqOutput
 from mgkd.vocabulary import PAD
 
@@ -140,13 +141,35 @@ def sinusoids(n: int, d: int) -> torch.Tensor:
     return pe
 
 
+def check_transformer_sizes(cfg: ModelConfig) -> None:
+    """Heads split d_model evenly; tokens are embedded in d_model dimensions (embed_dim is the BiGRU's)."""
+    if cfg.d_model % cfg.n_heads:
+        raise ValueError(f"d_model ({cfg.d_model}) must be divisible by n_heads ({cfg.n_heads})")
+    if cfg.embed_dim is not None and cfg.embed_dim != cfg.d_model:
+        raise ValueError(
+            f"embed_dim is a bigru size; arch {cfg.arch!r} embeds tokens in d_model ({cfg.d_model}) "
+            "dimensions: drop embed_dim"
+        )
+
+
+@register(
+    "transformer",
+    task="translation",
+    description="pre-norm Transformer encoder-decoder, tied embeddings, incremental decoding",
+    # One entry per layer in each list; cross-attention too, though no layer map names it.
+    exposes={
+        "encoder_hidden",
+        "decoder_hidden",
+        "encoder_attention",
+        "decoder_self_attention",
+        "decoder_cross_attention",
+    },  # fmt: skip
+    layers=SEQ2SEQ_LAYERS,
+    cuttable=True,
+    check=check_transformer_sizes,
+)
 class TransformerSeq2Seq(nn.Module):
     """Encoder-decoder over one joint vocabulary; input and output embeddings are one matrix."""
-
-    # The Seq2SeqOutput fields this model fills on request (one entry per layer), for config-time checks.
-    exposes = frozenset(
-        {"encoder_hidden", "decoder_hidden", "encoder_attention", "decoder_self_attention", "decoder_cross_attention"}
-    )
 
     def __init__(self, cfg: ModelConfig, vocab_size: int) -> None:
         super().__init__()

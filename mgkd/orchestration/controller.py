@@ -17,6 +17,7 @@ from mlflow.exceptions import MlflowException
 from rich.console import Console
 
 from mgkd.config import ExperimentConfig, apply_overrides, validate
+from mgkd.deploy.pyfunc import log_generation_model
 from mgkd.errors import MgkdError
 from mgkd.files import sha256_file
 from mgkd.generations import GenerationResult, GenerationSpec, build_schedule
@@ -26,12 +27,12 @@ from mgkd.lineage.tracking import (
     TAG_CHECKPOINT_SHA,
     TAG_MODEL,
     LineageRecorder,
-    _client,
     check_tracking_uri,
     dataset_inputs,
     default_tracking_uri,
     lineage_config,
     lineage_plot,
+    mlflow_client,
     read_last_lineage,
     read_lineage,
     write_last_lineage,
@@ -73,15 +74,20 @@ def _artifact_root(cfg: ExperimentConfig, tracking_uri: str) -> Path | None:
 
 
 def _record_generation(recorder: LineageRecorder, run_id: str, model_name: str, result: GenerationResult,
-                       data: PreparedData, spec: GenerationSpec) -> None:  # fmt: skip
+                       data: PreparedData, spec: GenerationSpec, cfg: ExperimentConfig) -> None:  # fmt: skip
     """Everything a finished generation leaves in its run, then the run's end."""
     recorder.log_metrics(run_id, result.metrics, int(result.metrics["steps"]))
     recorder.set_tags(run_id, {TAG_CHECKPOINT_SHA: result.checkpoint_sha256, **fairness_tags(result, data, spec)})
+    logged_model = None
     if result.manifest:  # an external model: the list of its folder's files, not a copy of them
         recorder.log_artifact(run_id, result.manifest, "checkpoint")
     else:
         recorder.log_artifact(run_id, result.checkpoint, "checkpoint")
         recorder.log_artifact(run_id, data.cache_dir / "spm.model", "tokenizer")
+        # The same files as an MLflow model (pyfunc): what the registry version points to.
+        logged_model = log_generation_model(recorder.uri, run_id, Path(result.checkpoint), data.cache_dir / "spm.model",
+                                            result.checkpoint_sha256, cfg.task,
+                                            {"max_length": cfg.classification.max_length})  # fmt: skip
     if result.translations:
         recorder.log_artifact(run_id, result.translations)
         named = Path(result.translations).parent / "test_sets"  # eval.test_sets: test_sets/<name>.tsv
@@ -92,7 +98,7 @@ def _record_generation(recorder: LineageRecorder, run_id: str, model_name: str, 
     samples = {k: [s[k] for s in result.samples] for k in ("source", "reference", "hypothesis")}
     recorder.log_table(run_id, samples, "samples/test_first50.json")
     # The registry's version k is generation k, tagged with the same lineage edges as its run.
-    version = recorder.register(model_name, run_id, "checkpoint", recorder.lineage_tags(run_id))
+    version = recorder.register(model_name, run_id, "checkpoint", recorder.lineage_tags(run_id), logged_model)
     recorder.set_tags(run_id, {TAG_MODEL: model_name, "mgkd.model_version": str(version)})
     recorder.end(run_id, "FINISHED")
 
@@ -149,7 +155,7 @@ def resume_lineage(target: str, tracking_uri: str | None = None, console: Consol
     info = read_lineage(tracking_uri, lineage_id)
     if info["status"] == "FINISHED":
         raise MgkdError(f"lineage {lineage_id} already finished; nothing to resume (mgkd lineage {lineage_id})")
-    client = _client(tracking_uri)
+    client = mlflow_client(tracking_uri)
     raw = lineage_config(tracking_uri, lineage_id)
     # `--set` may change what the rest of the lineage does (e.g. a lower train.lr after a NaN); a change of a
     # generation's model or of the data is refused when its saved state or the data hash is checked.
@@ -260,14 +266,13 @@ def _drive(cfg: ExperimentConfig, specs: list[GenerationSpec], data: PreparedDat
 
                     if spec.search is not None:
                         assert isinstance(runner, RayRunner)  # the config requires Ray for a search
-                        sweep = run_sweep(runner, spec, lineage_dir / f"gen-{spec.index}", teacher, events,
-                                          task=task)
+                        sweep = run_sweep(runner, spec, lineage_dir / f"gen-{spec.index}", teacher, events, task=task)
                         _record_trials(recorder, lineage_id, run_id, spec.index, sweep)
                         result, best_point = sweep.best, sweep.best_trial.point
                     else:
                         result = runner.run(spec, lineage_dir / f"gen-{spec.index}", teacher, events)
                 trained = apply_search(spec, best_point) if best_point else spec
-                _record_generation(recorder, run_id, model_name, result, data, trained)
+                _record_generation(recorder, run_id, model_name, result, data, trained, cfg)
                 ended.add(run_id)
                 results.append(result)
                 run_ids.append(run_id)
@@ -289,8 +294,9 @@ def _drive(cfg: ExperimentConfig, specs: list[GenerationSpec], data: PreparedDat
                     console, started,
                 )  # fmt: skip
                 ended.add(control_run_ids[spec.index])
-                console.print(lineage_table(specs, results, f"after generation {spec.index}'s control", controls,
-                                            task=task))
+                console.print(
+                    lineage_table(specs, results, f"after generation {spec.index}'s control", controls, task=task)
+                )
         wall = time.perf_counter() - t0
         final = {f"final_{k}": v for k, v in results[-1].metrics.items() if k == task.table[0]}  # the headline
         recorder.log_metrics(lineage_id, {"wall_time_s": wall, **final}, 0)
@@ -408,7 +414,7 @@ def _check_output_dir(output_dir: Path, cfg: ExperimentConfig) -> None:
             f"{cfg.experiment_name!r}; choose another --output-dir, or --force to add a lineage there"
         )
     try:
-        status = _client(last["tracking_uri"]).get_run(lineage_id).info.status
+        status = mlflow_client(last["tracking_uri"]).get_run(lineage_id).info.status
     except Exception:  # noqa: BLE001 - a store we cannot read says nothing about the lineage
         return
     if status in ("RUNNING", "KILLED", "FAILED"):

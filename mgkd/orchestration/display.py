@@ -9,6 +9,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from mgkd.generations import GenerationResult, GenerationSpec
+from mgkd.models.registry import model_label
 from mgkd.tasks import Task, table_columns
 
 
@@ -95,9 +96,7 @@ def lineage_table(specs: list[GenerationSpec], results: list[GenerationResult], 
         table.add_column(col, justify="right" if col not in ("architecture", "teacher") else "left")
     for spec, r in zip(specs, results):
         m = spec.model
-        arch = f"{m.arch} d{m.d_model} {m.encoder_layers}+{m.decoder_layers}"
-        if m.arch == "transformer_classifier":
-            arch = f"{m.arch} d{m.d_model} {m.encoder_layers}L"
+        arch = model_label(m.arch, m.model_dump())
         if spec.external is not None:
             arch = f"external {spec.external.kind}: {spec.external.path.name}"
         tg = spec.teacher_generations or []

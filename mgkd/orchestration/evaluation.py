@@ -19,7 +19,7 @@ import torch
 from mgkd.config import ExperimentConfig, validate
 from mgkd.errors import MgkdError
 from mgkd.generations.checkpoint import load_checkpoint
-from mgkd.lineage.tracking import TAG_KIND, TAG_LINEAGE, _client, lineage_config, read_lineage
+from mgkd.lineage.tracking import TAG_KIND, TAG_LINEAGE, lineage_config, mlflow_client, read_lineage
 from mgkd.models.decoding import translate
 from mgkd.models.ensemble import EnsembleSeq2Seq
 from mgkd.tasks.translation import prepare, score_translations
@@ -54,7 +54,7 @@ def evaluate_ensemble(
         )
     if len(chosen) < 2:
         raise MgkdError(f"an ensemble needs at least two generations, got {chosen}; e.g. --ensemble 1,2,3")
-    client = _client(tracking_uri)
+    client = mlflow_client(tracking_uri)
     with tempfile.TemporaryDirectory(prefix="mgkd-eval-") as tmp:
         cfg: ExperimentConfig = validate(lineage_config(tracking_uri, info["lineage_id"]))
         if cfg.task != "translation":

@@ -17,11 +17,38 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import sentencepiece as spm
+
 from mgkd.config import ExperimentConfig, ModelConfig
 
 Log = Callable[[str], None]
 # The prefixes a metric carries in a generation's record; the task declares the bare names.
 SPLIT_PREFIXES = ("best_valid_", "valid_", "test_")
+
+
+class TokenizedData:
+    """What every task's prepared data shares: its sentencepiece model as bytes (plain data Ray ships to
+    workers), the processor built from them on first use. Subclasses are dataclasses with the fields
+    `spm_model` and `_processor`."""
+
+    spm_model: bytes
+    _processor: spm.SentencePieceProcessor | None
+
+    @property
+    def tokenizer(self) -> spm.SentencePieceProcessor:
+        if self._processor is None:
+            self._processor = spm.SentencePieceProcessor(model_proto=self.spm_model)
+        return self._processor
+
+    @property
+    def vocab_size(self) -> int:
+        return self.tokenizer.get_piece_size()
+
+    def __getstate__(self) -> dict:
+        # The processor is a SWIG object: rebuilt from the bytes after unpickling.
+        state = self.__dict__.copy()
+        state["_processor"] = None
+        return state
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,7 @@ import torch
 from mgkd.config import ExperimentConfig, ModelConfig
 from mgkd.errors import MgkdError
 from mgkd.files import write_atomic
-from mgkd.tasks.base import Log, Metric
+from mgkd.tasks.base import Metric, TokenizedData
 from mgkd.tasks.labeled_text import Example, read_examples
 from mgkd.tasks.translation import (
     SPLITS,
@@ -41,7 +41,6 @@ from mgkd.vocabulary import BOS, EOS, PAD
 
 # sentencepiece's <s> and </s> serve as [CLS] and [SEP]: the vocabulary needs no extra pieces.
 CLS, SEP = BOS, EOS
-
 
 
 # --- the prepared data -------------------------------------------------------------
@@ -64,7 +63,7 @@ class ClassificationSplit:
 
 
 @dataclass
-class ClassificationData:
+class ClassificationData(TokenizedData):
     """Everything a classification generation needs, ready to ship to a worker."""
 
     spm_model: bytes
@@ -79,23 +78,8 @@ class ClassificationData:
     task = "classification"
 
     @property
-    def tokenizer(self) -> spm.SentencePieceProcessor:
-        if self._processor is None:
-            self._processor = spm.SentencePieceProcessor(model_proto=self.spm_model)
-        return self._processor
-
-    @property
-    def vocab_size(self) -> int:
-        return self.tokenizer.get_piece_size()
-
-    @property
     def num_classes(self) -> int:
         return len(self.label_names)
-
-    def __getstate__(self) -> dict:
-        state = self.__dict__.copy()
-        state["_processor"] = None  # a SWIG object: rebuilt from the bytes after unpickling
-        return state
 
     def summary(self) -> dict[str, int | str]:
         out: dict[str, int | str] = {"data_hash": self.data_hash, "vocab_size": self.vocab_size,
@@ -306,15 +290,9 @@ class ClassificationTask:
     teacher_ensembles = False
     external_teacher = False
 
-    def prepare(self, cfg: ExperimentConfig, log: Log = lambda _: None) -> ClassificationData:
-        return prepare_classification(cfg, log)
-
-    def batch_indices(self, split: ClassificationSplit, max_tokens: int, shuffle: bool,
-                      seed: int = 0) -> list[list[int]]:  # fmt: skip
-        return batch_indices(split, max_tokens, shuffle, seed)
-
-    def collate(self, split: ClassificationSplit, indices: list[int]) -> ClassBatch:
-        return collate(split, indices)
+    prepare = staticmethod(prepare_classification)
+    batch_indices = staticmethod(batch_indices)
+    collate = staticmethod(collate)
 
     def batch_tokens(self, batch: ClassBatch) -> int:
         return batch.tokens

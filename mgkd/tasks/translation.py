@@ -23,7 +23,7 @@ import torch
 from mgkd.config import ExperimentConfig, ModelConfig, SplitConfig, TokenizerConfig
 from mgkd.errors import MgkdError
 from mgkd.files import write_atomic
-from mgkd.tasks.base import Log, Metric
+from mgkd.tasks.base import Metric, TokenizedData
 from mgkd.tasks.corpus import Pair, read_corpus, warn_length_filter
 from mgkd.tasks.eval_sets import TEST_SET_PREFIX, Scoring, fixed_sets, remove_overlap
 from mgkd.vocabulary import BOS, EOS, PAD, UNK, pad_sources
@@ -48,7 +48,7 @@ class SplitData:
 
 
 @dataclass
-class PreparedData:
+class PreparedData(TokenizedData):
     """Everything a generation needs from the task, ready to ship to a worker."""
 
     spm_model: bytes
@@ -63,22 +63,6 @@ class PreparedData:
     _processor: spm.SentencePieceProcessor | None = field(default=None, repr=False, compare=False)
 
     task = "translation"  # the registered task this data belongs to (mgkd.tasks.TASKS)
-
-    @property
-    def tokenizer(self) -> spm.SentencePieceProcessor:
-        if self._processor is None:
-            self._processor = spm.SentencePieceProcessor(model_proto=self.spm_model)
-        return self._processor
-
-    @property
-    def vocab_size(self) -> int:
-        return self.tokenizer.get_piece_size()
-
-    def __getstate__(self) -> dict:
-        # The processor is a SWIG object: rebuild it from the bytes after unpickling.
-        state = self.__dict__.copy()
-        state["_processor"] = None
-        return state
 
     def summary(self) -> dict[str, int | str]:
         out: dict[str, int | str] = {"data_hash": self.data_hash, "vocab_size": self.vocab_size}
@@ -407,14 +391,9 @@ class TranslationTask:
     teacher_ensembles = True
     external_teacher = True
 
-    def prepare(self, cfg: ExperimentConfig, log: Log = lambda _: None) -> PreparedData:
-        return prepare(cfg, log)
-
-    def batch_indices(self, split: SplitData, max_tokens: int, shuffle: bool, seed: int = 0) -> list[list[int]]:
-        return batch_indices(split, max_tokens, shuffle, seed)
-
-    def collate(self, split: SplitData, indices: list[int]) -> Batch:
-        return collate(split, indices)
+    prepare = staticmethod(prepare)
+    batch_indices = staticmethod(batch_indices)
+    collate = staticmethod(collate)
 
     def batch_tokens(self, batch: Batch) -> int:
         return batch.target_tokens

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from rich.console import Console
 
-from mgkd.lineage.tracking import _client, read_lineage
+from mgkd.lineage.tracking import mlflow_client, read_lineage
 from mgkd.orchestration.controller import resume_lineage, run_lineage
 
 from ..helpers import tiny_config
@@ -17,7 +17,7 @@ def test_a_killed_lineage_resumes_without_redoing_finished_controls(tmp_path):
     cfg = tiny_config(tmp_path, "generations.count=2", "generations.control=true", "ray.enabled=false")
     outcome = run_lineage(cfg, Console(quiet=True))
     before = read_lineage(outcome.tracking_uri, outcome.lineage_id)
-    client = _client(outcome.tracking_uri)
+    client = mlflow_client(outcome.tracking_uri)
     first, killed = before["controls"][0]["run_id"], before["controls"][1]["run_id"]
     first_end, first_steps = client.get_run(first).info.end_time, len(client.get_metric_history(first, "loss"))
     client.set_terminated(killed, "KILLED")

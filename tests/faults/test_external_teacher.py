@@ -8,7 +8,7 @@ from rich.console import Console
 pytest.importorskip("transformers")
 
 from mgkd.errors import MgkdError  # noqa: E402
-from mgkd.lineage.tracking import _client, read_lineage  # noqa: E402
+from mgkd.lineage.tracking import mlflow_client, read_lineage  # noqa: E402
 from mgkd.orchestration.controller import resume_lineage  # noqa: E402
 
 # transformers' Marian tokenizer asks for sacremoses, which it does not need for this.
@@ -20,7 +20,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 def test_resume_reuses_the_external_generation_and_refuses_a_changed_one(external_lineage):
     cfg, folder, outcome, info = external_lineage
-    client = _client(outcome.tracking_uri)
+    client = mlflow_client(outcome.tracking_uri)
     client.set_terminated(outcome.lineage_id, "KILLED")  # as if the driver died after the last generation
     config = folder / "config.json"
     original = config.read_bytes()

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from mgkd.lineage.tracking import _client, read_lineage
+from mgkd.lineage.tracking import mlflow_client, read_lineage
 from mgkd.orchestration.controller import run_lineage
 
 from ..helpers import QUIET_MLFLOW_SERVER, free_port, stop, tiny_config, wait_for_health
@@ -36,7 +36,7 @@ def test_lineage_survives_a_tracking_server_restart(tmp_path):
     restarted = threading.Event()
 
     def restart_during_generation_1() -> None:
-        client = _client(url)
+        client = mlflow_client(url)
         deadline = time.monotonic() + 240
         while time.monotonic() < deadline:
             try:

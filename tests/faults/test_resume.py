@@ -15,7 +15,7 @@ from mgkd.errors import MgkdError
 from mgkd.generations import build_schedule, train_generation
 from mgkd.generations.checkpoint import sha256_file
 from mgkd.generations.train_state import STATE_FILE
-from mgkd.lineage.tracking import _client, read_lineage
+from mgkd.lineage.tracking import mlflow_client, read_lineage
 
 from ..helpers import TINY, mgkd_cli, tiny_config
 
@@ -133,7 +133,7 @@ def test_sigkill_after_generation_1_then_resume(tmp_path):
     for prev, cur in zip(gens, gens[1:]):
         assert cur["teacher_run_id"] == prev["run_id"]
         assert cur["teacher_checkpoint_sha256"] == prev["checkpoint_sha256"]
-    client = _client(uri)
+    client = mlflow_client(uri)
     model = client.get_run(after["lineage_id"]).data.tags["mgkd.registered_model"]
     versions = client.search_model_versions(f"name='{model}'")
     assert sorted(v.run_id for v in versions) == sorted(g["run_id"] for g in gens)  # one version per generation
@@ -206,7 +206,7 @@ def test_nan_stops_the_generation_and_resume_with_a_changed_config_finishes(tmp_
     assert [g["status"] for g in after["generations"]] == ["FINISHED", "FINISHED"]
     assert after["generations"][0]["run_id"] == teacher["run_id"]
     assert after["generations"][1]["run_id"] == info["generations"][1]["run_id"]
-    assert _client(uri).get_run(info["lineage_id"]).data.tags["mgkd.resume_overrides"] == (
+    assert mlflow_client(uri).get_run(info["lineage_id"]).data.tags["mgkd.resume_overrides"] == (
         "generations.student.train.lr=0.002"
     )
 

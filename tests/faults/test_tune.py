@@ -12,7 +12,7 @@ import time
 import pytest
 
 from mgkd.generations.checkpoint import sha256_file
-from mgkd.lineage.tracking import _client, read_lineage
+from mgkd.lineage.tracking import mlflow_client, read_lineage
 
 from ..helpers import TINY, mgkd_cli
 
@@ -79,7 +79,7 @@ def test_a_killed_sweep_resumes_with_its_finished_trials_kept(tmp_path, how):
     info = read_lineage(uri, lineage_dir.name)
     assert info["status"] == "FINISHED" and [g["generation"] for g in info["generations"]] == [0, 1]
     assert info["generations"][0]["run_id"] == gen0["run_id"]
-    client = _client(uri)
+    client = mlflow_client(uri)
     gen1 = info["generations"][1]
     trials = client.search_runs(
         [info["experiment_id"]], filter_string=f"tags.`mlflow.parentRunId` = '{gen1['run_id']}'"

@@ -7,7 +7,7 @@ import math
 
 from rich.console import Console
 
-from mgkd.lineage.tracking import _client, read_lineage
+from mgkd.lineage.tracking import mlflow_client, read_lineage
 from mgkd.orchestration.controller import run_lineage
 
 from ..helpers import tiny_config
@@ -30,7 +30,7 @@ def test_every_family_trains_and_logs_its_term(tmp_path, ray_session):
     )  # fmt: skip
     outcome = run_lineage(cfg, Console(quiet=True))
     info = read_lineage(outcome.tracking_uri, outcome.lineage_id)
-    client = _client(outcome.tracking_uri)
+    client = mlflow_client(outcome.tracking_uri)
     for g in info["generations"][1:]:
         for term in FAMILIES:
             history = client.get_metric_history(g["run_id"], f"loss.{term['name']}")

@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from mgkd.cli import app
 from mgkd.generations.checkpoint import sha256_file
-from mgkd.lineage.tracking import _client, read_lineage
+from mgkd.lineage.tracking import mlflow_client, read_lineage
 
 from ..helpers.classification import TINY_CLASSIFICATION, sentiment_csv
 
@@ -55,7 +55,7 @@ def test_each_generation_logs_accuracy_and_f1_in_mlflow(lineage):
 
 def test_students_log_soft_label_and_internal_terms_and_per_epoch_validation(lineage):
     _, uri, info = lineage
-    client = _client(uri)
+    client = mlflow_client(uri)
     for g in info["generations"]:
         run = g["run_id"]
         epochs = int(g["metrics"]["epochs"])
@@ -72,7 +72,7 @@ def test_students_log_soft_label_and_internal_terms_and_per_epoch_validation(lin
 
 def test_the_lineage_records_the_final_accuracy_and_its_plot(lineage, tmp_path):
     _, uri, info = lineage
-    client = _client(uri)
+    client = mlflow_client(uri)
     parent = client.get_run(info["lineage_id"])
     last = info["generations"][-1]
     assert parent.data.metrics["final_test_accuracy"] == last["metrics"]["test_accuracy"]

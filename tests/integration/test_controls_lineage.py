@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from mgkd.cli import app
 from mgkd.generations.controls import CONTROL_MAY_DIFFER
 from mgkd.lineage.compare import check_only, params_diff
-from mgkd.lineage.tracking import _client, read_lineage
+from mgkd.lineage.tracking import mlflow_client, read_lineage
 from mgkd.orchestration.controller import run_lineage
 
 from ..helpers import tiny_config
@@ -31,7 +31,7 @@ def test_each_distilled_generation_has_a_matched_control_run(lineage):
     gens, controls = info["generations"], info["controls"]
     assert [g["generation"] for g in gens] == [0, 1, 2]  # controls are not generations
     assert [c["generation"] for c in controls] == [1, 2] and sorted(outcome.controls) == [1, 2]
-    client = _client(outcome.tracking_uri)
+    client = mlflow_client(outcome.tracking_uri)
     for c in controls:
         g = gens[c["generation"]]
         tags = client.get_run(c["run_id"]).data.tags

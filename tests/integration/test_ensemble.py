@@ -9,7 +9,7 @@ import sys
 import pytest
 from rich.console import Console
 
-from mgkd.lineage.tracking import _client, read_lineage
+from mgkd.lineage.tracking import mlflow_client, read_lineage
 from mgkd.orchestration.controller import run_lineage
 from mgkd.orchestration.evaluation import evaluate_ensemble
 
@@ -48,7 +48,7 @@ def test_evaluate_ensemble_reports_members_and_ensemble(ensemble_lineage):
     recorded = {r.index: r.metrics["test_bleu"] for r in outcome.results}
     for r in report.rows[:2]:
         assert r["bleu"] == pytest.approx(recorded[r["generation"]], abs=1e-6)
-    run = _client(outcome.tracking_uri).get_run(report.run_id)
+    run = mlflow_client(outcome.tracking_uri).get_run(report.run_id)
     assert run.data.tags["mgkd.kind"] == "evaluation" and run.data.params["members"] == "1,2"
     assert run.data.metrics["ensemble_test_bleu"] == pytest.approx(report.rows[2]["bleu"])
     # the lineage still lists only generations

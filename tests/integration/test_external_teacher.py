@@ -9,8 +9,8 @@ import pytest
 
 pytest.importorskip("transformers")
 
-from mgkd.generations.training import load_teacher  # noqa: E402
-from mgkd.lineage.tracking import _client  # noqa: E402
+from mgkd.generations.teacher import load_teacher  # noqa: E402
+from mgkd.lineage.tracking import mlflow_client  # noqa: E402
 from mgkd.models import count_parameters  # noqa: E402
 from mgkd.models.external import HFTeacher, folder_sha256  # noqa: E402
 
@@ -31,7 +31,7 @@ def test_generation_0_is_the_external_model_evaluated(external_lineage, tiny_dat
     assert m["test_bleu"] >= 0 and m["test_chrf"] >= 0 and m["decode_sentences_per_s"] > 0 and m["steps"] == 0
     assert m["parameters"] == count_parameters(HFTeacher.load(folder))
     assert g0["params"]["model.arch"] == "hf:marian" and g0["params"]["external.num_beams"] == "2"
-    client = _client(outcome.tracking_uri)
+    client = mlflow_client(outcome.tracking_uri)
     # real decoding: the logged test translations are the model's own, one per test sentence
     local = Path(client.download_artifacts(g0["run_id"], "test_translations.tsv", str(folder.parent / "dl")))
     rows = [r.split("\t") for r in local.read_text(encoding="utf-8").splitlines()[1:]]
@@ -55,7 +55,7 @@ def test_students_learn_from_its_text_then_from_each_other(external_lineage, tin
     sha = folder_sha256(folder)
     assert g1["teacher_run_id"] == g0["run_id"] and g1["teacher_checkpoint_sha256"] == sha
     assert g2["teacher_run_id"] == g1["run_id"] and g2["teacher_checkpoint_sha256"] == g1["checkpoint_sha256"]
-    client = _client(outcome.tracking_uri)
+    client = mlflow_client(outcome.tracking_uri)
     for g, teacher_sha in ((g1, sha), (g2, g1["checkpoint_sha256"])):
         assert g["status"] == "FINISHED" and g["metrics"]["steps"] > 0 and "loss.seq_kd" in g["metrics"]
         assert g["metrics"]["seq_kd_sentences"] == 200 and g["metrics"]["test_chrf"] >= 0

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from mgkd.cli import app
 from mgkd.generations.checkpoint import sha256_file
-from mgkd.lineage.tracking import _client, read_lineage
+from mgkd.lineage.tracking import mlflow_client, read_lineage
 from mgkd.orchestration.controller import run_lineage
 
 from ..helpers import TINY, tiny_config
@@ -47,7 +47,7 @@ def test_lineage_is_recorded_generation_by_generation(lineage):
 
 def test_artifacts_and_metric_history_are_in_mlflow(lineage, tmp_path):
     cfg, outcome, info = lineage
-    client = _client(outcome.tracking_uri)
+    client = mlflow_client(outcome.tracking_uri)
     for g in info["generations"]:
         paths = {a.path for a in client.list_artifacts(g["run_id"])} | {
             a.path for d in ("checkpoint", "tokenizer") for a in client.list_artifacts(g["run_id"], d)

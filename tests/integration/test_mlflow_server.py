@@ -15,7 +15,7 @@ import pytest
 from rich.console import Console
 
 from mgkd.generations.checkpoint import sha256_file
-from mgkd.lineage.tracking import _client, read_lineage
+from mgkd.lineage.tracking import mlflow_client, read_lineage
 from mgkd.orchestration.controller import run_lineage
 
 from ..helpers import free_port, stop, tiny_config, wait_for_health
@@ -31,7 +31,7 @@ def http_lineage(server, tmp_path_factory, ray_session):
 
 def test_record_over_http(http_lineage, tmp_path):
     cfg, outcome, info = http_lineage
-    client = _client(outcome.tracking_uri)
+    client = mlflow_client(outcome.tracking_uri)
     assert outcome.tracking_uri.startswith("http://127.0.0.1:")
     parent = client.get_run(outcome.lineage_id)
     # one experiment per config name, one parent run, one child per generation
@@ -149,7 +149,7 @@ def test_mlflow_ui_lists_the_generations_in_a_browser(server, http_lineage, tmp_
     playwright = pytest.importorskip("playwright.sync_api", reason="pip install playwright (the test extra)")
     url, _ = server
     cfg, outcome, info = http_lineage
-    client = _client(url)
+    client = mlflow_client(url)
     exp_id = client.get_run(outcome.lineage_id).info.experiment_id
     shots = Path(os.environ.get("MGKD_SCREENSHOTS", tmp_path))
     shots.mkdir(parents=True, exist_ok=True)

@@ -6,7 +6,7 @@ import pytest
 from rich.console import Console
 
 from mgkd.errors import MgkdError
-from mgkd.lineage.tracking import _client
+from mgkd.lineage.tracking import mlflow_client
 from mgkd.orchestration.controller import run_lineage
 
 from ..helpers import tiny_config
@@ -20,13 +20,13 @@ def test_output_folder_guard(tmp_path):
     with pytest.raises(MgkdError, match=r"holds lineage .* of experiment 'demo', not 'other'.*--force"):
         run_lineage(other, Console(quiet=True))
     # an unfinished lineage: refused with the resume command
-    _client(first.tracking_uri).set_terminated(first.lineage_id, "KILLED")
+    mlflow_client(first.tracking_uri).set_terminated(first.lineage_id, "KILLED")
     with pytest.raises(MgkdError, match=rf"unfinished lineage {first.lineage_id} \(KILLED\); `mgkd resume"):
         run_lineage(tiny_config(tmp_path, *fast), Console(quiet=True))
     # --force starts a new lineage beside it, which the folder now points at
     second = run_lineage(tiny_config(tmp_path, *fast), Console(quiet=True), force=True)
     assert second.lineage_id != first.lineage_id
-    assert _client(first.tracking_uri).get_run(first.lineage_id).info.status == "KILLED"
+    assert mlflow_client(first.tracking_uri).get_run(first.lineage_id).info.status == "KILLED"
     # a finished lineage of the same experiment: a new run is fine
     third = run_lineage(tiny_config(tmp_path, *fast), Console(quiet=True))
     assert third.lineage_id not in (first.lineage_id, second.lineage_id)

@@ -10,8 +10,8 @@ import torch
 from rich.console import Console
 
 from mgkd.generations.checkpoint import load_checkpoint
-from mgkd.lineage.tracking import _client, read_lineage
-from mgkd.losses.base import ViewContext
+from mgkd.generations.views import GenerationViewContext
+from mgkd.lineage.tracking import mlflow_client, read_lineage
 from mgkd.losses.sequence import SequenceKD
 from mgkd.orchestration.controller import run_lineage
 
@@ -45,7 +45,7 @@ def test_lineage_logs_the_terms_and_the_teacher_outputs(kd_lineage, tiny_data):
     assert "loss.pseudo_label" in g2["metrics"] and "loss.seq_kd" not in g2["metrics"]
     assert g1["metrics"]["seq_kd_cached"] == 0.0 and g1["metrics"]["seq_kd_sentences"] > 500
     assert g2["metrics"]["pseudo_label_sentences"] > 0
-    client = _client(outcome.tracking_uri)
+    client = mlflow_client(outcome.tracking_uri)
     for g, label in ((g1, "seq_kd"), (g2, "pseudo_label")):
         files = [a.path for a in client.list_artifacts(g["run_id"], "teacher_outputs")]
         # the file is named by the teacher's checkpoint sha256: this generation's teacher
@@ -63,8 +63,9 @@ def test_rebuilding_a_view_with_the_same_teacher_reuses_the_cache(kd_lineage, mo
     teacher0 = outcome.results[0]
     teacher, _ = load_checkpoint(Path(teacher0.checkpoint), teacher0.checkpoint_sha256)
     counter = CountingDecoder(monkeypatch)
-    ctx = ViewContext(teacher.eval(), teacher0.checkpoint_sha256, data, cfg.eval, Path(data.cache_dir) / "teacher",
-                      torch.device("cpu"), cfg.seed + 1, lambda _: None)  # fmt: skip
+    ctx = GenerationViewContext(teacher.eval(), teacher0.checkpoint_sha256, data, cfg.eval,
+                                Path(data.cache_dir) / "teacher", torch.device("cpu"), cfg.seed + 1,
+                                lambda _: None)  # fmt: skip
     view = SequenceKD(beam_size=2).build_view(ctx)
     assert view.metrics["seq_kd_cached"] == 1.0 and counter.calls == 0
     assert str(view.artifact) == outcome.results[1].artifacts[0]

@@ -16,7 +16,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_a_lineage_with_a_cached_teacher(tmp_path):
-    from mgkd.lineage.tracking import _client, read_lineage
+    from mgkd.lineage.tracking import mlflow_client, read_lineage
     from mgkd.orchestration.controller import run_lineage
 
     cfg = tiny_config(tmp_path, "generations.count=1", "ray.enabled=false", "train.max_epochs=1",
@@ -31,5 +31,5 @@ def test_a_lineage_with_a_cached_teacher(tmp_path):
     gen1 = info["generations"][1]
     assert gen1["params"]["teacher_signal"] == "cached" and "loss.soft_label" in gen1["metrics"]
     assert gen1["metrics"]["teacher_cache_hit"] == 0.0
-    logged = {a.path for a in _client(outcome.tracking_uri).list_artifacts(gen1["run_id"], "teacher_outputs")}
+    logged = {a.path for a in mlflow_client(outcome.tracking_uri).list_artifacts(gen1["run_id"], "teacher_outputs")}
     assert logged == {"teacher_outputs/manifest.json"}

@@ -10,7 +10,7 @@ import pytest
 from rich.console import Console
 
 from mgkd.config import build_config
-from mgkd.lineage.tracking import _client, read_lineage
+from mgkd.lineage.tracking import mlflow_client, read_lineage
 from mgkd.orchestration.controller import run_lineage
 
 from ..helpers import tiny_config
@@ -27,7 +27,7 @@ def swept(tmp_path_factory, ray_session):
 
 def test_the_best_trial_by_validation_becomes_the_generation_and_the_next_teacher(swept):
     cfg, outcome, info = swept
-    client = _client(outcome.tracking_uri)
+    client = mlflow_client(outcome.tracking_uri)
     gen1, gen2 = info["generations"][1], info["generations"][2]
     trials = client.search_runs(
         [info["experiment_id"]], filter_string=f"tags.`mlflow.parentRunId` = '{gen1['run_id']}'"
@@ -56,7 +56,7 @@ def test_the_best_trial_by_validation_becomes_the_generation_and_the_next_teache
 
 def test_trials_share_the_teachers_cached_outputs(swept):
     cfg, outcome, info = swept
-    client = _client(outcome.tracking_uri)
+    client = mlflow_client(outcome.tracking_uri)
     gen1 = info["generations"][1]
     trials = client.search_runs(
         [info["experiment_id"]], filter_string=f"tags.`mlflow.parentRunId` = '{gen1['run_id']}'"
@@ -85,7 +85,7 @@ def swept_classification(tmp_path_factory, ray_session):
 
 def test_a_classification_sweep_selects_by_validation_accuracy_and_its_best_trial_teaches_on(swept_classification):
     outcome, info = swept_classification
-    client = _client(outcome.tracking_uri)
+    client = mlflow_client(outcome.tracking_uri)
     gen1, gen2 = info["generations"][1], info["generations"][2]
     trials = client.search_runs(
         [info["experiment_id"]], filter_string=f"tags.`mlflow.parentRunId` = '{gen1['run_id']}'"
@@ -134,7 +134,7 @@ def test_asha_stops_a_trailing_trial_and_its_run_says_so(tmp_path, ray_session):
     assert cfg.generations.per_generation[1].search.scheduler == "asha"
     outcome = run_lineage(cfg, Console(quiet=True))
     info = read_lineage(outcome.tracking_uri, outcome.lineage_id)
-    client = _client(outcome.tracking_uri)
+    client = mlflow_client(outcome.tracking_uri)
     gen1 = info["generations"][1]
     trials = client.search_runs(
         [info["experiment_id"]], filter_string=f"tags.`mlflow.parentRunId` = '{gen1['run_id']}'"

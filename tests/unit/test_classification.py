@@ -23,14 +23,12 @@ from mgkd.tasks.classification import (
     CLS,
     SEP,
     ClassBatch,
-    batch_indices,
     classification_scores,
     encode_example,
 )
 from mgkd.tasks.labeled_text import builtin_csv, read_examples
 
-REPO = Path(__file__).resolve().parents[1]
-PRESET = REPO / "configs" / "classification.yaml"
+from ..helpers.classification import PRESET
 
 ROWS = [  # (premise, hypothesis, label): a sentence-pair task, MNLI-like
     ("A man plays a guitar, loudly.", "Someone makes music.", "entailment"),
@@ -253,45 +251,6 @@ def test_internal_matches_cls_hidden_states_and_attention_only_where_the_paper_d
     s_out.encoder_hidden[0] = s_out.encoder_hidden[0].clone()
     s_out.encoder_hidden[0][:, 1:] = 7.0
     assert term(s_out, t_out, b).item() == pytest.approx(base.item(), rel=1e-6)
-
-
-class Stop(Exception):
-    pass
-
-
-def test_a_killed_student_resumes_to_the_same_checkpoint(tmp_path, one_torch_thread):
-    from mgkd.generations import train_generation
-    from mgkd.generations.train_state import STATE_FILE
-    from mgkd.tasks import prepare
-
-    from .test_classification_lineage import TINY_CLASSIFICATION, sentiment_csv
-
-    source = sentiment_csv(tmp_path / "reviews.csv", 360)
-    cfg = build_config(PRESET, overrides=[*TINY_CLASSIFICATION, f"classification.source={source}",
-                                          f"output_dir={tmp_path}", "generations.count=1",
-                                          "train.max_epochs=1", "train.checkpoint_every_steps=4"])  # fmt: skip
-    data = prepare(cfg)
-    teacher_spec, spec = build_schedule(cfg)
-    teacher = train_generation(teacher_spec, data, tmp_path / "g0")
-    ckpt = (teacher.checkpoint, teacher.checkpoint_sha256)
-    straight = train_generation(spec, data, tmp_path / "straight", *ckpt)
-
-    def kill_at_step_10(event):
-        if event["type"] == "step" and event["step"] >= 10:
-            raise Stop
-
-    with pytest.raises(Stop):
-        train_generation(spec, data, tmp_path / "killed", *ckpt, events=kill_at_step_10)
-    assert (tmp_path / "killed" / STATE_FILE).is_file()
-    seen: list[dict] = []
-    resumed = train_generation(spec, data, tmp_path / "killed", *ckpt, events=seen.append)
-    # states are saved every 4 steps and at each epoch's end: resume starts at the last one before step 10
-    per_epoch = len(batch_indices(data.splits["train"], cfg.train.max_tokens, shuffle=False))
-    saved = {4, 8} | {per_epoch * k for k in (1, 2) if per_epoch * k < 10}
-    assert [e["step"] for e in seen if e["type"] == "resume"] == [max(saved)]
-    assert resumed.checkpoint_sha256 == straight.checkpoint_sha256  # bit for bit
-    assert resumed.metrics["test_accuracy"] == straight.metrics["test_accuracy"]
-    assert not (tmp_path / "killed" / STATE_FILE).exists()
 
 
 def test_losses_command_says_which_tasks_each_plugin_serves():

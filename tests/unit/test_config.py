@@ -50,7 +50,6 @@ def test_teacher_init_needs_the_teachers_shape():
         ("train.max_epochs=abc", "train.max_epochs"),
         ("model.bogus=1", "model.bogus: unknown key"),
         ("generations.count=-1", "generations.count"),
-        ("model.n_heads=3", "divisible by n_heads"),
         ("generations.student.train={lr: -1}", "generations.student.train"),
         ("generations.per_generation={7: {}}", "outside 1..4"),
         ("corpus.kind=tsv", "corpus.kind 'tsv' needs corpus.path"),
@@ -60,6 +59,15 @@ def test_bad_values_name_the_field(override, expected):
     with pytest.raises(MgkdError, match="invalid config") as e:
         build_config(overrides=[override])
     assert expected in str(e.value)
+
+
+def test_an_architectures_own_size_check_stops_the_schedule():
+    # Checked by the architecture's declaration (mgkd.models.registry) for every generation.
+    with pytest.raises(MgkdError, match=r"generations.teacher: d_model \(128\) must be divisible by n_heads \(3\)"):
+        build_schedule(build_config(overrides=["model.n_heads=3"]))
+    bad_student = "generations.per_generation={2: {model: {n_heads: 3}}}"
+    with pytest.raises(MgkdError, match=r"generation 2: d_model \(128\) must be divisible by n_heads \(3\)"):
+        build_schedule(build_config(overrides=[bad_student]))
 
 
 def test_unknown_loss_names_the_choices():

@@ -122,6 +122,14 @@ def test_control_with_nothing_to_compare_is_refused_naming_the_generations(tmp_p
     assert "drop generations.control" in out
 
 
+def test_submit_takes_control_too_and_checks_it_before_contacting_the_cluster(tmp_path):
+    result = CliRunner().invoke(app, ["submit", "--address", "http://127.0.0.1:1", "--tracking-uri",
+                                      "http://127.0.0.1:2", "--control", "--set",
+                                      "generations.student.losses=[{name: label_smoothing}]"])  # fmt: skip
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert "generations.control: generation(s) 1, 2, 3, 4 learn without the teacher" in " ".join(result.output.split())
+
+
 def test_a_control_cannot_be_named_as_a_teacher(tmp_path):
     out = _cli_error(tmp_path, "--control", "-g", "2", "--set",
                      "generations.per_generation.2.teacher_generations=[1, gen-1-control]")  # fmt: skip

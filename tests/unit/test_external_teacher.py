@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 import shutil
 from pathlib import Path
@@ -10,7 +9,6 @@ from pathlib import Path
 import pytest
 import sentencepiece as spm
 import torch
-from rich.console import Console
 
 pytest.importorskip("transformers")
 
@@ -19,67 +17,16 @@ from mgkd.errors import MgkdError  # noqa: E402
 from mgkd.generations import build_schedule  # noqa: E402
 from mgkd.generations.pseudo_targets import DecodeSettings, teacher_outputs  # noqa: E402
 from mgkd.generations.teacher import load_teacher  # noqa: E402
-from mgkd.lineage.tracking import _client, read_lineage  # noqa: E402
-from mgkd.models import count_parameters  # noqa: E402
 from mgkd.models.external import HFTeacher, folder_manifest, folder_sha256  # noqa: E402
-from mgkd.orchestration.controller import resume_lineage, run_lineage  # noqa: E402
 
-from .conftest import tiny_config  # noqa: E402
+from ..helpers import tiny_config  # noqa: E402
+from ..helpers.external_teacher import STUDENT, STUDENT_SEQ_KD, _external, _train_spm
 
 # transformers' Marian tokenizer asks for sacremoses, which it does not need for this.
 pytestmark = pytest.mark.filterwarnings("ignore:Recommended. pip install sacremoses")
 
-STUDENT_SEQ_KD = (
-    "generations.student.losses=[{name: seq_kd, weight: 0.5, params: {beam_size: 2, max_sentences: 200}},"
-    " {name: label_smoothing, weight: 0.5}]"
-)
-# The demo preset's students start from a copy of their teacher; a student of an external one starts from scratch.
-STUDENT = ["generations.student.init=scratch", STUDENT_SEQ_KD]
-
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-def _train_spm(texts: list[str], vocab_size: int) -> bytes:
-    buf = io.BytesIO()
-    spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(texts), model_writer=buf, vocab_size=vocab_size, model_type="unigram",
-        character_coverage=1.0, num_threads=1, minloglevel=2,
-    )  # fmt: skip
-    return buf.getvalue()
-
-
-def make_tiny_marian(folder: Path, sources: list[str], targets: list[str], seed: int = 0) -> Path:
-    """A randomly initialised 1+1 layer d16 Marian model and its tokenizer, saved as save_pretrained does."""
-    from transformers import MarianConfig, MarianMTModel, MarianTokenizer
-
-    folder.mkdir(parents=True, exist_ok=True)
-    work = folder.parent / f".{folder.name}-spm"
-    work.mkdir(exist_ok=True)
-    # Marian's layout: </s> 0, <unk> 1, the pieces of both sentencepiece models, <pad> last (also the decoder start).
-    vocab = {"</s>": 0, "<unk>": 1}
-    for side, texts in (("source", sources), ("target", targets)):
-        proto = _train_spm(texts, 120)
-        (work / f"{side}.spm").write_bytes(proto)
-        sp = spm.SentencePieceProcessor(model_proto=proto)
-        for i in range(sp.get_piece_size()):
-            if not (sp.is_control(i) or sp.is_unknown(i)):
-                vocab.setdefault(sp.id_to_piece(i), len(vocab))
-    vocab["<pad>"] = len(vocab)
-    (work / "vocab.json").write_text(json.dumps(vocab), encoding="utf-8")
-    tokenizer = MarianTokenizer(
-        source_spm=str(work / "source.spm"), target_spm=str(work / "target.spm"), vocab=str(work / "vocab.json")
-    )
-    config = MarianConfig(
-        vocab_size=len(vocab), d_model=16, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2,
-        decoder_attention_heads=2, encoder_ffn_dim=32, decoder_ffn_dim=32, max_position_embeddings=128,
-        pad_token_id=vocab["<pad>"], decoder_start_token_id=vocab["<pad>"], eos_token_id=0, forced_eos_token_id=0,
-    )  # fmt: skip
-    torch.manual_seed(seed)
-    MarianMTModel(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    shutil.rmtree(work)
-    return folder
 
 
 def make_tiny_t5(folder: Path, texts: list[str], seed: int = 0) -> Path:
@@ -102,17 +49,6 @@ def make_tiny_t5(folder: Path, texts: list[str], seed: int = 0) -> Path:
     T5ForConditionalGeneration(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
-
-
-@pytest.fixture(scope="module")
-def marian(tmp_path_factory, tiny_data) -> Path:
-    train = tiny_data.splits["train"]
-    return make_tiny_marian(tmp_path_factory.mktemp("marian") / "opus-mt-tiny", train.sources[:300],
-                            train.targets[:300])  # fmt: skip
-
-
-def _external(folder: Path, extra: str = "") -> str:
-    return f"generations.teacher.external={{path: '{folder}', kind: hf{extra}}}"
 
 
 # --- the model ---------------------------------------------------------------------------------------
@@ -267,86 +203,3 @@ def test_a_config_file_may_name_the_folder_relative_to_itself(marian, tmp_path):
     assert (params["model.d_model"], params["model.encoder_layers"], params["model.decoder_layers"]) == (16, 1, 1)
     assert not any(k.startswith(("train.", "loss.")) for k in params)
     assert json.dumps(specs[1].to_dict())  # plain values for spec.json and checkpoints
-
-
-# --- a lineage: external teacher -> student -> student ----------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def external_lineage(tmp_path_factory, marian):
-    tmp = tmp_path_factory.mktemp("external-lineage")
-    folder = shutil.copytree(marian, tmp / "teacher-model")  # its own copy: a test changes it
-    cfg = tiny_config(
-        tmp, "generations.count=2", "ray.enabled=false", _external(folder, ", num_beams: 2, max_new_tokens: 6"),
-        *STUDENT,
-    )  # fmt: skip
-    outcome = run_lineage(cfg, Console(quiet=True))
-    return cfg, folder, outcome, read_lineage(outcome.tracking_uri, outcome.lineage_id)
-
-
-def test_generation_0_is_the_external_model_evaluated(external_lineage, tiny_data):
-    cfg, folder, outcome, info = external_lineage
-    g0 = info["generations"][0]
-    sha = folder_sha256(folder)
-    assert g0["status"] == "FINISHED" and g0["checkpoint_sha256"] == sha == outcome.results[0].checkpoint_sha256
-    assert outcome.results[0].checkpoint == str(folder)
-    m = g0["metrics"]
-    assert m["test_bleu"] >= 0 and m["test_chrf"] >= 0 and m["decode_sentences_per_s"] > 0 and m["steps"] == 0
-    assert m["parameters"] == count_parameters(HFTeacher.load(folder))
-    assert g0["params"]["model.arch"] == "hf:marian" and g0["params"]["external.num_beams"] == "2"
-    client = _client(outcome.tracking_uri)
-    # real decoding: the logged test translations are the model's own, one per test sentence
-    local = Path(client.download_artifacts(g0["run_id"], "test_translations.tsv", str(folder.parent / "dl")))
-    rows = [r.split("\t") for r in local.read_text(encoding="utf-8").splitlines()[1:]]
-    teacher = HFTeacher.load(folder, sha, max_new_tokens=6)
-    expect = teacher.translate_texts([r[1] for r in rows[:5]], 2, 1, cfg.eval.max_len_a, cfg.eval.max_len_b)
-    assert [r[3] for r in rows[:5]] == [e[0][1] for e in expect] and len(rows) == len(tiny_data.splits["test"])
-    # the folder is recorded as a manifest of its files, not copied; the registry version points at it
-    assert [a.path for a in client.list_artifacts(g0["run_id"], "checkpoint")] == ["checkpoint/manifest.json"]
-    assert "tokenizer" not in {a.path for a in client.list_artifacts(g0["run_id"])}
-    manifest = json.loads(Path(client.download_artifacts(g0["run_id"], "checkpoint/manifest.json",
-                                                         str(folder.parent / "dl"))).read_text())  # fmt: skip
-    assert manifest["sha256"] == sha and {f["path"] for f in manifest["files"]} >= {"config.json", "vocab.json"}
-    tags = client.get_run(g0["run_id"]).data.tags
-    version = client.get_model_version(tags["mgkd.registered_model"], tags["mgkd.model_version"])
-    assert version.source.endswith("/checkpoint") and version.tags["mgkd.checkpoint_sha256"] == sha
-
-
-def test_students_learn_from_its_text_then_from_each_other(external_lineage, tiny_data):
-    cfg, folder, outcome, info = external_lineage
-    g0, g1, g2 = info["generations"]
-    sha = folder_sha256(folder)
-    assert g1["teacher_run_id"] == g0["run_id"] and g1["teacher_checkpoint_sha256"] == sha
-    assert g2["teacher_run_id"] == g1["run_id"] and g2["teacher_checkpoint_sha256"] == g1["checkpoint_sha256"]
-    client = _client(outcome.tracking_uri)
-    for g, teacher_sha in ((g1, sha), (g2, g1["checkpoint_sha256"])):
-        assert g["status"] == "FINISHED" and g["metrics"]["steps"] > 0 and "loss.seq_kd" in g["metrics"]
-        assert g["metrics"]["seq_kd_sentences"] == 200 and g["metrics"]["test_chrf"] >= 0
-        files = [a.path for a in client.list_artifacts(g["run_id"], "teacher_outputs")]
-        assert len(files) == 1 and files[0].startswith(f"teacher_outputs/seq_kd-{teacher_sha[:16]}-")
-    # generation 1's targets are the external model's translations of the sources (text in, text out)
-    tsv = Path(outcome.results[1].artifacts[0])
-    rows = [r.split("\t") for r in tsv.read_text(encoding="utf-8").splitlines()[1:4]]
-    teacher = HFTeacher.load(folder, sha, max_new_tokens=6)
-    expect = teacher.translate_texts([r[3] for r in rows], 2, 1, cfg.eval.max_len_a, cfg.eval.max_len_b)
-    assert [r[4] for r in rows] == [e[0][1] for e in expect]
-    # load_teacher knows the folder: it is the teacher of generation 1
-    loaded, init_source, digest = load_teacher(str(folder), sha)
-    assert isinstance(loaded, HFTeacher) and digest == sha
-
-
-def test_resume_reuses_the_external_generation_and_refuses_a_changed_one(external_lineage):
-    cfg, folder, outcome, info = external_lineage
-    client = _client(outcome.tracking_uri)
-    client.set_terminated(outcome.lineage_id, "KILLED")  # as if the driver died after the last generation
-    config = folder / "config.json"
-    original = config.read_bytes()
-    config.write_bytes(original.replace(b"\n", b"\n ", 1))
-    try:
-        with pytest.raises(MgkdError, match="changed since lineage"):
-            resume_lineage(str(cfg.output_dir), console=Console(quiet=True))
-    finally:
-        config.write_bytes(original)
-    again = resume_lineage(str(cfg.output_dir), console=Console(quiet=True))
-    assert again.run_ids == outcome.run_ids and again.results[0].checkpoint == str(folder)
-    assert read_lineage(outcome.tracking_uri, outcome.lineage_id)["status"] == "FINISHED"

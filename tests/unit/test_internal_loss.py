@@ -11,15 +11,9 @@ from mgkd.generations import build_schedule, train_generation
 from mgkd.generations.checkpoint import parameter_hash
 from mgkd.generations.loop import forward_pair
 from mgkd.losses import Criterion, create
-from mgkd.losses.internal import (
-    ARCH_FEATURES,
-    InternalRepresentation,
-    LayerPair,
-    attention_kl,
-    hidden_cosine,
-    hidden_mse,
-    uniform_layers,
-)
+from mgkd.losses.distances import attention_kl, hidden_cosine, hidden_mse
+from mgkd.losses.internal import InternalRepresentation
+from mgkd.losses.layer_map import LayerPair, uniform_layers
 from mgkd.models import build_model
 from mgkd.models.transformer import Seq2SeqOutput
 from mgkd.tasks.translation import PAD, Batch
@@ -224,21 +218,22 @@ def test_bad_parameters_are_config_errors(params, message):
         _plugin(**params)
 
 
-def test_no_teacher_and_archs_without_the_feature(monkeypatch):
+def test_no_teacher_and_archs_without_the_feature():
     with pytest.raises(MgkdError, match="needs a teacher"):
         _plugin().check(_cfg(), None)
-    # a later architecture that only exposes encoder hidden states (a BiGRU seq2seq, say)
-    monkeypatch.setitem(ARCH_FEATURES, "bigru", frozenset({("encoder", "hidden")}))
+    # The BiGRU declares hidden states on both sides and no per-layer attention (mgkd.models.registry).
     gru = _cfg(arch="bigru", enc=1, dec=1)
-    with pytest.raises(MgkdError, match=r"student's arch 'bigru' does not expose decoder hidden .*encoder hidden"):
-        _plugin(layer_map=[{"teacher": 1, "student": 1, "side": "decoder"}]).check(gru, _cfg())
+    with pytest.raises(MgkdError, match=r"student's arch 'bigru' does not expose decoder attention .*"
+                       r"encoder hidden, decoder hidden"):  # fmt: skip
+        _plugin(layer_map=[{"teacher": 1, "student": 1, "side": "decoder", "feature": "attention"}]).check(gru, _cfg())
     with pytest.raises(MgkdError, match=r"does not expose encoder attention"):
         _plugin(layer_map=[{"teacher": 1, "student": 1, "feature": "attention"}]).check(gru, _cfg())
     uniform = _plugin(uniform_features=["hidden", "attention"])
-    assert [(p.side, p.feature) for p in uniform.resolved_map(gru, _cfg())] == [("encoder", "hidden")]
+    assert [(p.side, p.feature) for p in uniform.resolved_map(gru, _cfg())] == [("encoder", "hidden"),
+                                                                                ("decoder", "hidden")]  # fmt: skip
     with pytest.raises(MgkdError, match="uniform map of attention is empty"):
         _plugin(uniform_features=["attention"]).check(gru, _cfg())
-    with pytest.raises(MgkdError, match="does not declare which internal features"):
+    with pytest.raises(MgkdError, match="loss 'internal': the student: unknown model arch 'lstm'; known"):
         _plugin().check(_cfg(arch="lstm"), _cfg())
 
 

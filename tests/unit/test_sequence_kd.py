@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import numpy as np
@@ -10,28 +9,24 @@ import pytest
 import sentencepiece as spm
 import torch
 import torch.nn.functional as F
-from rich.console import Console
 
-import mgkd.generations.pseudo_targets as store
 from mgkd.config import LossTerm, ModelConfig
 from mgkd.errors import MgkdError
 from mgkd.generations import build_schedule
-from mgkd.generations.checkpoint import load_checkpoint
 from mgkd.generations.pseudo_targets import DecodeSettings, teacher_outputs, to_split
 from mgkd.generations.recipe import cycle_batches
-from mgkd.lineage.tracking import _client, read_lineage
+from mgkd.generations.views import GenerationViewContext
 from mgkd.losses import create
-from mgkd.losses.base import ViewContext
 from mgkd.losses.pseudo_label import PseudoLabel, SourceNoise
 from mgkd.losses.sequence import SequenceKD, select_hypotheses, token_cross_entropy
 from mgkd.models import build_model
 from mgkd.models.decoding import beam_decode, beam_search, greedy_decode
 from mgkd.models.transformer import Seq2SeqOutput
-from mgkd.orchestration.controller import run_lineage
-from mgkd.tasks.monolingual import fit_length, normalized, read_sources
+from mgkd.tasks.monolingual import check_source, fit_length, normalized, read_sources
 from mgkd.tasks.translation import EOS, PAD, TRANSLATION, Batch, collate, pad_sources
 
-from .conftest import tiny_config
+from ..helpers import tiny_config
+from ..helpers.sequence_kd import CountingDecoder
 
 V = 23
 
@@ -106,20 +101,6 @@ def tiny_teacher(tiny_data):
     torch.manual_seed(1)
     cfg = ModelConfig(d_model=32, n_heads=2, encoder_layers=1, decoder_layers=1, ff_dim=64, dropout=0.0)
     return build_model(cfg, tiny_data.vocab_size).eval()
-
-
-class CountingDecoder:
-    """Wraps the store's decoder to count how many sentences it decodes."""
-
-    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        self.calls, self.sentences = 0, 0
-        self.real = store.translate_n_best
-        monkeypatch.setattr(store, "translate_n_best", self)
-
-    def __call__(self, model, sources, *args, **kwargs):
-        self.calls += 1
-        self.sentences += len(sources)
-        return self.real(model, sources, *args, **kwargs)
 
 
 def _examples(data, n: int = 30) -> list[tuple[str, str]]:
@@ -260,11 +241,11 @@ def test_seq_kd_params_are_checked():
     assert create(LossTerm(name="seq_kd")).n_best == 1  # "top" decodes one hypothesis
 
 
-def _ctx(data, teacher, tmp_path: Path, events=None, sha: str = "e" * 64) -> ViewContext:
+def _ctx(data, teacher, tmp_path: Path, events=None, sha: str = "e" * 64) -> GenerationViewContext:
     # An untrained teacher rarely ends a sentence: outputs of at most 4 tokens keep decoding quick.
     eval_cfg = tiny_config(tmp_path).eval.model_copy(update={"max_len_a": 0.0})
-    return ViewContext(teacher, sha, data, eval_cfg, tmp_path / "teacher", torch.device("cpu"), 1,
-                       events or (lambda _: None))  # fmt: skip
+    return GenerationViewContext(teacher, sha, data, eval_cfg, tmp_path / "teacher", torch.device("cpu"), 1,
+                                 events or (lambda _: None))  # fmt: skip
 
 
 def test_seq_kd_view_is_aligned_with_the_training_split(tiny_data, tiny_teacher, tmp_path):
@@ -381,10 +362,9 @@ def test_bad_file_source_is_a_config_error(tmp_path, content, match):
     if content is not None:
         path.write_bytes(content)
     plugin = PseudoLabel(source=str(path))
-    with pytest.raises(MgkdError, match=match) as err:
-        plugin.check(ModelConfig(), ModelConfig())
-    assert "pseudo_label" in str(err.value) and "params.source" in str(err.value)
-    # ...raised while the config is checked, before anything trains
+    # The plugin names the text it reads; the schedule checks it, and the message names the param.
+    assert plugin.unlabeled_sources() == {"loss 'pseudo_label' params.source": str(path)}
+    # ...and the schedule refuses it while the config is checked, before anything trains
     cfg = tiny_config(
         tmp_path, "generations.count=2",
         f"generations.per_generation.2.losses=[{{name: pseudo_label, params: {{source: '{path}'}}}}]",
@@ -411,8 +391,9 @@ def test_builtin_sources_heldout_and_another_version(tiny_data):
     assert not {s.id.split("#")[0].removeprefix("k:") for s in kjv} & valid_test  # no test verse, reworded
     assert not held & {normalized(s.text) for s in kjv}
     assert any("LORD" in s.text or "thee" in s.text.split() for s in kjv)  # it is the King James text
-    with pytest.raises(MgkdError, match="no version 'zz'"):
-        PseudoLabel(source="builtin:zz").check(ModelConfig(), None)
+    [(param, source)] = PseudoLabel(source="builtin:zz").unlabeled_sources().items()  # what the schedule checks
+    with pytest.raises(MgkdError, match="params.source 'builtin:zz': bible.db has no version 'zz'"):
+        check_source(source, param)
 
 
 def test_pseudo_label_view_respects_the_token_ratio(tiny_data, tiny_teacher, tmp_path):
@@ -430,53 +411,3 @@ def test_pseudo_label_view_respects_the_token_ratio(tiny_data, tiny_teacher, tmp
         assert padded <= 0.25 * max_tokens or len(b.indices) == 1
     quiet = PseudoLabel(source="builtin:heldout", max_sentences=120, token_dropout=0, token_swap=0, max_words=15)
     assert quiet.build_view(_ctx(tiny_data, tiny_teacher, tmp_path)).noise is None
-
-
-# --- a lineage: seq_kd, then pseudo_label -----------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def kd_lineage(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("seqkd-lineage")
-    cfg = tiny_config(
-        tmp, "generations.count=2", "ray.enabled=false",
-        "generations.per_generation.1.losses=[{name: seq_kd, weight: 0.5, params: {beam_size: 2}},"
-        " {name: label_smoothing, weight: 0.5}]",
-        "generations.per_generation.2.losses=[{name: pseudo_label, params: {max_sentences: 200, ratio: 0.5}},"
-        " {name: label_smoothing}]",
-    )  # fmt: skip
-    outcome = run_lineage(cfg, Console(quiet=True))
-    return cfg, outcome, read_lineage(outcome.tracking_uri, outcome.lineage_id)
-
-
-def test_lineage_logs_the_terms_and_the_teacher_outputs(kd_lineage, tiny_data):
-    cfg, outcome, info = kd_lineage
-    g0, g1, g2 = info["generations"]
-    assert "loss.seq_kd" in g1["metrics"] and "loss.label_smoothing" in g1["metrics"]
-    assert "loss.pseudo_label" in g2["metrics"] and "loss.seq_kd" not in g2["metrics"]
-    assert g1["metrics"]["seq_kd_cached"] == 0.0 and g1["metrics"]["seq_kd_sentences"] > 500
-    assert g2["metrics"]["pseudo_label_sentences"] > 0
-    client = _client(outcome.tracking_uri)
-    for g, label in ((g1, "seq_kd"), (g2, "pseudo_label")):
-        files = [a.path for a in client.list_artifacts(g["run_id"], "teacher_outputs")]
-        # the file is named by the teacher's checkpoint sha256: this generation's teacher
-        assert files == [f"teacher_outputs/{Path(outcome.results[g['generation']].artifacts[0]).name}"]
-        assert files[0].startswith(f"teacher_outputs/{label}-{g['teacher_checkpoint_sha256'][:16]}-")
-        assert files[0].endswith(".tsv")
-    assert "teacher_outputs" not in {a.path for a in client.list_artifacts(g0["run_id"])}
-
-
-def test_rebuilding_a_view_with_the_same_teacher_reuses_the_cache(kd_lineage, monkeypatch):
-    cfg, outcome, info = kd_lineage
-    from mgkd.tasks.translation import prepare
-
-    data = prepare(cfg)
-    teacher0 = outcome.results[0]
-    teacher, _ = load_checkpoint(Path(teacher0.checkpoint), teacher0.checkpoint_sha256)
-    counter = CountingDecoder(monkeypatch)
-    ctx = ViewContext(teacher.eval(), teacher0.checkpoint_sha256, data, cfg.eval, Path(data.cache_dir) / "teacher",
-                      torch.device("cpu"), cfg.seed + 1, lambda _: None)  # fmt: skip
-    view = SequenceKD(beam_size=2).build_view(ctx)
-    assert view.metrics["seq_kd_cached"] == 1.0 and counter.calls == 0
-    assert str(view.artifact) == outcome.results[1].artifacts[0]
-    assert math.isclose(view.metrics["seq_kd_pseudo_bleu"], info["generations"][1]["metrics"]["seq_kd_pseudo_bleu"])

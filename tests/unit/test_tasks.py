@@ -19,7 +19,7 @@ from mgkd.tasks import TASKS, get_task, lower_is_better, metric, prepare, scores
 from mgkd.tasks.classification import CLASSIFICATION
 from mgkd.tasks.translation import TRANSLATION
 
-from .conftest import tiny_config
+from ..helpers import tiny_config
 
 TINY_CLASSIFIER = [
     "classification.max_length=24", "tokenizer.vocab_size=120", "split.valid_fraction=0.1",
