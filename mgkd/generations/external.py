@@ -18,10 +18,11 @@ from pathlib import Path
 from mgkd.files import write_atomic
 from mgkd.generations.loop import Events, GenerationResult, resolve_device
 from mgkd.generations.spec import GenerationSpec
-from mgkd.generations.translation_steps import translation_samples, write_translations
+from mgkd.generations.translation_steps import translation_samples
 from mgkd.models import count_parameters
 from mgkd.models.external import HFTeacher, folder_manifest
-from mgkd.tasks.translation import PreparedData, score_translations
+from mgkd.tasks.eval_sets import score_test_sets
+from mgkd.tasks.translation import PreparedData
 
 
 def evaluate_external(spec: GenerationSpec, data: PreparedData, out_dir: Path,
@@ -39,30 +40,31 @@ def evaluate_external(spec: GenerationSpec, data: PreparedData, out_dir: Path,
     load_s = time.perf_counter() - t0
 
     test = data.splits["test"]
-    done = [0]
 
-    def on_batch(k: int) -> None:
-        done[0] += k
-        events({"type": "decode", "split": "test", "done": done[0], "total": len(test)})
+    def decode(split: str) -> tuple[list[str], float]:
+        sources, done = data.splits[split].sources, [0]
 
-    t0 = time.perf_counter()
-    nbest = teacher.translate_texts(
-        test.sources, ext.num_beams or spec.eval.beam_size, 1, spec.eval.max_len_a, spec.eval.max_len_b,
-        spec.eval.length_penalty, spec.eval.decode_batch_size, on_batch,
-    )  # fmt: skip
-    decode_s = time.perf_counter() - t0
-    hyps = [h[0][1] if h else "" for h in nbest]
-    scores = score_translations(hyps, test.targets)
+        def on_batch(k: int) -> None:
+            done[0] += k
+            events({"type": "decode", "split": split, "done": done[0], "total": len(sources)})
 
-    translations = write_translations(out_dir / "test_translations.tsv", test, hyps)
+        t0 = time.perf_counter()
+        nbest = teacher.translate_texts(
+            sources, ext.num_beams or spec.eval.beam_size, 1, spec.eval.max_len_a, spec.eval.max_len_b,
+            spec.eval.length_penalty, spec.eval.decode_batch_size, on_batch,
+        )  # fmt: skip
+        return [h[0][1] if h else "" for h in nbest], len(sources) / max(time.perf_counter() - t0, 1e-9)
+
+    # The test split and every named test set, scored like any generation's.
+    held_out = score_test_sets(data, decode, out_dir)
+    hyps, translations = held_out.hypotheses, held_out.translations
     manifest_file = out_dir / "manifest.json"
     write_atomic(manifest_file, json.dumps(manifest, indent=1).encode("utf-8"))
 
     n_params = count_parameters(teacher)
     metrics = {
-        "test_bleu": scores["bleu"],
-        "test_chrf": scores["chrf"],
-        "decode_sentences_per_s": len(hyps) / max(decode_s, 1e-9),
+        **held_out.metrics,
+        "decode_sentences_per_s": held_out.sentences_per_s,
         "parameters": float(n_params),
         "load_time_s": load_s,
         # Nothing trained: the lineage table and plot read these like any generation's.

@@ -69,7 +69,7 @@ class GenerationSpec:
 
             ext = {f"external.{k}": v for k, v in self.external.model_dump(mode="json").items()}
             return {"generation": self.index, "seed": self.seed, **model_params(self.external.path), **ext,
-                    **{f"eval.{k}": v for k, v in self.eval.model_dump().items()}}  # fmt: skip
+                    **{f"eval.{k}": v for k, v in self.eval.model_dump(mode="json").items()}}  # fmt: skip
         flat: dict[str, Any] = {
             "generation": self.index,
             "init": self.init,
@@ -83,7 +83,8 @@ class GenerationSpec:
         if self.teacher_signal == "cached":
             flat["teacher_cache_k"] = self.cache_k
         for section in ("model", "train", "eval"):
-            for k, v in getattr(self, section).model_dump().items():
+            # json: eval.test_sets holds paths, which a checkpoint's spec and a param show as plain strings
+            for k, v in getattr(self, section).model_dump(mode="json").items():
                 flat[f"{section}.{k}"] = v
         for t in self.losses:
             flat[f"loss.{t.name}.weight"] = t.weight
@@ -96,7 +97,7 @@ class GenerationSpec:
         d["model"], d["train"], d["eval"] = (
             self.model.model_dump(),
             self.train.model_dump(mode="json"),
-            self.eval.model_dump(),
+            self.eval.model_dump(mode="json"),
         )
         d["losses"] = [t.model_dump() for t in self.losses]
         d["search"] = self.search.model_dump() if self.search is not None else None

@@ -18,7 +18,8 @@ from mgkd.generations.loop import Events, TestOutputs
 from mgkd.generations.spec import GenerationSpec
 from mgkd.generations.teacher import build_student
 from mgkd.models.decoding import translate
-from mgkd.tasks.translation import PAD, TRANSLATION, PreparedData, iterate_batches, score_translations
+from mgkd.tasks.eval_sets import score_test_sets
+from mgkd.tasks.translation import PAD, TRANSLATION, PreparedData, iterate_batches
 
 
 @torch.no_grad()
@@ -68,15 +69,6 @@ def decode_split(
     return hyps, n / max(1e-9, time.perf_counter() - t0)
 
 
-def write_translations(path: Path, test: Any, hyps: list[str]) -> Path:
-    """The test split's TSV: id, source, reference, hypothesis (tabs in text become spaces)."""
-    rows = ["id\tsource\treference\thypothesis"] + [
-        "\t".join(x.replace("\t", " ") for x in row) for row in zip(test.ids, test.sources, test.targets, hyps)
-    ]
-    path.write_text("\n".join(rows) + "\n", encoding="utf-8")
-    return path
-
-
 def translation_samples(test: Any, hyps: list[str]) -> list[dict[str, str]]:
     """The first 50 test translations, for the MLflow record."""
     return [
@@ -100,7 +92,7 @@ class TranslationSteps:
         m = {"valid_loss": validation_loss(student, data, spec.train.max_tokens, device)}
         if spec.eval.valid_bleu_sentences:
             hyps, _ = decode_split(student, data, "valid", spec, device, spec.eval.valid_bleu_sentences, beam_size=1)
-            scores = score_translations(hyps, data.splits["valid"].targets[: len(hyps)])
+            scores = data.scoring.score(hyps, data.splits["valid"].targets[: len(hyps)])
             m["valid_bleu"], m["valid_chrf"] = scores["bleu"], scores["chrf"]
         return m
 
@@ -109,9 +101,9 @@ class TranslationSteps:
 
     def test(self, student: torch.nn.Module, data: PreparedData, spec: GenerationSpec, device: torch.device,
              out_dir: Path, events: Events) -> TestOutputs:  # fmt: skip
-        hyps, sents_per_s = decode_split(student, data, "test", spec, device, events=events)
-        test = data.splits["test"]
-        scores = score_translations(hyps, test.targets)
-        path = write_translations(out_dir / "test_translations.tsv", test, hyps)
-        metrics = {"test_bleu": scores["bleu"], "test_chrf": scores["chrf"], "decode_sentences_per_s": sents_per_s}
-        return TestOutputs(metrics, path, translation_samples(test, hyps))
+        # The test split and every named test set (eval.test_sets), each scored and written to its own TSV.
+        held_out = score_test_sets(data, lambda split: decode_split(student, data, split, spec, device, events=events),
+                                   out_dir)  # fmt: skip
+        metrics = {**held_out.metrics, "decode_sentences_per_s": held_out.sentences_per_s}
+        samples = translation_samples(data.splits["test"], held_out.hypotheses)
+        return TestOutputs(metrics, held_out.translations, samples)

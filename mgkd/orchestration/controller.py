@@ -49,6 +49,7 @@ from mgkd.orchestration.display import GenerationProgress, lineage_table
 from mgkd.orchestration.runners import LocalRunner, RayRunner
 from mgkd.orchestration.sweep import SweepOutcome, run_sweep
 from mgkd.tasks import get_task, metric, prepare
+from mgkd.tasks.eval_sets import language_tags
 from mgkd.tasks.translation import PreparedData
 
 
@@ -89,6 +90,9 @@ def _record_generation(recorder: LineageRecorder, run_id: str, model_name: str, 
                                             {"max_length": cfg.classification.max_length})  # fmt: skip
     if result.translations:
         recorder.log_artifact(run_id, result.translations)
+        named = Path(result.translations).parent / "test_sets"  # eval.test_sets: test_sets/<name>.tsv
+        if named.is_dir():
+            recorder.log_artifact(run_id, named)
     for path in result.artifacts:  # teacher-made data: pseudo-target corpora, cache manifests
         recorder.log_artifact(run_id, path, "teacher_outputs")
     samples = {k: [s[k] for s in result.samples] for k in ("source", "reference", "hypothesis")}
@@ -120,14 +124,16 @@ def run_lineage(cfg: ExperimentConfig, console: Console | None = None, force: bo
     console.log(f"runner: {runner.description}")
 
     lineage_id = recorder.start_lineage(
-        cfg.name, cfg.model_dump(mode="json"), {"mgkd.data_hash": data.data_hash, "mgkd.config_name": cfg.name}
+        cfg.name,
+        cfg.model_dump(mode="json"),
+        {"mgkd.data_hash": data.data_hash, "mgkd.config_name": cfg.name, **_score_tags(cfg, data)},
     )
     recorder.set_tags(lineage_id, {TAG_MODEL: _model_name(cfg, lineage_id)})
     recorder.log_inputs(lineage_id, _datasets(cfg, data))
     _record_config(recorder, lineage_id, output_dir / "lineages" / lineage_id, cfg)
     recorder.log_artifact(lineage_id, data.cache_dir / "spm.model", "tokenizer")
-    for split in ("train", "valid", "test"):
-        recorder.log_artifact(lineage_id, data.cache_dir / f"{split}.jsonl", "data")
+    for split in data.splits:  # a named test set "test/x" is data/test/x.jsonl
+        recorder.log_artifact(lineage_id, data.cache_dir / f"{split}.jsonl", str(Path("data", split).parent))
     recorder.log_metrics(lineage_id, {k: float(v) for k, v in data.summary().items() if k != "data_hash"}, 0)
     _write_last(output_dir, lineage_id, tracking_uri, cfg, recorder)
     console.log(f"lineage {lineage_id} in {tracking_uri} (experiment {cfg.experiment_name!r})")
@@ -249,6 +255,7 @@ def _drive(cfg: ExperimentConfig, specs: list[GenerationSpec], data: PreparedDat
                     )  # fmt: skip
                     recorder.log_inputs(run_id, datasets)
                     recorder.log_dict(run_id, spec.to_dict(), "spec.json")
+                    recorder.set_tags(run_id, _score_tags(cfg, data))
 
                 with GenerationProgress(console, spec, task) as progress:
 
@@ -318,6 +325,9 @@ def _drive(cfg: ExperimentConfig, specs: list[GenerationSpec], data: PreparedDat
         runner.close()
 
     console.print(lineage_table(specs, results, f"lineage {lineage_id} ({wall / 60:.1f} min)", controls, task=task))
+    scoring = getattr(data, "scoring", None)  # translation's: how BLEU and chrF were computed
+    if scoring is not None:
+        console.print(f"  [dim]BLEU[/]  {scoring.signatures['bleu']}\n  [dim]chrF[/]  {scoring.signatures['chrf']}")
     output_dir = Path(cfg.output_dir).resolve()
     return LineageOutcome(lineage_id, recorder.uri, cfg.experiment_name, output_dir, specs, results, run_ids, wall,
                           controls, control_run_ids)  # fmt: skip
@@ -346,6 +356,12 @@ def _record_trials(recorder: LineageRecorder, lineage_id: str, run_id: str, inde
                                   "search_trials_completed": float(sum(t.status == "completed" for t in sweep.trials))},
                          0)  # fmt: skip
     recorder.log_params(run_id, {f"search.best.{k}": str(v) for k, v in best.point.items()})
+
+
+def _score_tags(cfg: ExperimentConfig, data: PreparedData) -> dict[str, str]:
+    """Translation: sacrebleu's BLEU/chrF signatures and the corpus's language codes, on every run."""
+    scoring = getattr(data, "scoring", None)
+    return {**scoring.tags(), **language_tags(cfg.corpus)} if scoring is not None else {}
 
 
 def _model_name(cfg: ExperimentConfig, lineage_id: str) -> str:

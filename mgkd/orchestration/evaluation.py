@@ -64,9 +64,12 @@ def evaluate_ensemble(
             )
         if output_dir is not None:
             cfg = cfg.model_copy(update={"output_dir": Path(output_dir)})
-        if split not in ("valid", "test"):
-            raise MgkdError(f"--split must be valid or test, got {split!r}")
+        if split not in ("valid", "test") and not split.startswith("test/"):
+            raise MgkdError(f"--split must be valid, test or test/<name> (a named test set), got {split!r}")
         data = prepare(cfg)
+        if split not in data.splits:
+            named = [k for k in data.splits if k.startswith("test/")]
+            raise MgkdError(f"the lineage has no test set {split!r}; its named sets: {', '.join(named) or 'none'}")
         members = []
         for k in chosen:
             g = by_index[k]
@@ -85,7 +88,7 @@ def evaluate_ensemble(
         t0 = time.perf_counter()
         hyps = translate(model, s.src, data.tokenizer.decode, cfg.eval.max_len_a, cfg.eval.max_len_b,
                          cfg.eval.decode_batch_size, beam, cfg.eval.length_penalty)  # fmt: skip
-        out = score_translations(hyps, s.targets)
+        out = score_translations(hyps, s.targets, data.scoring)
         return {"bleu": out["bleu"], "chrf": out["chrf"], "sentences_per_s": len(hyps) / (time.perf_counter() - t0)}
 
     rows = [{"model": f"gen {k}", "generation": k, **score(m)} for k, m in zip(chosen, members)]

@@ -281,4 +281,7 @@ def _adopt(trial: Trial, out_dir: Path) -> GenerationResult:
     if result.translations:
         translations = str(out_dir / Path(result.translations).name)
         shutil.copyfile(result.translations, translations)
+        named = Path(result.translations).parent / "test_sets"  # eval.test_sets' translations
+        if named.is_dir():
+            shutil.copytree(named, out_dir / "test_sets", dirs_exist_ok=True)
     return replace(result, checkpoint=str(ckpt), translations=translations)

@@ -79,9 +79,9 @@ def read_bible(source_version: str, target_version: str) -> list[Pair]:
     return [Pair(f"bible:{b}.{c}.{v}", clean_verse(s), clean_verse(t)) for b, c, v, s, t in rows]
 
 
-def _read_lines(path: Path, what: str) -> list[str]:
+def _read_lines(path: Path, what: str, where: str = "corpus.*") -> list[str]:
     if not path.is_file():
-        raise MgkdError(f"{what} {path} does not exist; fix the path in the config (corpus.*)")
+        raise MgkdError(f"{what} {path} does not exist; fix the path in the config ({where})")
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as e:
@@ -92,9 +92,9 @@ def _read_lines(path: Path, what: str) -> list[str]:
     return lines
 
 
-def read_tsv(path: Path) -> list[Pair]:
+def read_tsv(path: Path, what: str = "corpus file", where: str = "corpus.*") -> list[Pair]:
     pairs = []
-    for n, line in enumerate(_read_lines(path, "corpus file"), start=1):
+    for n, line in enumerate(_read_lines(path, what, where), start=1):
         if not line.strip():
             continue
         if "\t" not in line:
@@ -106,9 +106,9 @@ def read_tsv(path: Path) -> list[Pair]:
     return pairs
 
 
-def read_parallel(source_path: Path, target_path: Path) -> list[Pair]:
-    src = _read_lines(source_path, "source file")
-    tgt = _read_lines(target_path, "target file")
+def read_parallel(source_path: Path, target_path: Path, where: str = "corpus.*") -> list[Pair]:
+    src = _read_lines(source_path, "source file", where)
+    tgt = _read_lines(target_path, "target file", where)
     if len(src) != len(tgt):
         raise MgkdError(
             f"{source_path} has {len(src)} lines but {target_path} has {len(tgt)}; "
@@ -121,6 +121,16 @@ def read_parallel(source_path: Path, target_path: Path) -> list[Pair]:
     ]
 
 
+def warn_length_filter(dropped: int, total: int, setting: str, log: Callable[[str], None]) -> None:
+    """Say so, prominently, when a length filter drops more than a quarter of a user's corpus."""
+    if total and dropped * 4 > total:
+        log(
+            f"WARNING: the length filter dropped {dropped} of {total} pairs ({dropped / total:.0%}) of your "
+            f"corpus: {setting}. Widen it (null: no limit), or filter in sentencepiece tokens with "
+            "corpus.max_tokens_per_side (languages without spaces between words)"
+        )
+
+
 def read_corpus(cfg: CorpusConfig, log: Callable[[str], None] = lambda _: None) -> list[Pair]:
     """All pairs of the configured corpus that pass the length filter (the others skipped, or an error)."""
     if cfg.kind == "builtin":
@@ -128,6 +138,10 @@ def read_corpus(cfg: CorpusConfig, log: Callable[[str], None] = lambda _: None) 
     elif cfg.kind == "tsv":
         assert cfg.path is not None
         pairs = read_tsv(cfg.path)
+    elif cfg.kind == "hf":
+        from mgkd.tasks.hf_corpus import read_hf_corpus  # `datasets` is imported only for hf corpora
+
+        pairs = read_hf_corpus(cfg)
     else:
         assert cfg.source_path is not None and cfg.target_path is not None
         pairs = read_parallel(cfg.source_path, cfg.target_path)
@@ -149,6 +163,9 @@ def read_corpus(cfg: CorpusConfig, log: Callable[[str], None] = lambda _: None) 
         )
     if skipped:
         log(f"corpus: skipped {skipped} of {len(pairs)} pairs outside {cfg.min_words}..{cfg.max_words} words")
+    if cfg.kind != "builtin":  # the built-in corpus is cut on purpose (short verses keep the demo short)
+        warn_length_filter(skipped, len(pairs), f"corpus.min_words={cfg.min_words}, corpus.max_words={cfg.max_words}",
+                           log)  # fmt: skip
     if not kept:
         raise MgkdError(
             f"no sentence pair of the corpus ({len(pairs)} read) passes the length filter "

@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import sacrebleu
 import sentencepiece as spm
 import torch
 
@@ -25,7 +24,8 @@ from mgkd.config import ExperimentConfig, ModelConfig, SplitConfig, TokenizerCon
 from mgkd.errors import MgkdError
 from mgkd.files import write_atomic
 from mgkd.tasks.base import Metric, TokenizedData
-from mgkd.tasks.corpus import Pair, read_corpus
+from mgkd.tasks.corpus import Pair, read_corpus, warn_length_filter
+from mgkd.tasks.eval_sets import TEST_SET_PREFIX, Scoring, fixed_sets, remove_overlap
 from mgkd.vocabulary import BOS, EOS, PAD, UNK, pad_sources
 
 SPLITS = ("train", "valid", "test")
@@ -53,8 +53,13 @@ class PreparedData(TokenizedData):
 
     spm_model: bytes
     data_hash: str
+    # train, valid, test, then each named test set as "test/<name>" (eval.test_sets).
     splits: dict[str, SplitData]
     cache_dir: Path
+    # How translations are scored (sacrebleu tokenizer, chrF word order) and its signatures.
+    scoring: Scoring = field(default_factory=Scoring)
+    # train_valid_overlap, train_test_overlap, and pairs dropped by corpus.max_tokens_per_side.
+    counts: dict[str, int] = field(default_factory=dict)
     _processor: spm.SentencePieceProcessor | None = field(default=None, repr=False, compare=False)
 
     task = "translation"  # the registered task this data belongs to (mgkd.tasks.TASKS)
@@ -62,8 +67,11 @@ class PreparedData(TokenizedData):
     def summary(self) -> dict[str, int | str]:
         out: dict[str, int | str] = {"data_hash": self.data_hash, "vocab_size": self.vocab_size}
         for name, s in self.splits.items():
-            out[f"{name}_pairs"] = len(s)
-            out[f"{name}_target_tokens"] = int(sum(len(t) + 1 for t in s.tgt))
+            # A named test set "test/x" is counted as test_pairs/x, like its test_bleu/x.
+            base, _, sub = name.partition("/")
+            out[f"{base}_pairs" + (f"/{sub}" if sub else "")] = len(s)
+            out[f"{base}_target_tokens" + (f"/{sub}" if sub else "")] = int(sum(len(t) + 1 for t in s.tgt))
+        out.update(self.counts)
         return out
 
 
@@ -75,11 +83,13 @@ def _unit_hash(salt: str, example_id: str) -> float:
     return int.from_bytes(digest[:8], "big") / 2**64
 
 
-def split_pairs(pairs: list[Pair], cfg: SplitConfig, max_pairs: int | None = None) -> dict[str, list[Pair]]:
+def split_pairs(pairs: list[Pair], cfg: SplitConfig, max_pairs: int | None = None,
+                carve: tuple[str, ...] = ("valid", "test")) -> dict[str, list[Pair]]:  # fmt: skip
     """Assign each pair to train/valid/test by a hash of its id alone.
 
     The same id lands in the same split whatever else is in the corpus; the
     valid/test caps keep the first pairs by hash and send the rest to train.
+    Only the splits in `carve` are cut from the corpus (a fixed set replaces the others; they stay empty).
     """
     keyed = sorted(((_unit_hash(cfg.salt, p.id), p) for p in pairs), key=lambda x: x[0])
     if max_pairs is not None:
@@ -89,11 +99,13 @@ def split_pairs(pairs: list[Pair], cfg: SplitConfig, max_pairs: int | None = Non
     for _, p in keyed:
         # Re-hash with another salt so max_pairs (which keeps low hashes) does not bias the split.
         u = _unit_hash(cfg.salt + ":split", p.id)
-        name = "test" if u < cfg.test_fraction else "valid" if u < cfg.test_fraction + cfg.valid_fraction else "train"
+        test_fraction = cfg.test_fraction if "test" in carve else 0.0
+        valid_fraction = cfg.valid_fraction if "valid" in carve else 0.0
+        name = "test" if u < test_fraction else "valid" if u < test_fraction + valid_fraction else "train"
         if name != "train" and caps[name] is not None and len(out[name]) >= caps[name]:
             name = "train"
         out[name].append(p)
-    for name in SPLITS:
+    for name in ("train", *carve):
         if not out[name]:
             raise MgkdError(
                 f"the {name} split is empty ({len(keyed)} pairs in all); use a larger corpus "
@@ -150,6 +162,12 @@ def _content_hash(cfg: ExperimentConfig, digests: dict[str, str]) -> str:
     h.update(str(cfg.seed).encode())
     for name in SPLITS:
         h.update(f"\0{name}\0{digests[name]}".encode())
+    # Only what is set enters: a config without them keeps the hash (and the cache) it always had.
+    for name in digests:
+        if name not in SPLITS:
+            h.update(f"\0{name}\0{digests[name]}".encode())
+    if cfg.corpus.max_tokens_per_side is not None:
+        h.update(f"\0max_tokens_per_side={cfg.corpus.max_tokens_per_side}".encode())
     return h.hexdigest()
 
 
@@ -158,11 +176,30 @@ def _tokenize(sp: spm.SentencePieceProcessor, texts: list[str]) -> list[np.ndarr
 
 
 def prepare(cfg: ExperimentConfig, log: Callable[[str], None] = lambda _: None) -> PreparedData:
-    """Corpus -> splits -> sentencepiece (cached by content hash) -> token arrays on disk."""
+    """Corpus -> splits (fixed sets, hash-carved others) -> sentencepiece (cached by content hash) -> token
+    arrays on disk. Every data error (a set, a column, a cache) is raised here, before anything trains."""
     t0 = time.perf_counter()
+    scoring = Scoring.of(cfg)
+    fixed = fixed_sets(cfg)
     pairs = read_corpus(cfg.corpus, log)
-    splits = split_pairs(pairs, cfg.split, cfg.corpus.max_pairs)
-    digests = {name: split_digest(splits[name]) for name in SPLITS}
+    # A fixed valid/test replaces the hash-carved one; named test sets alone make the first of them the test.
+    carve = tuple(n for n in ("valid", "test") if n not in fixed and not (n == "test" and cfg.eval.test_sets))
+    splits = split_pairs(pairs, cfg.split, cfg.corpus.max_pairs, carve)
+    splits.update(fixed)
+    if "test" not in carve and "test" not in fixed:
+        splits["test"] = fixed[TEST_SET_PREFIX + next(iter(cfg.eval.test_sets))]
+    splits = {name: splits[name] for name in (*SPLITS, *(k for k in splits if k not in SPLITS))}
+    dedupe = cfg.split.dedupe_against_eval
+    if dedupe is None:
+        dedupe = not (cfg.corpus.kind == "builtin" and not fixed)
+    splits["train"], counts = remove_overlap(splits["train"], {k: v for k, v in splits.items() if k != "train"}, dedupe)
+    if counts["train_valid_overlap"] or counts["train_test_overlap"]:
+        what = "removed from train" if dedupe else "kept in train (split.dedupe_against_eval)"
+        log(f"data: {counts['train_test_overlap']} train pairs share a test source, {counts['train_valid_overlap']} "
+            f"a valid source (case and spacing aside): {what}")  # fmt: skip
+    if not splits["train"]:
+        raise MgkdError("no training pair is left once the pairs of the eval sets are removed; check the sets")
+    digests = {name: split_digest(ps) for name, ps in splits.items()}
     data_hash = _content_hash(cfg, digests)
     cache = Path(cfg.output_dir) / "cache" / f"data-{data_hash[:16]}"
     cache.mkdir(parents=True, exist_ok=True)
@@ -176,21 +213,27 @@ def prepare(cfg: ExperimentConfig, log: Callable[[str], None] = lambda _: None) 
         write_atomic(model_path, spm_model)
         log(f"tokenizer: trained sentencepiece ({cfg.tokenizer.vocab_size} pieces) on {len(train_text)} sentences")
     sp = spm.SentencePieceProcessor(model_proto=spm_model)
-    data = PreparedData(spm_model=spm_model, data_hash=data_hash, splits={}, cache_dir=cache)
-    for name in SPLITS:
-        ps = splits[name]
-        data.splits[name] = SplitData(
-            ids=[p.id for p in ps],
-            sources=[p.source for p in ps],
-            targets=[p.target for p in ps],
-            src=_tokenize(sp, [p.source for p in ps]),
-            tgt=_tokenize(sp, [p.target for p in ps]),
-            digest=digests[name],
-        )
+    data = PreparedData(spm_model=spm_model, data_hash=data_hash, splits={}, cache_dir=cache, scoring=scoring,
+                        counts=counts)  # fmt: skip
+    for name, ps in splits.items():
+        src, tgt = _tokenize(sp, [p.source for p in ps]), _tokenize(sp, [p.target for p in ps])
+        limit = cfg.corpus.max_tokens_per_side
+        if limit is not None and (name == "train" or name in carve):  # fixed sets are scored whole
+            keep = [i for i in range(len(ps)) if len(src[i]) <= limit and len(tgt[i]) <= limit]
+            data.counts[f"{name}_over_max_tokens"] = len(ps) - len(keep)
+            if name == "train":
+                warn_length_filter(len(ps) - len(keep), len(ps), f"corpus.max_tokens_per_side={limit}", log)
+            if not keep:
+                raise MgkdError(f"no {name} pair has at most corpus.max_tokens_per_side={limit} tokens a side")
+            ps, src, tgt = [ps[i] for i in keep], [src[i] for i in keep], [tgt[i] for i in keep]
+            digests[name] = split_digest(ps)
+        texts = {"ids": [p.id for p in ps], "sources": [p.source for p in ps], "targets": [p.target for p in ps]}
+        data.splits[name] = SplitData(**texts, src=src, tgt=tgt, digest=digests[name])
     _write_arrays(cache, data)
+    named = [f"{k} {len(v)}" for k, v in data.splits.items() if k not in SPLITS]
     log(
-        f"data: {len(pairs)} pairs -> train {len(splits['train'])}, valid {len(splits['valid'])}, "
-        f"test {len(splits['test'])} ({time.perf_counter() - t0:.1f}s)"
+        f"data: {len(pairs)} pairs -> train {len(data.splits['train'])}, valid {len(data.splits['valid'])}, "
+        f"test {len(data.splits['test'])}{', ' if named else ''}{', '.join(named)} ({time.perf_counter() - t0:.1f}s)"
     )
     return data
 
@@ -198,7 +241,8 @@ def prepare(cfg: ExperimentConfig, log: Callable[[str], None] = lambda _: None) 
 def _write_arrays(cache: Path, data: PreparedData) -> None:
     """The tokenized splits as flat arrays + offsets (npz) and their texts (jsonl)."""
     for name, s in data.splits.items():
-        npz = cache / f"{name}.npz"
+        npz = cache / f"{name}.npz"  # a named test set "test/x": test/x.npz
+        npz.parent.mkdir(parents=True, exist_ok=True)
         if npz.is_file():
             continue
         buf = io.BytesIO()
@@ -317,12 +361,10 @@ def iterate_batches(split: SplitData, max_tokens: int, shuffle: bool, seed: int 
 # --- evaluation ----------------------------------------------------------------
 
 
-def score_translations(hypotheses: list[str], references: list[str]) -> dict[str, float]:
-    """Corpus BLEU and chrF (sacrebleu defaults) on detokenized text."""
-    return {
-        "bleu": float(sacrebleu.corpus_bleu(hypotheses, [references]).score),
-        "chrf": float(sacrebleu.corpus_chrf(hypotheses, [references]).score),
-    }
+def score_translations(hypotheses: list[str], references: list[str],
+                       scoring: Scoring | None = None) -> dict[str, float]:  # fmt: skip
+    """Corpus BLEU and chrF on detokenized text; `scoring` None: sacrebleu's defaults (13a, chrF)."""
+    return (scoring or Scoring()).score(hypotheses, references)
 
 
 # --- the task ----------------------------------------------------------------

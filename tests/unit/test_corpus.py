@@ -34,7 +34,8 @@ def test_out_of_range_pairs_are_counted_or_refused(tmp_path):
     tsv.write_text("a b\tc d\none two three four five\tun deux trois quatre cinq\ne f\tg h\n", encoding="utf-8")
     seen = []
     pairs = read_corpus(CorpusConfig(kind="tsv", path=tsv, max_words=3), seen.append)
-    assert len(pairs) == 2 and seen == ["corpus: skipped 1 of 3 pairs outside 1..3 words"]
+    assert len(pairs) == 2 and seen[0] == "corpus: skipped 1 of 3 pairs outside 1..3 words"
+    assert seen[1].startswith("WARNING: the length filter dropped 1 of 3 pairs (33%)")  # over a quarter: loud
     with pytest.raises(MgkdError, match=r"1 of 3 corpus pairs are outside .*the first is .*:2 \(5 / 5 words\)"):
         read_corpus(CorpusConfig(kind="tsv", path=tsv, max_words=3, out_of_range="error"))
 
