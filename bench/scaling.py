@@ -39,7 +39,7 @@ from mgkd.config import build_config  # noqa: E402
 from mgkd.generations import build_schedule  # noqa: E402
 from mgkd.orchestration.runners import RayRunner  # noqa: E402
 from mgkd.orchestration.sweep import run_sweep  # noqa: E402
-from mgkd.tasks.translation import prepare  # noqa: E402
+from mgkd.tasks.translation import TRANSLATION, prepare  # noqa: E402
 
 
 def main() -> None:
@@ -76,7 +76,9 @@ def main() -> None:
         spec = build_schedule(c)[0]
         runner = RayRunner(c.ray, data, work)
         t = time.perf_counter()
-        out = run_sweep(runner, spec, work / "lineages" / f"c{concurrent}" / "gen-0", None, lambda e: None)
+        out = run_sweep(
+            runner, spec, work / "lineages" / f"c{concurrent}" / "gen-0", None, lambda e: None, task=TRANSLATION
+        )
         wall = time.perf_counter() - t
         done = sum(tr.status == "completed" for tr in out.trials)
         tune_rows.append((concurrent, cpus, done, wall, done / wall * 3600))

@@ -13,7 +13,7 @@ corpus, `configs/demo.yaml`) distilled with label_smoothing + soft_label
 (max_tokens 4096, its epoch-1 shuffle). Two students with the same initial
 weights train side by side in one process: at every step the online student
 and the cached student each take the same batch, in alternating order, through
-the trainer's own `_forward` (teacher forward under no_grad, or the
+the trainer's own `forward_pair` (teacher forward under no_grad, or the
 memory-mapped cache) and optimizer step. Interleaving step by step gives both
 the same share of a busy machine. The teacher has the demo's architecture with
 random weights: its cost per token, which is all that is timed here, does not
@@ -41,8 +41,9 @@ sys.path.insert(0, str(ROOT))
 
 from mgkd.config import build_config  # noqa: E402
 from mgkd.generations import build_schedule  # noqa: E402
+from mgkd.generations.loop import forward_pair, seed_everything  # noqa: E402
+from mgkd.generations.teacher import build_student  # noqa: E402
 from mgkd.generations.teacher_cache import load_or_build_cache  # noqa: E402
-from mgkd.generations.training import _forward, build_student, seed_everything  # noqa: E402
 from mgkd.losses import Criterion  # noqa: E402
 from mgkd.models import build_model  # noqa: E402
 from mgkd.tasks.translation import PreparedData, SplitData, batch_indices, collate, prepare  # noqa: E402
@@ -133,7 +134,7 @@ def main() -> None:
             wall, cpu = time.perf_counter(), time.process_time()
             batch = collate(train, idx)
             crit = r["criterion"]
-            out = _forward(r["student"], teacher, batch, *crit.needs("gold"), cache if mode == "cached" else None)
+            out = forward_pair(r["student"], teacher, batch, *crit.needs("gold"), cache if mode == "cached" else None)
             loss, parts = crit(None, views={"gold": out})
             r["opt"].zero_grad(set_to_none=True)
             loss.backward()

@@ -5,8 +5,8 @@
     python bench/train_flops.py --quick         # d128 2+2 and d256 3+3, 4 rounds (15 s on the 2 idle cores)
     python bench/train_flops.py --device cuda   # the same on a GPU (fp32, TF32 off)
 
-The training step is the trainer's own (`mgkd.generations.training`): the
-student built by `build_student`, `_forward`, the generation-0 criterion of
+The training step is the trainer's own (`mgkd.generations.recipe`): the
+student built by `build_student`, `forward_pair`, the generation-0 criterion of
 `configs/demo.yaml` (label_smoothing 0.1), AdamW with the trainer's arguments,
 gradient clipping, on the demo's batches (max_tokens 4096, the trainer's
 epoch-1 order) of the built-in corpus prepared by
@@ -40,8 +40,13 @@ sys.path.insert(0, str(ROOT))
 
 from mgkd.config import ModelConfig, build_config  # noqa: E402
 from mgkd.generations import build_schedule  # noqa: E402
+from mgkd.generations.loop import (  # noqa: E402
+    forward_pair,  # noqa: E402
+    lr_at,
+    seed_everything,
+)
 from mgkd.generations.spec import GenerationSpec  # noqa: E402
-from mgkd.generations.training import _forward, build_student, lr_at, seed_everything  # noqa: E402
+from mgkd.generations.teacher import build_student  # noqa: E402
 from mgkd.losses import Criterion  # noqa: E402
 from mgkd.models import count_parameters  # noqa: E402
 from mgkd.tasks.translation import PAD, Batch, batch_indices, collate, prepare  # noqa: E402
@@ -125,7 +130,7 @@ class TrainStep:
         for group in self.optimizer.param_groups:
             group["lr"] = lr_at(self.steps, 1000, self.spec.train.warmup_steps, self.spec.train.lr)
         b = batch.to(self.device)
-        out = _forward(self.student, None, b, *self.criterion.needs("gold"))
+        out = forward_pair(self.student, None, b, *self.criterion.needs("gold"))
         loss, _ = self.criterion(None, views={"gold": out})
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -245,7 +250,7 @@ def main() -> None:
     gpu = f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""
     lines = [
         f"training efficiency: model FLOP/s of one training step vs fp32 matmul peak ({time.strftime('%Y-%m-%d')})",
-        "step: mgkd's trainer step (build_student, _forward, label_smoothing 0.1, AdamW, "
+        "step: mgkd's trainer step (build_student, forward_pair, label_smoothing 0.1, AdamW, "
         f"clip {spec0.train.clip_norm}) "
         f"on the demo's batches: built-in corpus, vocabulary {vocab}, max_tokens {spec0.train.max_tokens}; "
         f"{rounds} rounds, the same batch for every size in a round: median {statistics.median(tokens):,.0f} target "

@@ -166,9 +166,11 @@ def run(
         if no_ray:
             sets.append("ray.enabled=false")
         if task is not None:
+            from mgkd.tasks import get_task
+
             sets.append(f"task={task}")
-            if config is None and preset is None and task == "classification":
-                preset = "classification"  # a working classification run out of the box
+            if config is None and preset is None:
+                preset = get_task(task).preset  # the task's working run out of the box
         cfg = _experiment(config, preset, sets)
 
         from mgkd.orchestration.controller import run_lineage, ui_command
@@ -326,6 +328,7 @@ def lineage(
     """Read a lineage back from MLflow and print it."""
     from mgkd.lineage.tracking import read_lineage
     from mgkd.models.registry import model_label
+    from mgkd.tasks import get_task, scores_line
 
     with user_errors():
         uri, experiment = _store_of(tracking_uri, lineage_id, experiment, output_dir)
@@ -333,6 +336,8 @@ def lineage(
         if as_json:
             print(json.dumps(info, indent=2))
             return
+        # The lineage's task (recorded as a parameter of its run) says which test scores to show.
+        task = get_task(info["params"].get("task", "translation"))
         # One block per generation, ids in full (soft wrap: nothing cropped on narrow terminals).
         lines = [f"[bold]lineage {info['lineage_id']}[/] ({info['status']}, experiment id {info['experiment_id']})"]
         for g in info["generations"]:
@@ -342,7 +347,7 @@ def lineage(
             teacher = f"teacher gen {tg.strip('[]')}" if g["teacher_run_id"] else "teacher (generation 0)"
             lines.append(
                 f"[bold]gen {g['generation']}[/]  {model_label(g['arch'], sizes)}  "
-                f"{m.get('parameters', 0) / 1e6:.2f}M params  {_scores(m)}  {teacher}  {g['status']}"
+                f"{m.get('parameters', 0) / 1e6:.2f}M params  {scores_line(task, m)}  {teacher}  {g['status']}"
             )
             lines.append(f"       run {g['run_id']}  checkpoint sha256 {g['checkpoint_sha256'] or '-'}")
             if g["teacher_run_id"]:
@@ -351,19 +356,11 @@ def lineage(
                 gaps = "  ".join(f"{k.removeprefix('kd_minus_control_test_')} {v:+.2f}"
                                  for k, v in m.items() if k.startswith("kd_minus_control_"))  # fmt: skip
                 lines.append(
-                    f"       [bold]control[/] (no KD)  {_scores(c['metrics'])}  KD − control: {gaps or '-'}  "
+                    f"       [bold]control[/] (no KD)  {scores_line(task, c['metrics'])}  KD − control: {gaps or '-'}  "
                     f"{c['status']}{'' if c['matched'] else '  [red]NOT matched (init or data order)[/]'}"
                 )
                 lines.append(f"       control run {c['run_id']}  init sha256 {c['init_sha256'] or '-'}")
         console.print("\n".join(lines), soft_wrap=True, highlight=False)
-
-
-def _scores(m: dict[str, float]) -> str:
-    """A generation's test scores: accuracy/macro-F1 for classification, BLEU/chrF for translation."""
-    if "test_accuracy" in m:
-        mcc = f"  MCC {m['test_mcc']:.2f}" if "test_mcc" in m else ""
-        return f"test accuracy {m['test_accuracy']:.2f}  macro-F1 {m.get('test_macro_f1', float('nan')):.2f}{mcc}"
-    return f"test BLEU {m.get('test_bleu', float('nan')):.2f}  chrF {m.get('test_chrf', float('nan')):.2f}"
 
 
 @app.command()

@@ -26,6 +26,7 @@ from mgkd.config import ExperimentConfig, LossTerm
 from mgkd.errors import MgkdError
 from mgkd.generations.spec import GenerationSpec, apply_search
 from mgkd.losses import Criterion
+from mgkd.tasks import task_of
 
 # Params in which a generation and its control may differ: the losses, and how the teacher's signal is delivered
 # (a control reads no teacher signal, so a cached one is not built for it).
@@ -84,11 +85,7 @@ def epoch_seed(seed: int, epoch: int) -> int:
 def data_order_sha256(data: Any, spec: GenerationSpec) -> str:
     """sha256 of the training batches, in order, of every epoch the budget allows: equal digests mean equal
     data order. Data-parallel workers take interleaved slices of this one order."""
-    from mgkd.tasks.classification import ClassificationData
-    from mgkd.tasks.classification import batch_indices as classification_batches
-    from mgkd.tasks.translation import batch_indices as translation_batches
-
-    batches = classification_batches if isinstance(data, ClassificationData) else translation_batches
+    batches = task_of(data).batch_indices
     train = data.splits["train"]
     h = hashlib.sha256()
     for epoch in range(1, spec.train.max_epochs + 1):

@@ -16,8 +16,9 @@ import time
 from pathlib import Path
 
 from mgkd.files import write_atomic
+from mgkd.generations.loop import Events, GenerationResult, resolve_device
 from mgkd.generations.spec import GenerationSpec
-from mgkd.generations.training import Events, GenerationResult, resolve_device
+from mgkd.generations.translation_steps import translation_samples, write_translations
 from mgkd.models import count_parameters
 from mgkd.models.external import HFTeacher, folder_manifest
 from mgkd.tasks.translation import PreparedData, score_translations
@@ -53,11 +54,7 @@ def evaluate_external(spec: GenerationSpec, data: PreparedData, out_dir: Path,
     hyps = [h[0][1] if h else "" for h in nbest]
     scores = score_translations(hyps, test.targets)
 
-    translations = out_dir / "test_translations.tsv"
-    rows = ["id\tsource\treference\thypothesis"] + [
-        "\t".join(x.replace("\t", " ") for x in row) for row in zip(test.ids, test.sources, test.targets, hyps)
-    ]
-    translations.write_text("\n".join(rows) + "\n", encoding="utf-8")
+    translations = write_translations(out_dir / "test_translations.tsv", test, hyps)
     manifest_file = out_dir / "manifest.json"
     write_atomic(manifest_file, json.dumps(manifest, indent=1).encode("utf-8"))
 
@@ -73,9 +70,6 @@ def evaluate_external(spec: GenerationSpec, data: PreparedData, out_dir: Path,
         "epochs": 0.0,
         "train_time_s": 0.0,
     }
-    samples = [
-        {"source": s, "reference": r, "hypothesis": h}
-        for s, r, h in zip(test.sources[:50], test.targets[:50], hyps[:50])
-    ]
     return GenerationResult(spec.index, str(ext.path), manifest["sha256"], n_params, metrics,
-                            translations=str(translations), samples=samples, manifest=str(manifest_file))  # fmt: skip
+                            translations=str(translations), samples=translation_samples(test, hyps),
+                            manifest=str(manifest_file))  # fmt: skip

@@ -22,6 +22,7 @@ from mgkd.losses import Criterion
 from mgkd.losses.base import registry
 from mgkd.models import architecture, check_model, task_architectures
 from mgkd.models.cutting import plan_cut
+from mgkd.tasks import TASKS, get_task
 from mgkd.tasks.monolingual import check_source
 
 
@@ -201,12 +202,19 @@ def build_schedule(cfg: ExperimentConfig) -> list[GenerationSpec]:
 
 
 def _check_task(cfg: ExperimentConfig, specs: list[GenerationSpec]) -> None:
-    """Every generation's architecture and loss terms must belong to the config's task."""
-    task = cfg.task
+    """The selection metric, and every generation's architecture, loss terms and teacher, must fit the config's
+    task as the task declares it (mgkd.tasks)."""
+    declared = get_task(cfg.task)
+    task = declared.name
+    by = cfg.eval.select_by
+    if by not in declared.select_by:
+        owners = [f"{t.name}'s" for t in TASKS.values() if by in t.select_by] or ["no task's metric"]
+        raise MgkdError(f"eval.select_by {by!r} is {owners[0]}; task {task} selects by "
+                        f"{', '.join(declared.select_by[:-1])} or {declared.select_by[-1]}")  # fmt: skip
     for spec in specs:
         where = "generations.teacher" if spec.index == 0 else f"generation {spec.index}"
         if spec.external is not None:
-            if task != "translation":
+            if not declared.external_teacher:
                 raise MgkdError(f"{where}: an external (Hugging Face seq2seq) teacher is for task translation, "
                                 f"not {task}; drop generations.teacher.external")  # fmt: skip
             continue
@@ -215,9 +223,8 @@ def _check_task(cfg: ExperimentConfig, specs: list[GenerationSpec]) -> None:
             raise MgkdError(
                 f"{where}: arch {spec.model.arch!r} does not fit task {task!r} (its architectures: "
                 f"{', '.join(sorted(task_architectures(task)))}); set model.arch"
-                + ("; `--task classification` with no --config runs the classification preset"
-                   if task == "classification" else "")
-            )  # fmt: skip
+                f"; `--task {task}` with no --config runs the {declared.preset} preset"
+            )
         try:
             criterion = Criterion(spec.losses)
         except MgkdError as e:
@@ -230,17 +237,15 @@ def _check_task(cfg: ExperimentConfig, specs: list[GenerationSpec]) -> None:
                 f"{', '.join(sorted({t for n, _, p in criterion.terms if n in wrong for t in p.tasks}))}, "
                 f"not on task {task!r}; use {', '.join(fits)}"
             )
-        if task == "classification":
-            if cfg.classification.max_length > spec.model.max_positions:
-                raise MgkdError(f"{where}: classification.max_length={cfg.classification.max_length} exceeds "
-                                f"model.max_positions={spec.model.max_positions}; raise max_positions or lower "
-                                "max_length")  # fmt: skip
-            if spec.teacher_signal == "cached":
-                raise MgkdError(f"{where}: teacher_signal 'cached' stores per-token top-k for translation; a "
-                                "classifier's teacher is cheap to run: use teacher_signal: online")  # fmt: skip
-            if len(spec.teacher_generations or []) > 1:
-                raise MgkdError(f"{where}: an ensemble teacher (teacher_generations {spec.teacher_generations}) is "
-                                "for task translation; give classification generations one teacher")  # fmt: skip
+        problem = declared.check_model(cfg, spec.model)
+        if problem:
+            raise MgkdError(f"{where}: {problem}")
+        if spec.teacher_signal == "cached" and not declared.teacher_made_data:
+            raise MgkdError(f"{where}: teacher_signal 'cached' stores per-token top-k for translation; a "
+                            f"{task} teacher is cheap to run: use teacher_signal: online")  # fmt: skip
+        if len(spec.teacher_generations or []) > 1 and not declared.teacher_ensembles:
+            raise MgkdError(f"{where}: an ensemble teacher (teacher_generations {spec.teacher_generations}) is "
+                            f"for task translation; give {task} generations one teacher")  # fmt: skip
 
 
 def _check_external_student(spec: GenerationSpec, external: ExternalTeacherConfig) -> ExternalTeacherConfig:

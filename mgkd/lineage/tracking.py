@@ -288,6 +288,7 @@ def read_lineage(tracking_uri: str, lineage_id: str | None = None, experiment: s
         "experiment_id": parent.info.experiment_id,
         "status": parent.info.status,
         "tags": dict(parent.data.tags),
+        "params": dict(parent.data.params),  # the config's top level, e.g. its task
         "generations": [
             {
                 "generation": int(r.data.tags[TAG_GENERATION]),
@@ -353,10 +354,11 @@ def dataset_inputs(name: str, splits: dict[str, dict[str, Any]]) -> list[Any]:
     return out
 
 
-def lineage_plot(generations: list[dict[str, float]], path: Path,
+def lineage_plot(generations: list[dict[str, float]], path: Path, scores: list[tuple[str, str]],
                  controls: list[dict[str, float]] | None = None) -> Path:  # fmt: skip
-    """Test BLEU/chrF (classification: accuracy/macro-F1) and parameter count across generations, as a PNG;
-    with `controls` (each with its "generation"), the controls' first score and each KD − control gap."""
+    """Two test scores (`scores`: (metric, label), the task's plot metrics, e.g. BLEU and chrF) and the parameter
+    count across generations, as a PNG; with `controls` (each with its "generation"), the controls' first score
+    and each KD − control gap."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -364,16 +366,14 @@ def lineage_plot(generations: list[dict[str, float]], path: Path,
 
     xs = [int(g["generation"]) for g in generations]
     fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
-    first, second = ("test_bleu", "test_chrf") if "test_bleu" in generations[0] else ("test_accuracy", "test_macro_f1")
-    label = {"test_bleu": "test BLEU", "test_chrf": "test chrF", "test_accuracy": "test accuracy (%)",
-             "test_macro_f1": "test macro-F1 (%)"}  # fmt: skip
-    ax.plot(xs, [g[first] for g in generations], "o-", label=label[first])
-    ax.plot(xs, [g[second] for g in generations], "s--", label=label[second])
+    for (key, label), style in zip(scores, ("o-", "s--")):
+        ax.plot(xs, [g[key] for g in generations], style, label=label)
+    first, first_label = scores[0]
     by_gen = {int(g["generation"]): g for g in generations}
     paired = [c for c in controls or [] if first in c and int(c["generation"]) in by_gen]
     if paired:
         cx = [int(c["generation"]) for c in paired]
-        ax.plot(cx, [c[first] for c in paired], "x:", color="black", label=f"{label[first]}, control (no KD)")
+        ax.plot(cx, [c[first] for c in paired], "x:", color="black", label=f"{first_label}, control (no KD)")
         for c in paired:
             k = int(c["generation"])
             gap = by_gen[k][first] - c[first]

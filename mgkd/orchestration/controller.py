@@ -48,7 +48,7 @@ from mgkd.orchestration.controls import (
 from mgkd.orchestration.display import GenerationProgress, lineage_table
 from mgkd.orchestration.runners import LocalRunner, RayRunner
 from mgkd.orchestration.sweep import SweepOutcome, run_sweep
-from mgkd.tasks import prepare  # the config's task: translation or classification
+from mgkd.tasks import get_task, metric, prepare
 from mgkd.tasks.translation import PreparedData
 
 
@@ -218,6 +218,7 @@ def _drive(cfg: ExperimentConfig, specs: list[GenerationSpec], data: PreparedDat
     `done_controls` (reopening `open_controls`), record them, end the lineage."""
     lineage_dir = Path(cfg.output_dir).resolve() / "lineages" / lineage_id
     model_name = _model_name(cfg, lineage_id)
+    task = get_task(cfg.task)  # its metrics, table columns and plot
     datasets = _datasets(cfg, data)
     results: list[GenerationResult] = []
     run_ids: list[str] = []
@@ -249,7 +250,7 @@ def _drive(cfg: ExperimentConfig, specs: list[GenerationSpec], data: PreparedDat
                     recorder.log_inputs(run_id, datasets)
                     recorder.log_dict(run_id, spec.to_dict(), "spec.json")
 
-                with GenerationProgress(console, spec) as progress:
+                with GenerationProgress(console, spec, task) as progress:
 
                     def events(event: dict, run_id: str = run_id, progress: GenerationProgress = progress) -> None:
                         if event["type"] in ("step", "epoch"):
@@ -258,7 +259,7 @@ def _drive(cfg: ExperimentConfig, specs: list[GenerationSpec], data: PreparedDat
 
                     if spec.search is not None:
                         assert isinstance(runner, RayRunner)  # the config requires Ray for a search
-                        sweep = run_sweep(runner, spec, lineage_dir / f"gen-{spec.index}", teacher, events)
+                        sweep = run_sweep(runner, spec, lineage_dir / f"gen-{spec.index}", teacher, events, task=task)
                         _record_trials(recorder, lineage_id, run_id, spec.index, sweep)
                         result, best_point = sweep.best, sweep.best_trial.point
                     else:
@@ -268,7 +269,7 @@ def _drive(cfg: ExperimentConfig, specs: list[GenerationSpec], data: PreparedDat
                 ended.add(run_id)
                 results.append(result)
                 run_ids.append(run_id)
-                console.print(lineage_table(specs, results, f"after generation {spec.index}", controls))
+                console.print(lineage_table(specs, results, f"after generation {spec.index}", controls, task=task))
                 for s in result.samples[:2]:
                     console.print(f"  [dim]src[/]  {s['source']}\n  [dim]ref[/]  {s['reference']}\n"
                                   f"  [dim]hyp[/]  {s['hypothesis']}")  # fmt: skip
@@ -286,11 +287,14 @@ def _drive(cfg: ExperimentConfig, specs: list[GenerationSpec], data: PreparedDat
                     console, started,
                 )  # fmt: skip
                 ended.add(control_run_ids[spec.index])
-                console.print(lineage_table(specs, results, f"after generation {spec.index}'s control", controls))
+                console.print(
+                    lineage_table(specs, results, f"after generation {spec.index}'s control", controls, task=task)
+                )
         wall = time.perf_counter() - t0
-        final = {f"final_{k}": v for k, v in results[-1].metrics.items() if k in ("test_bleu", "test_accuracy")}
+        final = {f"final_{k}": v for k, v in results[-1].metrics.items() if k == task.table[0]}  # the headline
         recorder.log_metrics(lineage_id, {"wall_time_s": wall, **final}, 0)
         plot = lineage_plot([{"generation": r.index, **r.metrics} for r in results], lineage_dir / "lineage.png",
+                            [(k, f"test {metric(task, k).label}") for k in task.plot],
                             [{"generation": k, **r.metrics} for k, r in sorted(controls.items())])  # fmt: skip
         recorder.log_artifact(lineage_id, plot)
         status = "FINISHED"
@@ -313,7 +317,7 @@ def _drive(cfg: ExperimentConfig, specs: list[GenerationSpec], data: PreparedDat
             pass  # the store is down: the runs keep their last status, resume reopens them
         runner.close()
 
-    console.print(lineage_table(specs, results, f"lineage {lineage_id} ({wall / 60:.1f} min)", controls))
+    console.print(lineage_table(specs, results, f"lineage {lineage_id} ({wall / 60:.1f} min)", controls, task=task))
     output_dir = Path(cfg.output_dir).resolve()
     return LineageOutcome(lineage_id, recorder.uri, cfg.experiment_name, output_dir, specs, results, run_ids, wall,
                           controls, control_run_ids)  # fmt: skip

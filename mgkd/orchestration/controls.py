@@ -23,6 +23,7 @@ from mgkd.generations.controls import control_spec, data_order_sha256, is_distil
 from mgkd.generations.spec import apply_search
 from mgkd.lineage.tracking import TAG_CHECKPOINT_SHA, TAG_CONTROL_RUN, TAG_DATA_ORDER_SHA, TAG_INIT_SHA, LineageRecorder
 from mgkd.orchestration.display import GenerationProgress
+from mgkd.tasks import task_of
 
 # The task's test scores whose KD − control difference is logged on the generation's run.
 SCORES = ("test_bleu", "test_chrf", "test_accuracy", "test_macro_f1", "test_mcc")
@@ -115,7 +116,7 @@ def run_control(
         )  # fmt: skip
         recorder.log_dict(run_id, twin.to_dict(), "spec.json")
     started(run_id)
-    with GenerationProgress(console, twin) as progress:
+    with GenerationProgress(console, twin, task_of(data)) as progress:
 
         def events(event: dict) -> None:
             if event["type"] in ("step", "epoch"):

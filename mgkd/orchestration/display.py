@@ -10,14 +10,16 @@ from rich.table import Table
 
 from mgkd.generations import GenerationResult, GenerationSpec
 from mgkd.models.registry import model_label
+from mgkd.tasks import Task, table_columns
 
 
 class GenerationProgress:
     """Turns a generation's events into a progress bar (train steps, then decoding)."""
 
-    def __init__(self, console: Console, spec: GenerationSpec) -> None:
+    def __init__(self, console: Console, spec: GenerationSpec, task: Task) -> None:
         self.console = console
         self.spec = spec
+        self.task = task
         self.progress = Progress(
             TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
             TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(),
@@ -53,10 +55,9 @@ class GenerationProgress:
         elif kind == "epoch":
             m = event["metrics"]
             parts = [f"epoch {event['epoch']}: valid loss {m['valid_loss']:.3f}"]
-            if "valid_bleu" in m:
-                parts.append(f"valid BLEU {m['valid_bleu']:.2f}")
-            if "valid_accuracy" in m:
-                parts.append(f"valid accuracy {m['valid_accuracy']:.2f}, macro-F1 {m['valid_macro_f1']:.2f}")
+            # The task's quality metrics that this validation computed (BLEU only where valid_bleu_sentences > 0).
+            parts += [f"valid {q.label} {m['valid_' + q.name]:.2f}" for q in self.task.metrics
+                      if q.name != "loss" and "valid_" + q.name in m]  # fmt: skip
             self.console.log(f"{name} " + ", ".join(parts))
         elif kind == "sweep" and event["phase"] == "teacher outputs":
             self.console.log(f"{name}: the teacher's outputs for the sweep, built once for all trials")
@@ -82,14 +83,11 @@ class GenerationProgress:
 
 
 def lineage_table(specs: list[GenerationSpec], results: list[GenerationResult], title: str,
-                  controls: dict[int, GenerationResult] | None = None) -> Table:  # fmt: skip
+                  controls: dict[int, GenerationResult] | None = None, *, task: Task) -> Table:  # fmt: skip
     """One row per generation; with matched controls, their first score and KD − control beside it."""
     table = Table(title=title)
-    # Classification shows accuracy and macro-F1 (and MCC where configured) where translation shows BLEU/chrF.
-    scores = [("test_bleu", "test BLEU"), ("test_chrf", "test chrF")]
-    if results and "test_accuracy" in results[0].metrics:
-        scores = [("test_accuracy", "test acc"), ("test_macro_f1", "test macro-F1")]
-        scores += [("test_mcc", "test MCC")] if "test_mcc" in results[0].metrics else []
+    # The task's table metrics (translation: BLEU, chrF; classification: accuracy, macro-F1, MCC where configured).
+    scores = [(k, f"test {label}") for k, label in table_columns(task, results[0].metrics if results else {})]
     key, name = scores[0]
     short = name.removeprefix("test ")
     gap_cols = (f"control {short}", f"KD − control {short}") if controls else ()

@@ -29,7 +29,7 @@ from mgkd.config import RayConfig
 from mgkd.errors import MgkdError
 from mgkd.files import write_atomic
 from mgkd.generations import GenerationResult, GenerationSpec, train_generation
-from mgkd.generations.training import Events
+from mgkd.generations.loop import Events
 from mgkd.tasks.translation import PreparedData
 
 Teacher = GenerationResult | list[GenerationResult] | None

@@ -24,9 +24,9 @@ from typing import Any
 
 from mgkd.errors import MgkdError
 from mgkd.generations import GenerationResult, GenerationSpec
+from mgkd.generations.loop import Events
 from mgkd.generations.spec import apply_search
-from mgkd.generations.training import Events, prepare_teacher_outputs
-from mgkd.models import task_architectures
+from mgkd.generations.teacher import prepare_teacher_outputs
 from mgkd.orchestration.runners import (
     ERROR_FILE,
     RESULT_FILE,
@@ -36,6 +36,7 @@ from mgkd.orchestration.runners import (
     teacher_files,
     train_run,
 )
+from mgkd.tasks import Task, lower_is_better
 
 
 @dataclass
@@ -89,13 +90,15 @@ def _number(x: float) -> float | int:
     return int(x) if x.is_integer() else x
 
 
-def selection_metric(spec: GenerationSpec) -> tuple[str, str]:
-    """The validation metric trials are compared by (eval.select_by), and whether lower or higher is better."""
+def selection_metric(spec: GenerationSpec, task: Task) -> tuple[str, str]:
+    """The validation metric trials are compared by (eval.select_by), and Tune's mode for it: the direction the
+    task declares, as a generation selects its epochs (mgkd.tasks.base.lower_is_better)."""
     by = spec.eval.select_by
-    return (by, "min") if by == "valid_loss" else (by, "max")
+    return by, "min" if lower_is_better(task, by) else "max"
 
 
-def run_sweep(runner: RayRunner, spec: GenerationSpec, out_dir: Path, teacher: Teacher, events: Events) -> SweepOutcome:
+def run_sweep(runner: RayRunner, spec: GenerationSpec, out_dir: Path, teacher: Teacher, events: Events, *,
+              task: Task) -> SweepOutcome:  # fmt: skip
     import ray
     from ray import tune
     from ray.exceptions import RayTaskError
@@ -106,20 +109,21 @@ def run_sweep(runner: RayRunner, spec: GenerationSpec, out_dir: Path, teacher: T
     cfg = runner.cfg
     out_dir = Path(out_dir).resolve()
     checkpoint, sha256 = teacher_files(teacher)
-    # Once for all trials. A classifier's teacher runs online in every trial: it has nothing to build.
-    if spec.has_teacher and spec.model.arch not in task_architectures("classification"):
+    # Once for all trials, where the task has teacher-made data (a top-k cache, pseudo-target views); a teacher
+    # that only runs online in every trial has nothing to build.
+    if spec.has_teacher and task.teacher_made_data:
         events({"type": "sweep", "phase": "teacher outputs"})
-        task = ray.remote(prepare_teacher_outputs).options(
+        build = ray.remote(prepare_teacher_outputs).options(
             num_cpus=cfg.cpus_per_generation, num_gpus=cfg.gpus_per_generation, max_retries=0
         )
         try:
-            ray.get(task.remote(spec, runner.data_ref, checkpoint, sha256))
+            ray.get(build.remote(spec, runner.data_ref, checkpoint, sha256))
         except RayTaskError as e:
             if isinstance(e.cause, MgkdError):
                 raise MgkdError(str(e.cause)) from None
             raise
 
-    metric, mode = selection_metric(spec)
+    metric, mode = selection_metric(spec, task)
     cpus = ray.cluster_resources().get("CPU", 1)
     concurrent = search.max_concurrent or max(1, int(cpus // cfg.cpus_per_generation))
     name = f"{out_dir.parent.name}-{out_dir.name}"

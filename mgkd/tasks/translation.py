@@ -21,9 +21,10 @@ import sacrebleu
 import sentencepiece as spm
 import torch
 
-from mgkd.config import ExperimentConfig, SplitConfig, TokenizerConfig
+from mgkd.config import ExperimentConfig, ModelConfig, SplitConfig, TokenizerConfig
 from mgkd.errors import MgkdError
 from mgkd.files import write_atomic
+from mgkd.tasks.base import Metric, TokenizedData
 from mgkd.tasks.corpus import Pair, read_corpus
 from mgkd.vocabulary import BOS, EOS, PAD, UNK, pad_sources
 
@@ -47,7 +48,7 @@ class SplitData:
 
 
 @dataclass
-class PreparedData:
+class PreparedData(TokenizedData):
     """Everything a generation needs from the task, ready to ship to a worker."""
 
     spm_model: bytes
@@ -56,21 +57,7 @@ class PreparedData:
     cache_dir: Path
     _processor: spm.SentencePieceProcessor | None = field(default=None, repr=False, compare=False)
 
-    @property
-    def tokenizer(self) -> spm.SentencePieceProcessor:
-        if self._processor is None:
-            self._processor = spm.SentencePieceProcessor(model_proto=self.spm_model)
-        return self._processor
-
-    @property
-    def vocab_size(self) -> int:
-        return self.tokenizer.get_piece_size()
-
-    def __getstate__(self) -> dict:
-        # The processor is a SWIG object: rebuild it from the bytes after unpickling.
-        state = self.__dict__.copy()
-        state["_processor"] = None
-        return state
+    task = "translation"  # the registered task this data belongs to (mgkd.tasks.TASKS)
 
     def summary(self) -> dict[str, int | str]:
         out: dict[str, int | str] = {"data_hash": self.data_hash, "vocab_size": self.vocab_size}
@@ -247,6 +234,10 @@ class Batch:
     def target_tokens(self) -> int:
         return int((self.tgt_out != PAD).sum())
 
+    def model_inputs(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """What a seq2seq model reads: the source and the shifted target."""
+        return self.src, self.tgt_in
+
     # The loss-facing view (mgkd.outputs.TargetBatch): targets are tokens, PAD where there is none.
     @property
     def targets(self) -> torch.Tensor:
@@ -332,3 +323,41 @@ def score_translations(hypotheses: list[str], references: list[str]) -> dict[str
         "bleu": float(sacrebleu.corpus_bleu(hypotheses, [references]).score),
         "chrf": float(sacrebleu.corpus_chrf(hypotheses, [references]).score),
     }
+
+
+# --- the task ----------------------------------------------------------------
+
+
+class TranslationTask:
+    """Translation as a `Task`: a parallel corpus in, BLEU and chrF of detokenized outputs out."""
+
+    name = "translation"
+    description = "machine translation (sequence to sequence): BLEU, chrF"
+    data_section = "corpus"
+    preset = "demo"
+    metrics = (
+        Metric("loss", "loss", higher_is_better=False),
+        Metric("bleu", "BLEU", higher_is_better=True),
+        Metric("chrf", "chrF", higher_is_better=True),
+    )
+    select_by = ("valid_loss", "valid_bleu")
+    table = ("test_bleu", "test_chrf")
+    plot = ("test_bleu", "test_chrf")
+    # gold: the corpus; seq_kd: the teacher's outputs on its sources; unlabeled: on extra monolingual sources.
+    views = ("gold", "seq_kd", "unlabeled")
+    teacher_made_data = True
+    teacher_ensembles = True
+    external_teacher = True
+
+    prepare = staticmethod(prepare)
+    batch_indices = staticmethod(batch_indices)
+    collate = staticmethod(collate)
+
+    def batch_tokens(self, batch: Batch) -> int:
+        return batch.target_tokens
+
+    def check_model(self, cfg: ExperimentConfig, model: ModelConfig) -> str | None:
+        return None  # decoding bounds its own lengths
+
+
+TRANSLATION = TranslationTask()

@@ -9,7 +9,7 @@ import pytest
 
 pytest.importorskip("transformers")
 
-from mgkd.generations.training import load_teacher  # noqa: E402
+from mgkd.generations.teacher import load_teacher  # noqa: E402
 from mgkd.lineage.tracking import mlflow_client  # noqa: E402
 from mgkd.models import count_parameters  # noqa: E402
 from mgkd.models.external import HFTeacher, folder_sha256  # noqa: E402

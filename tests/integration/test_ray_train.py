@@ -12,7 +12,7 @@ import torch
 
 from mgkd.errors import MgkdError
 from mgkd.generations import build_schedule, train_generation
-from mgkd.generations.training import average_gradients
+from mgkd.generations.loop import average_gradients
 from mgkd.orchestration.runners import RayRunner
 
 from ..helpers.ray_train import _classification_config, _spec

@@ -11,7 +11,7 @@ from mgkd.config import ModelConfig, build_config
 from mgkd.errors import MgkdError
 from mgkd.generations import build_schedule
 from mgkd.generations.checkpoint import load_checkpoint, save_checkpoint
-from mgkd.generations.training import build_student
+from mgkd.generations.teacher import build_student
 from mgkd.models import architecture, build_model, check_arch
 from mgkd.models.bigru import BiGRUSeq2Seq
 from mgkd.models.decoding import beam_decode, greedy_decode

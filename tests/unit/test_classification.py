@@ -23,11 +23,10 @@ from mgkd.tasks.classification import (
     CLS,
     SEP,
     ClassBatch,
-    builtin_csv,
     classification_scores,
     encode_example,
-    read_examples,
 )
+from mgkd.tasks.labeled_text import builtin_csv, read_examples
 
 from ..helpers.classification import PRESET
 
@@ -174,7 +173,7 @@ def test_seq2seq_only_losses_and_wrong_arch_are_refused_for_classification():
     with pytest.raises(MgkdError, match=r"teacher_signal 'cached'.*use teacher_signal: online"):
         build_schedule(build_config(PRESET, overrides=["generations.student.teacher_signal=cached"]))
     with pytest.raises(MgkdError, match=r"select_by 'valid_bleu' is translation's"):
-        build_config(PRESET, overrides=["eval.select_by=valid_bleu", "eval.valid_bleu_sentences=10"])
+        build_schedule(build_config(PRESET, overrides=["eval.select_by=valid_bleu", "eval.valid_bleu_sentences=10"]))
 
 
 def test_the_preset_is_a_shrinking_cut_lineage():

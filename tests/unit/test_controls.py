@@ -13,6 +13,7 @@ from mgkd.generations import GenerationResult, build_schedule, train_generation
 from mgkd.generations.controls import CONTROL_MAY_DIFFER, control_spec, data_order_sha256, is_distilled
 from mgkd.lineage.compare import check_only, params_diff, verdict
 from mgkd.orchestration.display import lineage_table
+from mgkd.tasks.translation import TRANSLATION
 
 from ..helpers import tiny_config
 
@@ -142,11 +143,11 @@ def test_the_table_shows_kd_minus_control(tmp_path):
     results = [GenerationResult(k, "", "", 10, {**metrics, "test_bleu": b}) for k, b in ((0, 5.0), (1, 6.5))]
     control = GenerationResult(1, "", "", 10, {**metrics, "test_bleu": 7.25})
     console = Console(record=True, width=220)
-    console.print(lineage_table(specs, results, "t", {1: control}))
+    console.print(lineage_table(specs, results, "t", {1: control}, task=TRANSLATION))
     text = console.export_text()
     assert "KD − control BLEU" in text and "-0.75" in text and "7.25" in text
     console = Console(record=True, width=220)
-    console.print(lineage_table(specs, results, "t"))
+    console.print(lineage_table(specs, results, "t", task=TRANSLATION))
     assert "control" not in console.export_text()
 
 

@@ -16,7 +16,7 @@ from mgkd.config import build_config  # noqa: E402
 from mgkd.errors import MgkdError  # noqa: E402
 from mgkd.generations import build_schedule  # noqa: E402
 from mgkd.generations.pseudo_targets import DecodeSettings, teacher_outputs  # noqa: E402
-from mgkd.generations.training import load_teacher  # noqa: E402
+from mgkd.generations.teacher import load_teacher  # noqa: E402
 from mgkd.models.external import HFTeacher, folder_manifest, folder_sha256  # noqa: E402
 
 from ..helpers import tiny_config  # noqa: E402

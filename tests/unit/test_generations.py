@@ -9,7 +9,7 @@ import torch
 from mgkd.config import LossTerm
 from mgkd.generations import build_schedule, train_generation
 from mgkd.generations.checkpoint import load_checkpoint, parameter_hash, sha256_file
-from mgkd.generations.training import build_student
+from mgkd.generations.teacher import build_student
 from mgkd.losses import LossPlugin, TeacherNeeds, register
 from mgkd.tasks.translation import SplitData
 

@@ -9,7 +9,7 @@ from mgkd.config import LossTerm, ModelConfig
 from mgkd.errors import MgkdError
 from mgkd.generations import build_schedule, train_generation
 from mgkd.generations.checkpoint import parameter_hash
-from mgkd.generations.training import _forward
+from mgkd.generations.loop import forward_pair
 from mgkd.losses import Criterion, create
 from mgkd.losses.distances import attention_kl, hidden_cosine, hidden_mse
 from mgkd.losses.internal import InternalRepresentation
@@ -331,7 +331,7 @@ def test_one_step_moves_the_mapped_student_layers_and_projection_never_the_teach
     proj_before = extra[0].detach().clone()
 
     batch = _batch([[5, 6, 7, 3], [8, 9, 3, PAD]], [[2, 5, 6], [2, 7, PAD]])
-    outputs = {"gold": _forward(student, teacher, batch, *crit.needs("gold"))}
+    outputs = {"gold": forward_pair(student, teacher, batch, *crit.needs("gold"))}
     assert outputs["gold"][0].encoder_attention and outputs["gold"][1].encoder_hidden
     loss, parts = crit(None, views=outputs)
     optimizer.zero_grad()

@@ -8,7 +8,7 @@ import torch
 from mgkd.config import ModelConfig
 from mgkd.errors import MgkdError
 from mgkd.generations import build_schedule
-from mgkd.generations.training import build_student
+from mgkd.generations.teacher import build_student
 from mgkd.models import build_model
 from mgkd.models.cutting import cut_layers, plan_cut, select_layers
 

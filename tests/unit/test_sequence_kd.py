@@ -14,7 +14,7 @@ from mgkd.config import LossTerm, ModelConfig
 from mgkd.errors import MgkdError
 from mgkd.generations import build_schedule
 from mgkd.generations.pseudo_targets import DecodeSettings, teacher_outputs, to_split
-from mgkd.generations.training import _cycle_batches
+from mgkd.generations.recipe import cycle_batches
 from mgkd.generations.views import GenerationViewContext
 from mgkd.losses import create
 from mgkd.losses.pseudo_label import PseudoLabel, SourceNoise
@@ -23,7 +23,7 @@ from mgkd.models import build_model
 from mgkd.models.decoding import beam_decode, beam_search, greedy_decode
 from mgkd.models.transformer import Seq2SeqOutput
 from mgkd.tasks.monolingual import check_source, fit_length, normalized, read_sources
-from mgkd.tasks.translation import EOS, PAD, Batch, collate, pad_sources
+from mgkd.tasks.translation import EOS, PAD, TRANSLATION, Batch, collate, pad_sources
 
 from ..helpers import tiny_config
 from ..helpers.sequence_kd import CountingDecoder
@@ -404,7 +404,7 @@ def test_pseudo_label_view_respects_the_token_ratio(tiny_data, tiny_teacher, tmp
     assert 0 < len(view.split) <= 120 and view.artifact.is_file()
     assert view.metrics["pseudo_label_cached"] == 0.0 and events[-1]["split"] == "pseudo"
     max_tokens = 2048
-    batches = _cycle_batches(view, max_tokens, seed=1)
+    batches = cycle_batches(TRANSLATION, view, max_tokens, seed=1)
     for _ in range(60):  # a few passes over the view
         b = next(batches)
         padded = max(b.src.size(1), b.tgt_out.size(1)) * len(b.indices)

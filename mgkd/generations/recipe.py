@@ -1,0 +1,339 @@
+"""One generation, for every task: set-up, train loop, save/resume, evaluate and select, clean-up.
+
+`train_generation` loads the frozen teacher (if any), builds a new student,
+trains it on the weighted loss terms, keeps the checkpoint that is best on the
+validation split (by `eval.select_by`, in the direction the task declares),
+and gives the test split's outputs. It reports progress through `events` (a
+callable taking dicts) and touches neither Ray nor MLflow: the orchestration
+layer decides where it runs and what is recorded.
+
+What differs between tasks is in their `TaskSteps` (translation_steps.py,
+classification_steps.py): the new student (vocabulary, classes), the
+validation metrics, the test-time outputs and what the checkpoint carries
+besides the weights; the task's batches name what the model reads
+(`model_inputs`), so one `forward_pair` serves every task and data view. An
+external generation 0 is evaluated, not trained (external.py).
+
+Data parallelism: when a torch.distributed process group is up (Ray Train sets
+one up for its workers), each worker takes every world-th batch of the epoch's
+order and the gradients are averaged with one all-reduce per step; worker 0
+saves, selects and tests. With one worker the run is the single-process one,
+step for step. A `Session` (Ray Train or Tune) receives the epoch metrics and
+the saved training states, and hands back a state after a restart.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+
+from mgkd.errors import MgkdError
+from mgkd.generations.checkpoint import parameter_hash, save_checkpoint
+from mgkd.generations.classification_steps import ClassificationSteps
+from mgkd.generations.controls import epoch_seed
+from mgkd.generations.external import evaluate_external
+from mgkd.generations.loop import (
+    Events,
+    GenerationResult,
+    Session,
+    StepWindow,
+    TestOutputs,
+    backward,
+    forward_pair,
+    lr_at,
+    no_events,
+    resolve_device,
+    seed_everything,
+    world_position,
+)
+from mgkd.generations.spec import GenerationSpec
+from mgkd.generations.teacher import teacher_signal, teacher_views
+from mgkd.generations.train_state import (
+    clear_train_state,
+    identity,
+    interrupts_deferred,
+    load_train_state,
+    rng_state,
+    save_train_state,
+    set_rng_state,
+)
+from mgkd.generations.translation_steps import TranslationSteps
+from mgkd.losses import Criterion
+from mgkd.losses.base import ViewData
+from mgkd.models import count_parameters
+from mgkd.tasks import Task, selection_score
+
+
+class TaskSteps(Protocol):
+    """A task's hooks into the recipe."""
+
+    task: Task
+
+    def new_student(self, spec: GenerationSpec, data: Any, init_source: torch.nn.Module | None) -> torch.nn.Module:
+        """A new student for the data (vocabulary, classes), initialised from `init_source` as spec.init says."""
+        ...
+
+    def validate(self, student: torch.nn.Module, data: Any, spec: GenerationSpec,
+                 device: torch.device) -> dict[str, float]:  # fmt: skip
+        """The validation metrics (`valid_<metric>`) after an epoch; eval.select_by names one of them."""
+        ...
+
+    def checkpoint_meta(self, data: Any) -> dict[str, Any]:
+        """What the checkpoint carries besides weights and spec (a classifier: its label names)."""
+        ...
+
+    def test(self, student: torch.nn.Module, data: Any, spec: GenerationSpec, device: torch.device, out_dir: Path,
+             events: Events) -> TestOutputs:  # fmt: skip
+        """The selected model's test metrics, its outputs file and samples."""
+        ...
+
+
+# Every task's hooks by task name (mgkd.tasks.TASKS names the same tasks).
+STEPS: dict[str, TaskSteps] = {s.task.name: s for s in (TranslationSteps(), ClassificationSteps())}
+
+
+def steps_for(data: Any) -> TaskSteps:
+    """The hooks of the task whose data this is."""
+    return STEPS[data.task]
+
+
+def cycle_batches(task: Task, view: ViewData, max_tokens: int, seed: int) -> Iterator[Any]:
+    """Endless shuffled token-budget batches of an unaligned view, `token_ratio` x the gold budget."""
+    budget = max(1, int(round(max_tokens * view.token_ratio)))
+    epoch = 0
+    while True:
+        epoch += 1
+        for idx in task.batch_indices(view.split, budget, shuffle=True, seed=seed * 7919 + epoch):
+            yield task.collate(view.split, idx)
+
+
+def train_generation(
+    spec: GenerationSpec,
+    data: Any,
+    out_dir: Path,
+    teacher_checkpoint: str | list[str] | None = None,
+    teacher_sha256: str | list[str] | None = None,
+    events: Events = lambda _: None,
+    session: Session | None = None,
+) -> GenerationResult | None:
+    """Train generation `spec.index` on `data` (any registered task's) and return its selected checkpoint and
+    metrics (None on workers > 0)."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if spec.train.threads:
+        torch.set_num_threads(spec.train.threads)
+    rank, world = world_position()
+    if rank:
+        events = no_events
+    if spec.external is not None:  # a trained model from elsewhere: loaded and evaluated, not trained
+        return evaluate_external(spec, data, out_dir, events) if rank == 0 else None
+    steps = steps_for(data)
+    task = steps.task
+    device = resolve_device(spec.train.device)
+    # Worker r > 0 draws its own dropout masks and noise; worker 0 draws what a single process would.
+    seed_everything(spec.seed + rank)
+    criterion = Criterion(spec.losses)
+    foreign = [v for v in criterion.views if v not in task.views]
+    if foreign:  # the schedule refuses such terms; a plugin from elsewhere might not say
+        raise MgkdError(f"generation {spec.index}: task {task.name} has no data view {', '.join(foreign)} "
+                        f"(its views: {', '.join(task.views)})")  # fmt: skip
+
+    # --- set-up: teacher, student, teacher-made data, optimizer -------------------------------------------
+    teacher = init_source = cache = None
+    teacher_hash = None
+    teacher_digest = ""
+    if spec.has_teacher:
+        teacher, init_source, teacher_digest, cache = teacher_signal(
+            spec, data, teacher_checkpoint, teacher_sha256, device, events, world
+        )
+        teacher_hash = parameter_hash(teacher)
+    student = steps.new_student(spec, data, init_source).to(device)
+    init_sha256 = parameter_hash(student)  # recorded: a generation and its matched control must start equal
+    n_params = count_parameters(student)
+    views, view_metrics = (
+        teacher_views(criterion, teacher, teacher_digest, spec, data, device, events, world)
+        if teacher is not None
+        else ({}, {})
+    )
+    missing = [v for v in criterion.views if v != "gold" and v not in views]
+    if missing:
+        raise MgkdError(f"generation {spec.index}: the view(s) {', '.join(missing)} need a teacher")
+    extra_params = [q for plugin in criterion.plugins for q in plugin.setup(student, teacher)]
+
+    train = data.splits["train"]
+    steps_per_epoch = len(task.batch_indices(train, spec.train.max_tokens, shuffle=False)) // world
+    if steps_per_epoch == 0:
+        raise MgkdError(f"generation {spec.index}: fewer training batches than the {world} data-parallel workers; "
+                        "lower ray.workers or train.max_tokens")  # fmt: skip
+    total_steps = spec.train.max_epochs * steps_per_epoch
+    if spec.train.max_steps is not None:
+        total_steps = min(total_steps, spec.train.max_steps)
+    trainable = list(student.parameters()) + extra_params
+    optimizer = torch.optim.AdamW(
+        trainable, lr=spec.train.lr, betas=(0.9, 0.98), eps=1e-9, weight_decay=spec.train.weight_decay
+    )
+    events({"type": "start", "generation": spec.index, "total_steps": total_steps, "parameters": n_params,
+            "pid": os.getpid()})  # fmt: skip
+
+    unaligned = {v: cycle_batches(task, d, spec.train.max_tokens, spec.seed) for v, d in views.items()
+                 if not d.aligned}  # fmt: skip
+    noise_rng = torch.Generator().manual_seed(spec.seed + rank)
+    best: dict[str, Any] = {"score": math.inf, "state": None, "epoch": 0, "metrics": {}}
+    step, tokens_seen, t_start = 0, 0, time.perf_counter()
+    # Sums and counts per logged value: a term silenced in some steps (exclusive phases) is averaged
+    # over the steps that computed it.
+    window = StepWindow()
+    epoch = 0
+
+    # --- resume: a killed generation continues from its last saved training state (same model and data) ---
+    state_id = identity(spec.to_dict(), data.data_hash)
+    skip, drawn = 0, dict.fromkeys(unaligned, 0)
+    saved = load_train_state(out_dir, state_id)
+    restored = session.restored() if session is not None else None
+    if saved is None and restored is not None:  # a restarted Ray Train attempt on a node without out_dir's state
+        saved = load_train_state(restored, state_id)
+    if saved is not None:
+        student.load_state_dict(saved["student"])
+        optimizer.load_state_dict(saved["optimizer"])
+        for q, value in zip(extra_params, saved["extra"]):
+            q.data.copy_(value)
+        step, epoch, skip, tokens_seen = saved["step"], saved["epoch"], saved["batch_in_epoch"], saved["tokens"]
+        best = saved["best"]
+        for view, n in saved["drawn"].items():  # unaligned views: draw the same batches again
+            for _ in range(n):
+                next(unaligned[view])
+            drawn[view] = n
+        set_rng_state(saved["rng"], noise_rng)
+        events({"type": "resume", "step": step, "epoch": epoch})
+        if skip:
+            epoch -= 1  # the loop below re-enters the unfinished epoch
+
+    def save_state(batch_in_epoch: int) -> Path | None:
+        """Worker 0 writes the training state (every worker holds the same weights and optimizer)."""
+        if rank:
+            return None
+        return save_train_state(out_dir, {
+            "identity": state_id, "student": student.state_dict(), "optimizer": optimizer.state_dict(),
+            "extra": [q.detach() for q in extra_params], "step": step, "epoch": epoch,
+            "batch_in_epoch": batch_in_epoch, "tokens": tokens_seen, "best": best, "drawn": drawn,
+            "rng": rng_state(noise_rng),
+        })  # fmt: skip
+
+    def checkpoint(batch_in_epoch: int, epoch_metrics: dict[str, float] | None = None) -> None:
+        """Save the state (unless training is over) and report it to the session, if any, with the epoch's
+        validation metrics; every worker calls this at the same points."""
+        path = save_state(batch_in_epoch) if step < total_steps else None
+        if session is not None and (epoch_metrics is not None or not session.epoch_reports_only):
+            session.report({"step": float(step), "epoch": float(epoch), **(epoch_metrics or {})}, path)
+
+    # --- the train loop ---------------------------------------------------------------------------------
+    student.train()
+    # Ctrl-C (or Ray's cancel) lands as KeyboardInterrupt: the state after the last whole step is saved, so
+    # `mgkd resume` loses nothing; one arriving during the optimizer step is held until the step is done.
+    done_position = skip
+    try:
+        while step < total_steps:
+            epoch += 1
+            done_position = skip
+            order = task.batch_indices(train, spec.train.max_tokens, shuffle=True, seed=epoch_seed(spec.seed, epoch))
+            if world > 1:  # worker r takes batches r, r + world, ...: one global step = world batches
+                order = order[rank::world][:steps_per_epoch]
+            for position, idx in enumerate(order):
+                if position < skip:
+                    continue
+                if step >= total_steps:
+                    break
+                for group in optimizer.param_groups:
+                    group["lr"] = lr_at(step, total_steps, spec.train.warmup_steps, spec.train.lr)
+                criterion.set_progress(step / total_steps)
+                outputs = {}
+                ntok = 0
+                for view in criterion.views:
+                    if view == "gold":
+                        batch = task.collate(train, idx)
+                    elif views[view].aligned:
+                        batch = task.collate(views[view].split, idx)
+                    else:
+                        batch = next(unaligned[view])
+                        drawn[view] += 1
+                    noise = views[view].noise if view in views else None
+                    if noise is not None:
+                        batch = noise(batch, noise_rng)
+                    batch = batch.to(device)
+                    cached = cache if view == "gold" else None  # the cache holds the gold targets only
+                    outputs[view] = forward_pair(student, teacher, batch, *criterion.needs(view), cached)
+                    ntok += task.batch_tokens(batch)
+                loss, parts = criterion(None, views=outputs)
+                stop = session is not None and session.stop_requested()
+                optimizer.zero_grad(set_to_none=True)
+                ntok, stop = backward(loss, parts, trainable, ntok, stop, world, spec, step)
+                with interrupts_deferred():  # a Ctrl-C here lands once the weights are whole again
+                    optimizer.step()
+                    step += 1
+                    done_position = position + 1
+                tokens_seen += ntok
+                window.add(loss, parts, ntok)
+                if step % spec.train.log_every_steps == 0 or step == total_steps:
+                    window.emit(events, step, epoch, optimizer.param_groups[0]["lr"])
+                if stop and step < total_steps:  # the driver's Ctrl-C: every worker stops after this same step
+                    raise KeyboardInterrupt
+                every = spec.train.checkpoint_every_steps
+                if every and step % every == 0 and step < total_steps and position + 1 < len(order):
+                    checkpoint(position + 1)
+            skip = 0
+            epoch_metrics = None
+            if epoch % spec.train.eval_every_epochs == 0 or step >= total_steps:
+                # --- evaluate and select: the best weights on the validation split (never the test split)
+                m = steps.validate(student, data, spec, device)
+                score = selection_score(task, spec.eval.select_by, m)
+                if score < best["score"]:
+                    best = {"score": score, "epoch": epoch, "metrics": dict(m),
+                            "state": {k: v.detach().clone() for k, v in student.state_dict().items()}}  # fmt: skip
+                events({"type": "epoch", "step": step, "epoch": epoch, "metrics": m})
+                epoch_metrics = {**m, **{f"best_{k}": v for k, v in best["metrics"].items()}}
+            if step < total_steps or (session is not None and epoch_metrics is not None):
+                checkpoint(0, epoch_metrics)
+    except KeyboardInterrupt:
+        if step < total_steps:
+            if done_position == 0:
+                epoch -= 1  # nothing of this epoch is done: resume starts it afresh
+            save_state(done_position)
+            events({"type": "interrupted", "step": step, "epoch": epoch})
+        raise
+    train_time = time.perf_counter() - t_start
+    if rank:
+        return None  # worker 0 selects, saves and tests
+
+    # --- save the selected model, test it, clean up -----------------------------------------------------
+    student.load_state_dict(best["state"])  # the selected (best on valid) weights are the generation's model
+    ckpt = out_dir / "checkpoint.pt"
+    sha = save_checkpoint(ckpt, student, data.vocab_size, generation=spec.index, epoch=best["epoch"], step=step,
+                          data_hash=data.data_hash, spec=spec.to_dict(), **steps.checkpoint_meta(data))  # fmt: skip
+    tested = steps.test(student, data, spec, device, out_dir, events)
+    if teacher is not None and parameter_hash(teacher) != teacher_hash:
+        raise RuntimeError(f"generation {spec.index}: the teacher's parameters changed during training (bug)")
+    clear_train_state(out_dir)  # the generation is complete: its checkpoint is what counts now
+
+    metrics = {
+        **view_metrics,
+        **(cache.metrics() if cache else {}),
+        **{f"best_{k}": v for k, v in best["metrics"].items()},
+        "best_epoch": float(best["epoch"]),
+        "steps": float(step),
+        "epochs": float(epoch),
+        "train_time_s": train_time,
+        "train_tokens_per_s": tokens_seen / max(train_time, 1e-9),
+        **tested.metrics,
+        "parameters": float(n_params),
+    }
+    artifacts = [str(d.artifact) for d in views.values() if d.artifact is not None]
+    if cache is not None:
+        artifacts.append(str(cache.manifest_path))
+    return GenerationResult(spec.index, str(ckpt), sha, n_params, metrics, teacher_hash, str(tested.path),
+                            tested.samples, artifacts, init_sha256=init_sha256)  # fmt: skip

@@ -1,0 +1,139 @@
+"""What a task is: the contract every task (translation, classification, ...) fulfils, and the selection rule.
+
+A task turns a config into prepared data (`prepare`), cuts a split into
+token-budget batches (`batch_indices`, `collate`), and declares its metrics
+with their direction, the metrics a checkpoint may be selected by
+(`eval.select_by`), the columns of the lineage table and the two metrics of
+the lineage plot, and its default preset. The rest of mgkd reads these
+declarations instead of guessing the task from an architecture or a metric
+name. How a generation of the task trains (its forward per data view, its
+validation and test outputs) is the generation layer's part
+(`mgkd.generations.task_steps`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import sentencepiece as spm
+
+from mgkd.config import ExperimentConfig, ModelConfig
+
+Log = Callable[[str], None]
+# The prefixes a metric carries in a generation's record; the task declares the bare names.
+SPLIT_PREFIXES = ("best_valid_", "valid_", "test_")
+
+
+class TokenizedData:
+    """What every task's prepared data shares: its sentencepiece model as bytes (plain data Ray ships to
+    workers), the processor built from them on first use. Subclasses are dataclasses with the fields
+    `spm_model` and `_processor`."""
+
+    spm_model: bytes
+    _processor: spm.SentencePieceProcessor | None
+
+    @property
+    def tokenizer(self) -> spm.SentencePieceProcessor:
+        if self._processor is None:
+            self._processor = spm.SentencePieceProcessor(model_proto=self.spm_model)
+        return self._processor
+
+    @property
+    def vocab_size(self) -> int:
+        return self.tokenizer.get_piece_size()
+
+    def __getstate__(self) -> dict:
+        # The processor is a SWIG object: rebuilt from the bytes after unpickling.
+        state = self.__dict__.copy()
+        state["_processor"] = None
+        return state
+
+
+@dataclass(frozen=True)
+class Metric:
+    """One quality measure of a task: its bare name (as in `valid_<name>`), a label, and its direction."""
+
+    name: str
+    label: str
+    higher_is_better: bool
+
+
+class Task(Protocol):
+    """A task: its data and its declarations. Instances are registered in `mgkd.tasks.TASKS` by name."""
+
+    name: str
+    description: str
+    # The config section holding the task's data settings (`corpus`, `classification`).
+    data_section: str
+    # The preset `mgkd run --task NAME` starts from.
+    preset: str
+    metrics: tuple[Metric, ...]
+    # The eval.select_by values this task offers (each `valid_<metric>`).
+    select_by: tuple[str, ...]
+    # The test metrics the lineage table shows (a column each, where the run has them) and the two it plots.
+    table: tuple[str, ...]
+    plot: tuple[str, str]
+    # The data views its loss terms may read (gold: the split's own examples).
+    views: tuple[str, ...]
+    # Whether its teacher makes data before training (a top-k cache, pseudo-targets: built once per teacher,
+    # before a sweep's trials), may be an ensemble of generations, or an external (Hugging Face) model.
+    teacher_made_data: bool
+    teacher_ensembles: bool
+    external_teacher: bool
+
+    def prepare(self, cfg: ExperimentConfig, log: Log = ...) -> Any:
+        """The config's data, prepared once per lineage on the driver: plain data Ray ships to workers."""
+        ...
+
+    def batch_indices(self, split: Any, max_tokens: int, shuffle: bool, seed: int = 0) -> list[list[int]]:
+        """Token-budget batches of a split's example indices (seeded order when shuffled)."""
+        ...
+
+    def collate(self, split: Any, indices: list[int]) -> Any:
+        """One batch of the examples `indices` of `split`, as tensors."""
+        ...
+
+    def batch_tokens(self, batch: Any) -> int:
+        """The tokens a batch trains on (the throughput the step events report)."""
+        ...
+
+    def check_model(self, cfg: ExperimentConfig, model: ModelConfig) -> str | None:
+        """What in a generation's model does not fit the task's data (None: nothing), checked before training."""
+        ...
+
+
+def metric(task: Task, name: str) -> Metric:
+    """The task's metric behind a recorded name (`valid_bleu`, `test_accuracy`, `best_valid_loss`, `loss`)."""
+    bare = name
+    for prefix in SPLIT_PREFIXES:
+        if name.startswith(prefix):
+            bare = name[len(prefix) :]
+            break
+    for m in task.metrics:
+        if m.name == bare:
+            return m
+    raise KeyError(f"task {task.name} has no metric {name!r}; its metrics: {', '.join(m.name for m in task.metrics)}")
+
+
+def lower_is_better(task: Task, name: str) -> bool:
+    """Whether a smaller value of the metric `name` is the better one (a loss); the one place this is decided."""
+    return not metric(task, name).higher_is_better
+
+
+def selection_score(task: Task, name: str, metrics: dict[str, float]) -> float:
+    """What checkpoint selection minimises for `eval.select_by = name`: the metric, negated where higher is
+    better. Selection (in a generation and across a sweep's trials) compares these and nothing else."""
+    value = metrics[name]
+    return value if lower_is_better(task, name) else -value
+
+
+def table_columns(task: Task, metrics: dict[str, float]) -> list[tuple[str, str]]:
+    """(metric name, label) of the task's table metrics that `metrics` holds (an optional one, MCC, may not)."""
+    return [(name, metric(task, name).label) for name in task.table if name in metrics]
+
+
+def scores_line(task: Task, metrics: dict[str, float]) -> str:
+    """A generation's test scores in one line, e.g. `test BLEU 31.20  chrF 55.10`."""
+    return "test " + "  ".join(f"{label} {metrics[name]:.2f}" for name, label in table_columns(task, metrics))
