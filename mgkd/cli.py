@@ -542,6 +542,11 @@ def ui(
         # they hold up Ctrl-C (the server waited >30 s for them on 2 busy cores).
         env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
         proc = subprocess.Popen(cmd, env=env)
+
+        def stop_on_sigterm(signum: int, frame: object) -> None:
+            raise KeyboardInterrupt  # SIGTERM stops the server as Ctrl-C does (not leave it on the port)
+
+        signal.signal(signal.SIGTERM, stop_on_sigterm)
         try:
             proc.wait()
         except KeyboardInterrupt:
