@@ -11,7 +11,7 @@ from rich.console import Console
 from sacrebleu.metrics import BLEU, CHRF
 
 from mgkd.errors import MgkdError
-from mgkd.lineage.tracking import _client, read_lineage
+from mgkd.lineage.tracking import mlflow_client, read_lineage
 from mgkd.orchestration.controller import run_lineage
 from mgkd.orchestration.evaluation import evaluate_ensemble
 
@@ -42,7 +42,7 @@ def _translations(client, run_id: str, path: str, tmp_path: Path) -> list[dict[s
 
 def test_each_named_set_is_scored_logged_and_kept_apart(lineage, tmp_path):
     outcome, info, _ = lineage
-    client = _client(outcome.tracking_uri)
+    client = mlflow_client(outcome.tracking_uri)
     assert [g["generation"] for g in info["generations"]] == [0, 1]
     for g in info["generations"]:
         m = g["metrics"]
@@ -67,7 +67,7 @@ def test_each_named_set_is_scored_logged_and_kept_apart(lineage, tmp_path):
 
 def test_signatures_and_languages_are_tags_of_every_run_and_printed(lineage):
     outcome, info, printed = lineage
-    client = _client(outcome.tracking_uri)
+    client = mlflow_client(outcome.tracking_uri)
     for run_id in [outcome.lineage_id, *outcome.run_ids]:
         tags = client.get_run(run_id).data.tags
         assert "tok:intl" in tags["mgkd.bleu_signature"] and "nrefs:1" in tags["mgkd.bleu_signature"]
