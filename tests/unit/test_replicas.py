@@ -31,8 +31,10 @@ def _side_view(tiny_data) -> ViewData:
 def _old_stream(view: ViewData, epochs: int) -> list[list[int]]:
     """The batches a single process drew before the stream was split by worker (the order is unchanged)."""
     budget = max(1, int(round(MAX_TOKENS * view.token_ratio)))
-    return [idx for epoch in range(1, epochs + 1)
-            for idx in TRANSLATION.batch_indices(view.split, budget, shuffle=True, seed=SEED * 7919 + epoch)]  # fmt: skip
+    orders = [
+        TRANSLATION.batch_indices(view.split, budget, shuffle=True, seed=SEED * 7919 + e) for e in range(1, epochs + 1)
+    ]
+    return [idx for order in orders for idx in order]
 
 
 def _draw(view: ViewData, n: int, rank: int = 0, world: int = 1) -> list[list[int]]:
