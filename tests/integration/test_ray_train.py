@@ -15,6 +15,7 @@ from mgkd.generations import build_schedule, train_generation
 from mgkd.generations.loop import average_gradients
 from mgkd.orchestration.runners import RayRunner
 
+from ..helpers import tiny_config
 from ..helpers.ray_train import _classification_config, _spec
 
 
@@ -101,6 +102,31 @@ def test_two_data_parallel_workers_split_each_step(ray_session, tiny_data, tmp_p
     per_epoch = straight.metrics["train_tokens_per_s"] * straight.metrics["train_time_s"] / epochs
     seen_tokens = result.metrics["train_tokens_per_s"] * result.metrics["train_time_s"] / epochs
     assert 0.8 * per_epoch <= seen_tokens <= per_epoch * 1.0001
+
+
+def test_two_data_parallel_workers_hold_identical_replicas(ray_session, tiny_data, tmp_path):
+    """Two workers, a student from scratch (each worker seeds its own: spec.seed + rank) and an internal loss whose
+    projection is the plugin's own parameter: the workers' replicas differ as built, are worker 0's after the
+    set-up's broadcast, and are equal again after training (gradients averaged, the same optimizer arithmetic).
+    Without the broadcast the end hashes differ."""
+    cfg = tiny_config(
+        tmp_path, "generations.count=1", "ray.workers=2", "ray.cpus_per_generation=2", "train.max_epochs=1",
+        "generations.student.init=scratch", "generations.student.model={d_model: 16, n_heads: 1, ff_dim: 32}",
+        "generations.student.losses=[{name: label_smoothing}, {name: internal, params: {schedule: joint}}]",
+    )  # fmt: skip
+    teacher_spec, student_spec = build_schedule(cfg)
+    teacher = train_generation(teacher_spec, tiny_data, tmp_path / "g0")  # d_model 32: the student's 16 is projected
+    seen: list[dict] = []
+    result = RayRunner(cfg.ray, tiny_data, tmp_path).run(student_spec, tmp_path / "lineages" / "L" / "gen-1",
+                                                         teacher, seen.append)  # fmt: skip
+    assert any("loss.internal" in e["metrics"] for e in seen if e["type"] == "step")
+    replicas = {e["stage"]: e for e in seen if e["type"] == "replicas"}
+    built, set_up, end = replicas["set-up"]["before"], replicas["set-up"]["after"], replicas["end"]["after"]
+    assert len(built) == len(set_up) == len(end) == 2  # one hash per worker, gathered from both
+    assert end[0] == end[1], "the workers' replicas differ after training"
+    assert built[0] != built[1]  # each worker built its own weights: the broadcast is what makes them equal
+    assert set_up == [built[0], built[0]] and end[0] != built[0]  # worker 0's weights, then trained
+    assert result.metrics["steps"] > 0 and Path(result.checkpoint).is_file()
 
 
 def test_two_data_parallel_classification_workers_split_each_step(ray_session, classification_data, tmp_path):
