@@ -60,6 +60,43 @@ def test_gradients_are_averaged_over_workers_in_one_all_reduce(finite1):
                 torch.testing.assert_close(a, (g0 + g1) / 2)
 
 
+def _broadcast_in_worker(rank: int, world: int, port: int, out: dict) -> None:
+    from mgkd.generations.loop import broadcast_from_worker_0, gather_to_worker_0
+
+    torch.distributed.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    g = torch.Generator().manual_seed(rank)
+    tensors = [torch.nn.Parameter(torch.randn(3, 4, generator=g)), torch.randint(0, 9, (5,), generator=g),
+               torch.rand(6, generator=g) > 0.5, torch.randn(2, generator=g, dtype=torch.float64)]  # fmt: skip
+    out[f"built{rank}"] = [t.detach().clone() for t in tensors]
+    broadcast_from_worker_0(tensors)
+    out[rank] = [t.detach().clone() for t in tensors]
+    out[f"gathered{rank}"] = gather_to_worker_0({"rank": rank}, world)
+    torch.distributed.destroy_process_group()
+
+
+def test_worker_0s_tensors_reach_every_worker_whatever_their_dtype():
+    """Parameters, integer and bool buffers, float64: after the broadcast every worker holds worker 0's values
+    (dtypes kept); gathering collects every worker's object on worker 0, in rank order."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ctx = torch.multiprocessing.get_context("spawn")
+    out = ctx.Manager().dict()
+    procs = [ctx.Process(target=_broadcast_in_worker, args=(r, 2, port, out)) for r in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+    assert all(p.exitcode == 0 for p in procs)
+    assert any(not torch.equal(a, b) for a, b in zip(out["built0"], out["built1"]))  # they started different
+    for mine, worker0 in zip(out[1], out["built0"]):
+        assert mine.dtype == worker0.dtype and torch.equal(mine, worker0)
+    assert all(torch.equal(a, b) for a, b in zip(out[0], out["built0"]))
+    assert out["gathered0"] == [{"rank": 0}, {"rank": 1}] and out["gathered1"] is None
+
+
 def test_a_generation_runs_as_a_ray_train_run_with_the_same_result_as_in_process(ray_session, tiny_data, tmp_path):
     """One worker under Ray Train is the in-process run, step for step: the same checkpoint bytes. Its training
     states are reported to Ray Train's storage."""
