@@ -15,9 +15,10 @@ besides the weights; the task's batches name what the model reads
 external generation 0 is evaluated, not trained (external.py).
 
 Data parallelism: when a torch.distributed process group is up (Ray Train sets
-one up for its workers), each worker takes every world-th batch of the epoch's
-order and the gradients are averaged with one all-reduce per step; worker 0
-saves, selects and tests. With one worker the run is the single-process one,
+one up for its workers), every worker starts from worker 0's weights (broadcast
+after set-up), takes every world-th batch of the epoch's order and of each side
+stream, and the gradients are averaged with one all-reduce per step; worker 0
+saves (with every worker's random generators), selects and tests. With one worker the run is the single-process one,
 step for step. A `Session` (Ray Train or Tune) receives the epoch metrics and
 the saved training states, and hands back a state after a restart.
 """
