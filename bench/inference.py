@@ -197,6 +197,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--quick", action="store_true", help="the first 64 test sentences")
     ap.add_argument("--threads", type=int, default=None, help="threads for torch and CTranslate2 (default: torch's)")
     args = ap.parse_args(argv)
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # stderr is for our progress
     if args.threads:
         torch.set_num_threads(args.threads)
     threads = torch.get_num_threads()
