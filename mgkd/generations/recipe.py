@@ -241,18 +241,20 @@ def train_generation(
         events({"type": "replicas", "stage": "set-up", "before": before,
                 "after": gather_to_worker_0(replica_hash(student, extra_params), world)})  # fmt: skip
 
-    def save_state(batch_in_epoch: int, together: bool = True) -> Path | None:
+    def save_state(batch_in_epoch: int, together: bool = True, at_step_start: tuple | None = None) -> Path | None:
         """Worker 0 writes the training state (every worker holds the same weights and optimizer) with every
         worker's random generators; `together`: every worker calls this at this point (else worker 0 keeps
-        its own generators only, and a resume says it cannot restore the others')."""
-        own = rng_state(noise_rng)
+        its own generators only, and a resume says it cannot restore the others'). `at_step_start`: the
+        generators and side-stream positions as the unfinished step found them (an interrupt inside a step
+        saves those, not the draws the lost step already made, so the resumed step draws the same)."""
+        own, drawn_then = at_step_start if at_step_start is not None else (rng_state(noise_rng), drawn)
         rngs = gather_to_worker_0(own, world) if together else [own]
         if rank:
             return None
         return save_train_state(out_dir, {
             "identity": state_id, "student": student.state_dict(), "optimizer": optimizer.state_dict(),
             "extra": [q.detach() for q in extra_params], "step": step, "epoch": epoch,
-            "batch_in_epoch": batch_in_epoch, "tokens": tokens_seen, "best": best, "drawn": drawn,
+            "batch_in_epoch": batch_in_epoch, "tokens": tokens_seen, "best": best, "drawn": drawn_then,
             **worker_rng_states(rngs),
         })  # fmt: skip
 
@@ -269,6 +271,7 @@ def train_generation(
     # `mgkd resume` loses nothing; one arriving during the optimizer step is held until the step is done.
     done_position = skip
     stopping_together = False  # the driver's stop, seen by every worker at the same step
+    step_start: tuple | None = None  # set while a step is under way (see save_state)
     try:
         while step < total_steps:
             epoch += 1
@@ -284,6 +287,9 @@ def train_generation(
                 for group in optimizer.param_groups:
                     group["lr"] = lr_at(step, total_steps, spec.train.warmup_steps, spec.train.lr)
                 criterion.set_progress(step / total_steps)
+                # What an interrupt inside this step saves: the generators and side-stream positions before any
+                # of the step's draws (dropout, noise, a side batch), so a resume redraws exactly them.
+                step_start = (rng_state(noise_rng), dict(drawn))
                 outputs = {}
                 ntok = 0
                 for view in criterion.views:
@@ -309,6 +315,7 @@ def train_generation(
                     optimizer.step()
                     step += 1
                     done_position = position + 1
+                    step_start = None  # the step is whole: the generators as they are now are its end
                 tokens_seen += ntok
                 window.add(loss, parts, ntok)
                 if step % spec.train.log_every_steps == 0 or step == total_steps:
@@ -336,7 +343,7 @@ def train_generation(
         if step < total_steps:
             if done_position == 0:
                 epoch -= 1  # nothing of this epoch is done: resume starts it afresh
-            save_state(done_position, together=stopping_together)
+            save_state(done_position, together=stopping_together, at_step_start=step_start)
             events({"type": "interrupted", "step": step, "epoch": epoch})
         raise
     train_time = time.perf_counter() - t_start
