@@ -180,14 +180,16 @@ def test_ctrl_c_saves_the_state_marks_runs_killed_and_resume_finishes(tmp_path, 
     """Ctrl-C as a terminal sends it: SIGINT to the whole process group (under Ray: the driver, Ray's own
     processes it started and the training worker)."""
     out = tmp_path / "run"
-    sets = [x for item in [*TINY, "generations.count=1", "generations.student.train={max_epochs: 10}",
+    # 25 epochs of the tiny data (a few hundred steps): long enough that a loaded machine's polling of the store
+    # sees generation 1 training before it ends (10 epochs finished unseen under load: no Ctrl-C was ever sent).
+    sets = [x for item in [*TINY, "generations.count=1", "generations.student.train={max_epochs: 25}",
                            "train.checkpoint_every_steps=1000"] for x in ("--set", item)]  # fmt: skip
     proc = mgkd_cli("run", *sets, *([] if ray else ["--no-ray"]), "--output-dir", str(out), start_new_session=True)
     uri = f"sqlite:///{out / 'mlflow.db'}"
     deadline = time.monotonic() + 300
     state = None
     while time.monotonic() < deadline and proc.poll() is None:
-        # interrupt generation 1 (10 epochs) once it has logged its first training steps
+        # interrupt generation 1 (25 epochs) once it has logged its first training steps
         try:
             gens = read_lineage(uri, None, "demo")["generations"] if (out / "last_lineage.json").is_file() else []
         except Exception:  # noqa: BLE001 - the store may be mid-write
