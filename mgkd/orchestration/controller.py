@@ -20,7 +20,7 @@ from mgkd.deploy.pyfunc import log_generation_model
 from mgkd.errors import MgkdError
 from mgkd.files import sha256_file
 from mgkd.generations import GenerationResult, GenerationSpec, build_schedule
-from mgkd.generations.spec import apply_search
+from mgkd.generations.search import apply_search
 from mgkd.lineage.tracking import (
     TAG_CHECKPOINT_SHA,
     TAG_MODEL,
