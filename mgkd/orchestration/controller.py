@@ -21,6 +21,7 @@ from mgkd.errors import MgkdError
 from mgkd.files import sha256_file
 from mgkd.generations import GenerationResult, GenerationSpec, build_schedule
 from mgkd.generations.search import apply_search
+from mgkd.lineage.plot import lineage_plot
 from mgkd.lineage.tracking import (
     TAG_CHECKPOINT_SHA,
     TAG_MODEL,
@@ -28,7 +29,6 @@ from mgkd.lineage.tracking import (
     check_tracking_uri,
     default_tracking_uri,
     lineage_config,
-    lineage_plot,
     mlflow_client,
     read_lineage,
 )
