@@ -8,7 +8,7 @@ the lineage plot, and its default preset. The rest of mgkd reads these
 declarations instead of guessing the task from an architecture or a metric
 name. How a generation of the task trains (its forward per data view, its
 validation and test outputs) is the generation layer's part
-(`mgkd.generations.task_steps`).
+(`TaskSteps` in `mgkd.generations.recipe`).
 """
 
 from __future__ import annotations
