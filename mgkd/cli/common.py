@@ -69,7 +69,7 @@ def tracking_from_output(output_dir: Path) -> dict[str, Any]:
 
 
 def store_of(tracking_uri: str | None, lineage_id: str | None, experiment: str | None,
-              output_dir: Path) -> tuple[str, str | None]:  # fmt: skip
+             output_dir: Path) -> tuple[str, str | None]:  # fmt: skip
     """The tracking URI and experiment a lineage command reads: given, from the environment, or the last run's."""
     uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
     if uri is None or (lineage_id is None and experiment is None):

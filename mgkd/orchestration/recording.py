@@ -25,6 +25,7 @@ from mgkd.tasks.translation import PreparedData
 
 
 def artifact_root(cfg: ExperimentConfig, tracking_uri: str) -> Path | None:
+    """Where the lineage's artifacts go: beside a local store, or where the server decides (None)."""
     # A local sqlite store keeps its artifacts beside it; a server decides its own.
     return Path(cfg.output_dir).resolve() / "mlartifacts" if tracking_uri.startswith("sqlite:") else None
 
@@ -61,10 +62,12 @@ def score_tags(cfg: ExperimentConfig, data: PreparedData) -> dict[str, str]:
 
 
 def registered_model_name(cfg: ExperimentConfig, lineage_id: str) -> str:
+    """The model registry's name of the lineage: its version k is generation k."""
     return f"{cfg.name}-lineage-{lineage_id[:8]}"
 
 
 def lineage_datasets(cfg: ExperimentConfig, data: PreparedData) -> list:
+    """The prepared splits as MLflow dataset inputs (digest, file, rows, tokens), logged on every run."""
     return dataset_inputs(
         cfg.name,
         {
@@ -93,13 +96,15 @@ def record_config(recorder: LineageRecorder, lineage_id: str, lineage_dir: Path,
 
 
 def write_last_lineage_of(output_dir: Path, lineage_id: str, tracking_uri: str, cfg: ExperimentConfig,
-                recorder: LineageRecorder) -> None:  # fmt: skip
+                          recorder: LineageRecorder) -> None:  # fmt: skip
+    """The output folder's pointer to its newest lineage (`mgkd resume`, `ui` and `lineage` read it)."""
     last = {"lineage_id": lineage_id, "tracking_uri": tracking_uri, "experiment": cfg.experiment_name,
             "experiment_id": recorder.experiment_id}  # fmt: skip
     write_last_lineage(output_dir, last)
 
 
 def check_output_dir(output_dir: Path, cfg: ExperimentConfig) -> None:
+    """Refuse a folder whose last lineage is another experiment's, or unfinished (`--force` skips this)."""
     last = read_last_lineage(output_dir)
     if last is None:
         return
