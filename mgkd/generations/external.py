@@ -66,6 +66,7 @@ def evaluate_external(spec: GenerationSpec, data: PreparedData, out_dir: Path,
         **held_out.metrics,
         "decode_sentences_per_s": held_out.sentences_per_s,
         "parameters": float(n_params),
+        "model_size_bytes": float(sum(f["size"] for f in manifest["files"])),  # the model folder on disk
         "load_time_s": load_s,
         # Nothing trained: the lineage table and plot read these like any generation's.
         "steps": 0.0,

@@ -331,6 +331,7 @@ def train_generation(
         "train_tokens_per_s": tokens_seen / max(train_time, 1e-9),
         **tested.metrics,
         "parameters": float(n_params),
+        "model_size_bytes": float(ckpt.stat().st_size),  # the checkpoint on disk, shown beside quality and speed
     }
     artifacts = [str(d.artifact) for d in views.values() if d.artifact is not None]
     if cache is not None:

@@ -10,7 +10,7 @@ from rich.table import Table
 
 from mgkd.generations import GenerationResult, GenerationSpec
 from mgkd.models.registry import model_label
-from mgkd.tasks import Task, table_columns
+from mgkd.tasks import Task, footprint, table_columns
 
 
 class GenerationProgress:
@@ -91,8 +91,8 @@ def lineage_table(specs: list[GenerationSpec], results: list[GenerationResult], 
     key, name = scores[0]
     short = name.removeprefix("test ")
     gap_cols = (f"control {short}", f"KD − control {short}") if controls else ()
-    for col in ("gen", "architecture", "params", "valid loss", *(c for _, c in scores), *gap_cols, "train time",
-                "teacher"):  # fmt: skip
+    for col in ("gen", "architecture", "params", "valid loss", *(c for _, c in scores), *gap_cols, "size on disk",
+                "test decode", "train time", "teacher"):  # fmt: skip
         table.add_column(col, justify="right" if col not in ("architecture", "teacher") else "left")
     for spec, r in zip(specs, results):
         m = spec.model
@@ -106,7 +106,7 @@ def lineage_table(specs: list[GenerationSpec], results: list[GenerationResult], 
         table.add_row(
             str(spec.index), arch, f"{r.parameters / 1e6:.2f}M", f"{met.get('best_valid_loss', float('nan')):.3f}",
             *(f"{met[k]:.2f}" for k, _ in scores), *_gap(key, met, (controls or {}).get(spec.index), bool(controls)),
-            f"{met['train_time_s']:.0f}s", teacher,
+            *footprint(met), f"{met['train_time_s']:.0f}s", teacher,
         )  # fmt: skip
     return table
 

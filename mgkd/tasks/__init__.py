@@ -7,7 +7,18 @@ from typing import Any
 
 from mgkd.config import ExperimentConfig
 from mgkd.errors import MgkdError
-from mgkd.tasks.base import Log, Metric, Task, lower_is_better, metric, scores_line, selection_score, table_columns
+from mgkd.tasks.base import (
+    Log,
+    Metric,
+    Task,
+    footprint,
+    footprint_line,
+    lower_is_better,
+    metric,
+    scores_line,
+    selection_score,
+    table_columns,
+)
 from mgkd.tasks.classification import CLASSIFICATION, ClassificationData
 from mgkd.tasks.translation import TRANSLATION, PreparedData
 
@@ -39,6 +50,8 @@ __all__ = [
     "Metric",
     "PreparedData",
     "Task",
+    "footprint",
+    "footprint_line",
     "get_task",
     "lower_is_better",
     "metric",

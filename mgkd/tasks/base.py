@@ -160,3 +160,26 @@ def table_columns(task: Task, metrics: dict[str, float]) -> list[tuple[str, str]
 def scores_line(task: Task, metrics: dict[str, float]) -> str:
     """A generation's test scores in one line, e.g. `test BLEU 31.20  chrF 55.10`."""
     return "test " + "  ".join(f"{label} {metrics[name]:.2f}" for name, label in table_columns(task, metrics))
+
+
+# A generation's cost beside its quality: the model's size on disk (its checkpoint; an external model's folder)
+# and how fast it decoded the test split (translation: sentences/s, classification: examples/s).
+SIZE_METRIC = "model_size_bytes"
+SPEED_METRICS = {"decode_sentences_per_s": "sent/s", "eval_examples_per_s": "ex/s"}
+
+
+def footprint(metrics: dict[str, float]) -> tuple[str, str]:
+    """A generation's size on disk and test decode speed as the tables show them, e.g. ("3.36 MB", "412.3 sent/s");
+    "-" for what its run did not record (a lineage from before these metrics, a failed generation)."""
+    size = metrics.get(SIZE_METRIC)
+    speed = next(((metrics[k], unit) for k, unit in SPEED_METRICS.items() if k in metrics), None)
+    return (
+        f"{size / 1e6:.2f} MB" if size is not None else "-",
+        f"{speed[0]:.1f} {speed[1]}" if speed is not None else "-",
+    )
+
+
+def footprint_line(metrics: dict[str, float]) -> str:
+    """`footprint` in one line, e.g. `3.36 MB on disk  412.3 sent/s`."""
+    size, speed = footprint(metrics)
+    return f"{size} on disk  {speed}"

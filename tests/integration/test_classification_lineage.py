@@ -93,6 +93,8 @@ def test_lineage_listing_shows_accuracy_and_evaluate_refuses_the_task(lineage):
         assert (
             f"test accuracy {m['test_accuracy']:.2f} macro-F1 {m['test_macro_f1']:.2f} MCC {m['test_mcc']:.2f}" in text
         )
+        assert m["model_size_bytes"] > 0 and m["eval_examples_per_s"] > 0
+        assert f"{m['model_size_bytes'] / 1e6:.2f} MB on disk {m['eval_examples_per_s']:.1f} ex/s" in text
     refused = CliRunner().invoke(app, ["evaluate", "--output-dir", out_dir])
     assert refused.exit_code == 2
     assert "is task 'classification': `mgkd evaluate` ensembles translation lineages" in " ".join(

@@ -30,6 +30,12 @@ def test_generation_0_is_the_external_model_evaluated(external_lineage, tiny_dat
     m = g0["metrics"]
     assert m["test_bleu"] >= 0 and m["test_chrf"] >= 0 and m["decode_sentences_per_s"] > 0 and m["steps"] == 0
     assert m["parameters"] == count_parameters(HFTeacher.load(folder))
+    # its size on disk: the model folder's files (hidden ones aside, as in the folder's checksum)
+    assert m["model_size_bytes"] == sum(
+        f.stat().st_size
+        for f in folder.rglob("*")
+        if f.is_file() and not any(p.startswith(".") for p in f.relative_to(folder).parts)
+    )
     assert g0["params"]["model.arch"] == "hf:marian" and g0["params"]["external.num_beams"] == "2"
     client = mlflow_client(outcome.tracking_uri)
     # real decoding: the logged test translations are the model's own, one per test sentence

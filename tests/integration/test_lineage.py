@@ -43,6 +43,9 @@ def test_lineage_is_recorded_generation_by_generation(lineage):
         for key in ("test_bleu", "test_chrf", "best_valid_loss", "train_time_s", "parameters"):
             assert key in g["metrics"]
         assert g["metrics"]["test_chrf"] > 0
+        # size on disk and test decode speed, recorded beside the quality
+        assert g["metrics"]["model_size_bytes"] == Path(r.checkpoint).stat().st_size > 0
+        assert g["metrics"]["decode_sentences_per_s"] > 0
 
 
 def test_artifacts_and_metric_history_are_in_mlflow(lineage, tmp_path):
@@ -73,8 +76,13 @@ def test_lineage_command_reads_it_back(lineage):
     shown = json.loads(result.stdout)
     assert shown["lineage_id"] == outcome.lineage_id
     assert [g["run_id"] for g in shown["generations"]] == outcome.run_ids
+    assert all(g["metrics"]["model_size_bytes"] > 0 for g in shown["generations"])
     table = CliRunner().invoke(app, ["lineage", outcome.lineage_id, "--tracking-uri", outcome.tracking_uri])
     assert table.exit_code == 0 and outcome.run_ids[0] in table.stdout
+    text = " ".join(table.stdout.split())
+    for g in info["generations"]:
+        m = g["metrics"]
+        assert f"{m['model_size_bytes'] / 1e6:.2f} MB on disk {m['decode_sentences_per_s']:.1f} sent/s" in text
 
 
 def test_cli_run_through_ray(tmp_path, ray_session):

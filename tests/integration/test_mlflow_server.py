@@ -57,6 +57,7 @@ def test_record_over_http(http_lineage, tmp_path):
             "parameters",
             "train_time_s",
             "decode_sentences_per_s",
+            "model_size_bytes",
             "best_valid_loss",
         ):
             assert key in m, key

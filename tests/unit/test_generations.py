@@ -5,13 +5,15 @@ from pathlib import Path
 
 import pytest
 import torch
+from rich.console import Console
 
 from mgkd.config import LossTerm
 from mgkd.generations import build_schedule, train_generation
 from mgkd.generations.checkpoint import load_checkpoint, parameter_hash, sha256_file
 from mgkd.generations.teacher import build_student
 from mgkd.losses import LossPlugin, TeacherNeeds, register
-from mgkd.tasks.translation import SplitData
+from mgkd.orchestration.display import lineage_table
+from mgkd.tasks.translation import TRANSLATION, SplitData
 
 from ..helpers import tiny_config
 
@@ -51,6 +53,18 @@ def test_teacher_is_frozen_while_its_student_trains(teacher_run, tiny_data, tmp_
     assert sha256_file(Path(g0.checkpoint)) == before_file == g0.checkpoint_sha256
     assert SEEN and not any(SEEN)  # teacher forward ran under no_grad at every step
     assert g1.checkpoint_sha256 != g0.checkpoint_sha256
+
+
+def test_a_generation_records_its_size_on_disk_and_decode_speed_and_the_table_shows_them(teacher_run):
+    _, specs, g0 = teacher_run
+    size, speed = g0.metrics["model_size_bytes"], g0.metrics["decode_sentences_per_s"]
+    assert size == Path(g0.checkpoint).stat().st_size > 0  # the checkpoint file's bytes, not the parameters'
+    assert speed > 0
+    console = Console(record=True, width=240)
+    console.print(lineage_table(specs[:1], [g0], "t", task=TRANSLATION))
+    text = console.export_text()
+    assert "size on disk" in text and "test decode" in text
+    assert f"{size / 1e6:.2f} MB" in text and f"{speed:.1f} sent/s" in text
 
 
 def test_student_is_a_new_object_with_copied_tensors(teacher_run):
