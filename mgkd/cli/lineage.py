@@ -59,7 +59,7 @@ def lineage(
     """Read a lineage back from MLflow and print it."""
     from mgkd.lineage.tracking import read_lineage
     from mgkd.models.registry import model_label
-    from mgkd.tasks import get_task, scores_line
+    from mgkd.tasks import footprint_line, get_task, scores_line
 
     with user_errors():
         uri, experiment = store_of(tracking_uri, lineage_id, experiment, output_dir)
@@ -78,7 +78,8 @@ def lineage(
             teacher = f"teacher gen {tg.strip('[]')}" if g["teacher_run_id"] else "teacher (generation 0)"
             lines.append(
                 f"[bold]gen {g['generation']}[/]  {model_label(g['arch'], sizes)}  "
-                f"{m.get('parameters', 0) / 1e6:.2f}M params  {scores_line(task, m)}  {teacher}  {g['status']}"
+                f"{m.get('parameters', 0) / 1e6:.2f}M params  {scores_line(task, m)}  {footprint_line(m)}  {teacher}  "
+                f"{g['status']}"
             )
             lines.append(f"       run {g['run_id']}  checkpoint sha256 {g['checkpoint_sha256'] or '-'}")
             if g["teacher_run_id"]:
