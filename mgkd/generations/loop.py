@@ -10,6 +10,7 @@ the gradients are averaged with one all-reduce per step).
 
 from __future__ import annotations
 
+import hashlib
 import math
 import random
 import time
@@ -22,6 +23,7 @@ import numpy as np
 import torch
 
 from mgkd.errors import MgkdError
+from mgkd.generations.checkpoint import parameter_hash
 from mgkd.generations.spec import GenerationSpec
 from mgkd.generations.teacher_cache import TeacherCache
 from mgkd.losses.base import TeacherNeeds
@@ -136,6 +138,40 @@ def world_position() -> tuple[int, int]:
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         return torch.distributed.get_rank(), torch.distributed.get_world_size()
     return 0, 1
+
+
+def broadcast_from_worker_0(tensors: list[torch.Tensor]) -> None:
+    """Every worker's `tensors` become worker 0's, in place: one flat broadcast per dtype (as average_gradients
+    flattens), so a student built from each worker's own seed, and the loss plugins' projections, start equal."""
+    groups: dict[torch.dtype, list[torch.Tensor]] = {}
+    for t in tensors:
+        groups.setdefault(t.dtype, []).append(t)
+    for dtype, group in groups.items():
+        wire = torch.uint8 if dtype == torch.bool else dtype  # gloo has no bool all the way through
+        flat = torch.cat([t.detach().reshape(-1).to(wire) for t in group])
+        torch.distributed.broadcast(flat, src=0)
+        offset = 0
+        with torch.no_grad():
+            for t in group:
+                t.copy_(flat[offset : offset + t.numel()].view_as(t).to(dtype))
+                offset += t.numel()
+
+
+def replica_hash(model: torch.nn.Module, extra: list[torch.Tensor]) -> str:
+    """sha256 over a worker's replica: the model's parameters and buffers and the loss plugins' own tensors."""
+    h = hashlib.sha256(parameter_hash(model).encode())
+    for t in extra:
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def gather_to_worker_0(obj: Any, world: int) -> list[Any] | None:
+    """Every worker's `obj` on worker 0, in rank order (None on the others); every worker must call this."""
+    if world == 1:
+        return [obj]
+    out: list[Any] | None = [None] * world if torch.distributed.get_rank() == 0 else None
+    torch.distributed.gather_object(obj, out, dst=0)
+    return out
 
 
 def first_on_worker_0(world: int, build: Callable[[], Any]) -> Any:

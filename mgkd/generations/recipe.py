@@ -15,9 +15,10 @@ besides the weights; the task's batches name what the model reads
 external generation 0 is evaluated, not trained (external.py).
 
 Data parallelism: when a torch.distributed process group is up (Ray Train sets
-one up for its workers), each worker takes every world-th batch of the epoch's
-order and the gradients are averaged with one all-reduce per step; worker 0
-saves, selects and tests. With one worker the run is the single-process one,
+one up for its workers), every worker starts from worker 0's weights (broadcast
+after set-up), takes every world-th batch of the epoch's order and of each side
+stream, and the gradients are averaged with one all-reduce per step; worker 0
+saves (with every worker's random generators), selects and tests. With one worker the run is the single-process one,
 step for step. A `Session` (Ray Train or Tune) receives the epoch metrics and
 the saved training states, and hands back a state after a restart.
 """
@@ -45,9 +46,12 @@ from mgkd.generations.loop import (
     StepWindow,
     TestOutputs,
     backward,
+    broadcast_from_worker_0,
     forward_pair,
+    gather_to_worker_0,
     lr_at,
     no_events,
+    replica_hash,
     resolve_device,
     seed_everything,
     world_position,
@@ -59,9 +63,10 @@ from mgkd.generations.train_state import (
     identity,
     interrupts_deferred,
     load_train_state,
+    restore_worker_rng,
     rng_state,
     save_train_state,
-    set_rng_state,
+    worker_rng_states,
 )
 from mgkd.generations.translation_steps import TranslationSteps
 from mgkd.losses import Criterion
@@ -103,14 +108,23 @@ def steps_for(data: Any) -> TaskSteps:
     return STEPS[data.task]
 
 
-def cycle_batches(task: Task, view: ViewData, max_tokens: int, seed: int) -> Iterator[Any]:
-    """Endless shuffled token-budget batches of an unaligned view, `token_ratio` x the gold budget."""
+def cycle_batches(
+    task: Task, view: ViewData, max_tokens: int, seed: int, rank: int = 0, world: int = 1
+) -> Iterator[Any]:
+    """Endless shuffled token-budget batches of an unaligned view, `token_ratio` x the gold budget.
+
+    The stream is the same on every data-parallel worker; worker `rank` takes its positions rank, rank + world,
+    ... (counted across epochs, so a view of fewer batches than workers still feeds them all): the workers'
+    batches are disjoint and together they are the stream. One worker takes all of it.
+    """
     budget = max(1, int(round(max_tokens * view.token_ratio)))
-    epoch = 0
+    epoch, position = 0, 0
     while True:
         epoch += 1
         for idx in task.batch_indices(view.split, budget, shuffle=True, seed=seed * 7919 + epoch):
-            yield task.collate(view.split, idx)
+            if position % world == rank:
+                yield task.collate(view.split, idx)
+            position += 1
 
 
 def train_generation(
@@ -181,7 +195,8 @@ def train_generation(
     events({"type": "start", "generation": spec.index, "total_steps": total_steps, "parameters": n_params,
             "pid": os.getpid()})  # fmt: skip
 
-    unaligned = {v: cycle_batches(task, d, spec.train.max_tokens, spec.seed) for v, d in views.items()
+    # Each worker draws its own share of a side stream (pseudo-labels, capped seq-KD), as of the gold batches.
+    unaligned = {v: cycle_batches(task, d, spec.train.max_tokens, spec.seed, rank, world) for v, d in views.items()
                  if not d.aligned}  # fmt: skip
     noise_rng = torch.Generator().manual_seed(spec.seed + rank)
     best: dict[str, Any] = {"score": math.inf, "state": None, "epoch": 0, "metrics": {}}
@@ -209,20 +224,38 @@ def train_generation(
             for _ in range(n):
                 next(unaligned[view])
             drawn[view] = n
-        set_rng_state(saved["rng"], noise_rng)
+        inexact = restore_worker_rng(saved, rank, world, noise_rng)  # each worker its own generators
+        if inexact:
+            events({"type": "rng-fallback", "message": inexact})
         events({"type": "resume", "step": step, "epoch": epoch})
         if skip:
             epoch -= 1  # the loop below re-enters the unfinished epoch
+    if world > 1:
+        # Identical replicas: each worker built its student and the plugins' projections from its own seed (so
+        # that its dropout masks and noise are its own); all of them now take worker 0's weights, and training
+        # keeps them equal (the same averaged gradients, the same optimizer arithmetic). The hashes before and
+        # after are reported, so a test can tell that the broadcast is what makes them equal.
+        replica = [*student.parameters(), *student.buffers(), *extra_params]
+        before = gather_to_worker_0(replica_hash(student, extra_params), world)
+        broadcast_from_worker_0(replica)
+        events({"type": "replicas", "stage": "set-up", "before": before,
+                "after": gather_to_worker_0(replica_hash(student, extra_params), world)})  # fmt: skip
 
-    def save_state(batch_in_epoch: int) -> Path | None:
-        """Worker 0 writes the training state (every worker holds the same weights and optimizer)."""
+    def save_state(batch_in_epoch: int, together: bool = True, at_step_start: tuple | None = None) -> Path | None:
+        """Worker 0 writes the training state (every worker holds the same weights and optimizer) with every
+        worker's random generators; `together`: every worker calls this at this point (else worker 0 keeps
+        its own generators only, and a resume says it cannot restore the others'). `at_step_start`: the
+        generators and side-stream positions as the unfinished step found them (an interrupt inside a step
+        saves those, not the draws the lost step already made, so the resumed step draws the same)."""
+        own, drawn_then = at_step_start if at_step_start is not None else (rng_state(noise_rng), drawn)
+        rngs = gather_to_worker_0(own, world) if together else [own]
         if rank:
             return None
         return save_train_state(out_dir, {
             "identity": state_id, "student": student.state_dict(), "optimizer": optimizer.state_dict(),
             "extra": [q.detach() for q in extra_params], "step": step, "epoch": epoch,
-            "batch_in_epoch": batch_in_epoch, "tokens": tokens_seen, "best": best, "drawn": drawn,
-            "rng": rng_state(noise_rng),
+            "batch_in_epoch": batch_in_epoch, "tokens": tokens_seen, "best": best, "drawn": drawn_then,
+            **worker_rng_states(rngs),
         })  # fmt: skip
 
     def checkpoint(batch_in_epoch: int, epoch_metrics: dict[str, float] | None = None) -> None:
@@ -237,6 +270,8 @@ def train_generation(
     # Ctrl-C (or Ray's cancel) lands as KeyboardInterrupt: the state after the last whole step is saved, so
     # `mgkd resume` loses nothing; one arriving during the optimizer step is held until the step is done.
     done_position = skip
+    stopping_together = False  # the driver's stop, seen by every worker at the same step
+    step_start: tuple | None = None  # set while a step is under way (see save_state)
     try:
         while step < total_steps:
             epoch += 1
@@ -252,6 +287,9 @@ def train_generation(
                 for group in optimizer.param_groups:
                     group["lr"] = lr_at(step, total_steps, spec.train.warmup_steps, spec.train.lr)
                 criterion.set_progress(step / total_steps)
+                # What an interrupt inside this step saves: the generators and side-stream positions before any
+                # of the step's draws (dropout, noise, a side batch), so a resume redraws exactly them.
+                step_start = (rng_state(noise_rng), dict(drawn))
                 outputs = {}
                 ntok = 0
                 for view in criterion.views:
@@ -277,11 +315,13 @@ def train_generation(
                     optimizer.step()
                     step += 1
                     done_position = position + 1
+                    step_start = None  # the step is whole: the generators as they are now are its end
                 tokens_seen += ntok
                 window.add(loss, parts, ntok)
                 if step % spec.train.log_every_steps == 0 or step == total_steps:
                     window.emit(events, step, epoch, optimizer.param_groups[0]["lr"])
                 if stop and step < total_steps:  # the driver's Ctrl-C: every worker stops after this same step
+                    stopping_together = True
                     raise KeyboardInterrupt
                 every = spec.train.checkpoint_every_steps
                 if every and step % every == 0 and step < total_steps and position + 1 < len(order):
@@ -303,10 +343,13 @@ def train_generation(
         if step < total_steps:
             if done_position == 0:
                 epoch -= 1  # nothing of this epoch is done: resume starts it afresh
-            save_state(done_position)
+            save_state(done_position, together=stopping_together, at_step_start=step_start)
             events({"type": "interrupted", "step": step, "epoch": epoch})
         raise
     train_time = time.perf_counter() - t_start
+    if world > 1:  # the replicas' invariant, reported: every worker ends with the same weights
+        events({"type": "replicas", "stage": "end",
+                "after": gather_to_worker_0(replica_hash(student, extra_params), world)})  # fmt: skip
     if rank:
         return None  # worker 0 selects, saves and tests
 

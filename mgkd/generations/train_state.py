@@ -53,9 +53,12 @@ def interrupts_deferred() -> Iterator[None]:
 
 
 def rng_state(noise: torch.Generator) -> dict[str, Any]:
+    """This process's random number generators: torch (CPU, and every visible CUDA device's), numpy, Python's,
+    and the generation's noise generator."""
     np_state = np.random.get_state()
     return {
         "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
         "noise": noise.get_state(),
         "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
         "python": random.getstate(),
@@ -64,11 +67,37 @@ def rng_state(noise: torch.Generator) -> dict[str, Any]:
 
 def set_rng_state(state: dict[str, Any], noise: torch.Generator) -> None:
     torch.set_rng_state(state["torch"])
+    cuda = state.get("cuda")  # absent in states saved before CUDA's was kept; None where no CUDA was visible
+    if cuda is not None and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(cuda)
     noise.set_state(state["noise"])
     name, keys, *rest = state["numpy"]
     np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))
+
+
+def worker_rng_states(states: list[dict[str, Any]]) -> dict[str, Any]:
+    """What a training state keeps of the workers' generators (`states`: every worker's in rank order, or worker
+    0's alone): worker 0's under "rng", as a single process always saved it, and the others' with the number of
+    workers they belong to."""
+    return {"rng": states[0], "rng_others": states[1:], "rng_world": len(states)}
+
+
+def restore_worker_rng(saved: dict[str, Any], rank: int, world: int, noise: torch.Generator) -> str | None:
+    """Give this worker back the generators it had when `saved` was written. Returns None when that is exact,
+    else why not: a state saved by another number of workers (or by worker 0 alone) restores worker 0's
+    generators and leaves the others as their own seeds made them, so dropout and noise differ from an
+    uninterrupted run's."""
+    saved_world = saved.get("rng_world", 1)  # states written before per-worker generators held worker 0's only
+    if saved_world == world:
+        set_rng_state(saved["rng"] if rank == 0 else saved["rng_others"][rank - 1], noise)
+        return None
+    if rank == 0:
+        set_rng_state(saved["rng"], noise)
+    return (f"the training state holds the random generators of {saved_world} worker(s) and this run has {world}: "
+            "worker 0 continues its own, the others keep the seeds they started with (dropout and noise are not "
+            "those of an uninterrupted run)")  # fmt: skip
 
 
 def identity(spec_dict: dict[str, Any], data_hash: str) -> str:

@@ -96,3 +96,33 @@ def test_ctrl_c_stops_the_workers_after_a_whole_step_with_the_state_saved(ray_se
     resumes = [e for e in seen if e["type"] == "resume"]
     assert [e["step"] for e in resumes] == [stopped[0]["step"]]
     assert result.checkpoint_sha256 == straight.checkpoint_sha256
+
+
+def test_two_workers_resume_each_with_its_own_generators_to_the_uninterrupted_checkpoint(
+    ray_session, tiny_data, tmp_path
+):
+    """Ctrl-C in the driver during a 2-worker run: both workers stop after the same step and worker 0 saves both
+    workers' random generators; the resumed run gives each worker its own back (worker 1's dropout masks are
+    its own, not worker 0's) and ends with the checkpoint of an uninterrupted 2-worker run, byte for byte."""
+    cfg, spec = _spec(tmp_path, "ray.workers=2", "ray.cpus_per_generation=2", "train.checkpoint_every_steps=1000",
+                      "train.log_every_steps=1", "train.max_epochs=3")  # fmt: skip
+    assert spec.model.dropout > 0  # dropout draws from each worker's generator
+    runner = RayRunner(cfg.ray, tiny_data, tmp_path)
+    straight = runner.run(spec, tmp_path / "lineages" / "S" / "gen-0", None, lambda _: None)
+    out_dir = tmp_path / "lineages" / "L" / "gen-0"
+    seen: list[dict] = []
+
+    def events(event: dict) -> None:
+        seen.append(event)
+        if event["type"] == "step" and event["step"] == 3:
+            os.kill(os.getpid(), signal.SIGINT)  # as a terminal's Ctrl-C reaches the driver
+
+    with pytest.raises(KeyboardInterrupt):
+        runner.run(spec, out_dir, None, events)
+    stopped = [e for e in seen if e["type"] == "interrupted"]
+    assert len(stopped) == 1 and stopped[0]["step"] >= 3
+    seen.clear()
+    result = runner.run(spec, out_dir, None, seen.append)
+    assert [e["step"] for e in seen if e["type"] == "resume"] == [stopped[0]["step"]]
+    assert not [e for e in seen if e["type"] == "rng-fallback"]
+    assert result.checkpoint_sha256 == straight.checkpoint_sha256

@@ -74,6 +74,37 @@ def test_ctrl_c_during_the_optimizer_step_still_saves_that_step(tiny_data, tmp_p
     assert resumed.checkpoint_sha256 == straight.checkpoint_sha256  # bit for bit
 
 
+@pytest.mark.parametrize("calls", [1, 6])
+def test_ctrl_c_inside_the_forward_pass_resumes_bit_for_bit(tiny_data, tmp_path, monkeypatch, calls):
+    """SIGINT after a step's forward pass drew its dropout masks, before its update: the saved state holds the
+    generators as that step found them, so the resumed run redraws the same masks (it used to save the
+    generators after the lost step's draws and resume to different weights). calls=1: the very first step."""
+    import mgkd.generations.recipe as recipe
+
+    spec = _spec(tmp_path)
+    assert spec.model.dropout > 0  # the masks are what the generators decide here
+    straight = train_generation(spec, tiny_data, tmp_path / "straight")
+    real_forward, seen_calls = recipe.forward_pair, []
+
+    def forward_then_ctrl_c(*args, **kwargs):
+        out = real_forward(*args, **kwargs)  # the dropout masks of this step are drawn
+        seen_calls.append(1)
+        if len(seen_calls) == calls:
+            raise KeyboardInterrupt
+        return out
+
+    monkeypatch.setattr(recipe, "forward_pair", forward_then_ctrl_c)
+    seen = []
+    with pytest.raises(KeyboardInterrupt):
+        train_generation(spec, tiny_data, tmp_path / "killed", events=seen.append)
+    assert [e["step"] for e in seen if e["type"] == "interrupted"] == [calls - 1]
+    monkeypatch.setattr(recipe, "forward_pair", real_forward)
+    seen = []
+    resumed = train_generation(spec, tiny_data, tmp_path / "killed", events=seen.append)
+    assert [e["step"] for e in seen if e["type"] == "resume"] == [calls - 1]
+    assert resumed.checkpoint_sha256 == straight.checkpoint_sha256  # bit for bit
+
+
 def test_a_foreign_or_corrupt_state_is_refused(tiny_data, tmp_path):
     spec = _spec(tmp_path)
     with pytest.raises(Stop):

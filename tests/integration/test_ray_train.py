@@ -15,6 +15,7 @@ from mgkd.generations import build_schedule, train_generation
 from mgkd.generations.loop import average_gradients
 from mgkd.orchestration.runners import RayRunner
 
+from ..helpers import tiny_config
 from ..helpers.ray_train import _classification_config, _spec
 
 
@@ -59,6 +60,43 @@ def test_gradients_are_averaged_over_workers_in_one_all_reduce(finite1):
                 torch.testing.assert_close(a, (g0 + g1) / 2)
 
 
+def _broadcast_in_worker(rank: int, world: int, port: int, out: dict) -> None:
+    from mgkd.generations.loop import broadcast_from_worker_0, gather_to_worker_0
+
+    torch.distributed.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    g = torch.Generator().manual_seed(rank)
+    tensors = [torch.nn.Parameter(torch.randn(3, 4, generator=g)), torch.randint(0, 9, (5,), generator=g),
+               torch.rand(6, generator=g) > 0.5, torch.randn(2, generator=g, dtype=torch.float64)]  # fmt: skip
+    out[f"built{rank}"] = [t.detach().clone() for t in tensors]
+    broadcast_from_worker_0(tensors)
+    out[rank] = [t.detach().clone() for t in tensors]
+    out[f"gathered{rank}"] = gather_to_worker_0({"rank": rank}, world)
+    torch.distributed.destroy_process_group()
+
+
+def test_worker_0s_tensors_reach_every_worker_whatever_their_dtype():
+    """Parameters, integer and bool buffers, float64: after the broadcast every worker holds worker 0's values
+    (dtypes kept); gathering collects every worker's object on worker 0, in rank order."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ctx = torch.multiprocessing.get_context("spawn")
+    out = ctx.Manager().dict()
+    procs = [ctx.Process(target=_broadcast_in_worker, args=(r, 2, port, out)) for r in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+    assert all(p.exitcode == 0 for p in procs)
+    assert any(not torch.equal(a, b) for a, b in zip(out["built0"], out["built1"]))  # they started different
+    for mine, worker0 in zip(out[1], out["built0"]):
+        assert mine.dtype == worker0.dtype and torch.equal(mine, worker0)
+    assert all(torch.equal(a, b) for a, b in zip(out[0], out["built0"]))
+    assert out["gathered0"] == [{"rank": 0}, {"rank": 1}] and out["gathered1"] is None
+
+
 def test_a_generation_runs_as_a_ray_train_run_with_the_same_result_as_in_process(ray_session, tiny_data, tmp_path):
     """One worker under Ray Train is the in-process run, step for step: the same checkpoint bytes. Its training
     states are reported to Ray Train's storage."""
@@ -101,6 +139,31 @@ def test_two_data_parallel_workers_split_each_step(ray_session, tiny_data, tmp_p
     per_epoch = straight.metrics["train_tokens_per_s"] * straight.metrics["train_time_s"] / epochs
     seen_tokens = result.metrics["train_tokens_per_s"] * result.metrics["train_time_s"] / epochs
     assert 0.8 * per_epoch <= seen_tokens <= per_epoch * 1.0001
+
+
+def test_two_data_parallel_workers_hold_identical_replicas(ray_session, tiny_data, tmp_path):
+    """Two workers, a student from scratch (each worker seeds its own: spec.seed + rank) and an internal loss whose
+    projection is the plugin's own parameter: the workers' replicas differ as built, are worker 0's after the
+    set-up's broadcast, and are equal again after training (gradients averaged, the same optimizer arithmetic).
+    Without the broadcast the end hashes differ."""
+    cfg = tiny_config(
+        tmp_path, "generations.count=1", "ray.workers=2", "ray.cpus_per_generation=2", "train.max_epochs=1",
+        "generations.student.init=scratch", "generations.student.model={d_model: 16, n_heads: 1, ff_dim: 32}",
+        "generations.student.losses=[{name: label_smoothing}, {name: internal, params: {schedule: joint}}]",
+    )  # fmt: skip
+    teacher_spec, student_spec = build_schedule(cfg)
+    teacher = train_generation(teacher_spec, tiny_data, tmp_path / "g0")  # d_model 32: the student's 16 is projected
+    seen: list[dict] = []
+    result = RayRunner(cfg.ray, tiny_data, tmp_path).run(student_spec, tmp_path / "lineages" / "L" / "gen-1",
+                                                         teacher, seen.append)  # fmt: skip
+    assert any("loss.internal" in e["metrics"] for e in seen if e["type"] == "step")
+    replicas = {e["stage"]: e for e in seen if e["type"] == "replicas"}
+    built, set_up, end = replicas["set-up"]["before"], replicas["set-up"]["after"], replicas["end"]["after"]
+    assert len(built) == len(set_up) == len(end) == 2  # one hash per worker, gathered from both
+    assert end[0] == end[1], "the workers' replicas differ after training"
+    assert built[0] != built[1]  # each worker built its own weights: the broadcast is what makes them equal
+    assert set_up == [built[0], built[0]] and end[0] != built[0]  # worker 0's weights, then trained
+    assert result.metrics["steps"] > 0 and Path(result.checkpoint).is_file()
 
 
 def test_two_data_parallel_classification_workers_split_each_step(ray_session, classification_data, tmp_path):
