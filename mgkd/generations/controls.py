@@ -24,7 +24,8 @@ from typing import Any
 
 from mgkd.config import ExperimentConfig, LossTerm
 from mgkd.errors import MgkdError
-from mgkd.generations.spec import GenerationSpec, apply_search
+from mgkd.generations.search import apply_search
+from mgkd.generations.spec import GenerationSpec
 from mgkd.losses import Criterion
 from mgkd.tasks import task_of
 

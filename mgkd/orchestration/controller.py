@@ -12,7 +12,6 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
 from mlflow.exceptions import MlflowException
 from rich.console import Console
 
@@ -21,21 +20,17 @@ from mgkd.deploy.pyfunc import log_generation_model
 from mgkd.errors import MgkdError
 from mgkd.files import sha256_file
 from mgkd.generations import GenerationResult, GenerationSpec, build_schedule
-from mgkd.generations.spec import apply_search
+from mgkd.generations.search import apply_search
+from mgkd.lineage.plot import lineage_plot
 from mgkd.lineage.tracking import (
-    LAST_LINEAGE,
     TAG_CHECKPOINT_SHA,
     TAG_MODEL,
     LineageRecorder,
     check_tracking_uri,
-    dataset_inputs,
     default_tracking_uri,
     lineage_config,
-    lineage_plot,
     mlflow_client,
-    read_last_lineage,
     read_lineage,
-    write_last_lineage,
 )
 from mgkd.models.external import folder_sha256
 from mgkd.orchestration.controls import (
@@ -46,10 +41,20 @@ from mgkd.orchestration.controls import (
     wanted_controls,
 )
 from mgkd.orchestration.display import GenerationProgress, lineage_table
+from mgkd.orchestration.recording import (
+    artifact_root,
+    check_output_dir,
+    find_lineage,
+    lineage_datasets,
+    record_config,
+    record_trials,
+    registered_model_name,
+    score_tags,
+    write_last_lineage_of,
+)
 from mgkd.orchestration.runners import LocalRunner, RayRunner
-from mgkd.orchestration.sweep import SweepOutcome, run_sweep
+from mgkd.orchestration.sweep import run_sweep
 from mgkd.tasks import get_task, metric, prepare
-from mgkd.tasks.eval_sets import language_tags
 from mgkd.tasks.translation import PreparedData
 
 
@@ -66,11 +71,6 @@ class LineageOutcome:
     # Matched controls by the index of the generation they twin (generations.control).
     controls: dict[int, GenerationResult] = field(default_factory=dict)
     control_run_ids: dict[int, str] = field(default_factory=dict)
-
-
-def _artifact_root(cfg: ExperimentConfig, tracking_uri: str) -> Path | None:
-    # A local sqlite store keeps its artifacts beside it; a server decides its own.
-    return Path(cfg.output_dir).resolve() / "mlartifacts" if tracking_uri.startswith("sqlite:") else None
 
 
 def _record_generation(recorder: LineageRecorder, run_id: str, model_name: str, result: GenerationResult,
@@ -116,26 +116,26 @@ def run_lineage(cfg: ExperimentConfig, console: Console | None = None, force: bo
     tracking_uri = cfg.tracking.uri or default_tracking_uri(output_dir)
     check_tracking_uri(tracking_uri)
     if not force:
-        _check_output_dir(output_dir, cfg)
+        check_output_dir(output_dir, cfg)
 
     data = prepare(cfg, console.log)
-    recorder = LineageRecorder(tracking_uri, cfg.experiment_name, _artifact_root(cfg, tracking_uri))
+    recorder = LineageRecorder(tracking_uri, cfg.experiment_name, artifact_root(cfg, tracking_uri))
     runner: LocalRunner | RayRunner = RayRunner(cfg.ray, data, cfg.output_dir) if cfg.ray.enabled else LocalRunner(data)
     console.log(f"runner: {runner.description}")
 
     lineage_id = recorder.start_lineage(
         cfg.name,
         cfg.model_dump(mode="json"),
-        {"mgkd.data_hash": data.data_hash, "mgkd.config_name": cfg.name, **_score_tags(cfg, data)},
+        {"mgkd.data_hash": data.data_hash, "mgkd.config_name": cfg.name, **score_tags(cfg, data)},
     )
-    recorder.set_tags(lineage_id, {TAG_MODEL: _model_name(cfg, lineage_id)})
-    recorder.log_inputs(lineage_id, _datasets(cfg, data))
-    _record_config(recorder, lineage_id, output_dir / "lineages" / lineage_id, cfg)
+    recorder.set_tags(lineage_id, {TAG_MODEL: registered_model_name(cfg, lineage_id)})
+    recorder.log_inputs(lineage_id, lineage_datasets(cfg, data))
+    record_config(recorder, lineage_id, output_dir / "lineages" / lineage_id, cfg)
     recorder.log_artifact(lineage_id, data.cache_dir / "spm.model", "tokenizer")
     for split in data.splits:  # a named test set "test/x" is data/test/x.jsonl
         recorder.log_artifact(lineage_id, data.cache_dir / f"{split}.jsonl", str(Path("data", split).parent))
     recorder.log_metrics(lineage_id, {k: float(v) for k, v in data.summary().items() if k != "data_hash"}, 0)
-    _write_last(output_dir, lineage_id, tracking_uri, cfg, recorder)
+    write_last_lineage_of(output_dir, lineage_id, tracking_uri, cfg, recorder)
     console.log(f"lineage {lineage_id} in {tracking_uri} (experiment {cfg.experiment_name!r})")
     return _drive(cfg, specs, data, recorder, runner, lineage_id, console, t0, {}, {})
 
@@ -150,7 +150,7 @@ def resume_lineage(target: str, tracking_uri: str | None = None, console: Consol
     """
     console = console or Console()
     t0 = time.perf_counter()
-    lineage_id, tracking_uri = _find_lineage(target, tracking_uri)
+    lineage_id, tracking_uri = find_lineage(target, tracking_uri)
     check_tracking_uri(tracking_uri)
     info = read_lineage(tracking_uri, lineage_id)
     if info["status"] == "FINISHED":
@@ -169,7 +169,7 @@ def resume_lineage(target: str, tracking_uri: str | None = None, console: Consol
             f"the data of lineage {lineage_id} changed (hash {info['tags'].get('mgkd.data_hash', '?')[:12]}…, now "
             f"{data.data_hash[:12]}…): the corpus or tokenizer settings differ; restore them or start a new run"
         )
-    recorder = LineageRecorder(tracking_uri, cfg.experiment_name, _artifact_root(cfg, tracking_uri))
+    recorder = LineageRecorder(tracking_uri, cfg.experiment_name, artifact_root(cfg, tracking_uri))
     runner: LocalRunner | RayRunner = RayRunner(cfg.ray, data, cfg.output_dir) if cfg.ray.enabled else LocalRunner(data)
     lineage_dir = Path(cfg.output_dir).resolve() / "lineages" / lineage_id
     done: dict[int, tuple[str, GenerationResult]] = {}
@@ -202,9 +202,9 @@ def resume_lineage(target: str, tracking_uri: str | None = None, console: Consol
     done_controls, open_controls = recorded_controls(info)
     recorder.reopen(lineage_id)
     if overrides:  # the lineage's config.yaml is what the next resume reads
-        _record_config(recorder, lineage_id, lineage_dir, cfg)
+        record_config(recorder, lineage_id, lineage_dir, cfg)
         recorder.set_tags(lineage_id, {"mgkd.resume_overrides": " ".join(overrides)[:5000]})
-    _write_last(Path(cfg.output_dir).resolve(), lineage_id, tracking_uri, cfg, recorder)
+    write_last_lineage_of(Path(cfg.output_dir).resolve(), lineage_id, tracking_uri, cfg, recorder)
     console.log(
         f"resuming lineage {lineage_id}: generations {sorted(done) or 'none'} finished and reused"
         + (f", controls of {sorted(done_controls)}" if done_controls else "")
@@ -223,9 +223,9 @@ def _drive(cfg: ExperimentConfig, specs: list[GenerationSpec], data: PreparedDat
     """Run the generations not yet `done` (reopening `open_runs`) and the matched controls not yet
     `done_controls` (reopening `open_controls`), record them, end the lineage."""
     lineage_dir = Path(cfg.output_dir).resolve() / "lineages" / lineage_id
-    model_name = _model_name(cfg, lineage_id)
+    model_name = registered_model_name(cfg, lineage_id)
     task = get_task(cfg.task)  # its metrics, table columns and plot
-    datasets = _datasets(cfg, data)
+    datasets = lineage_datasets(cfg, data)
     results: list[GenerationResult] = []
     run_ids: list[str] = []
     wanted = wanted_controls(cfg, specs)
@@ -255,7 +255,7 @@ def _drive(cfg: ExperimentConfig, specs: list[GenerationSpec], data: PreparedDat
                     )  # fmt: skip
                     recorder.log_inputs(run_id, datasets)
                     recorder.log_dict(run_id, spec.to_dict(), "spec.json")
-                    recorder.set_tags(run_id, _score_tags(cfg, data))
+                    recorder.set_tags(run_id, score_tags(cfg, data))
 
                 with GenerationProgress(console, spec, task) as progress:
 
@@ -267,7 +267,7 @@ def _drive(cfg: ExperimentConfig, specs: list[GenerationSpec], data: PreparedDat
                     if spec.search is not None:
                         assert isinstance(runner, RayRunner)  # the config requires Ray for a search
                         sweep = run_sweep(runner, spec, lineage_dir / f"gen-{spec.index}", teacher, events, task=task)
-                        _record_trials(recorder, lineage_id, run_id, spec.index, sweep)
+                        record_trials(recorder, lineage_id, run_id, spec.index, sweep)
                         result, best_point = sweep.best, sweep.best_trial.point
                     else:
                         result = runner.run(spec, lineage_dir / f"gen-{spec.index}", teacher, events)
@@ -331,116 +331,6 @@ def _drive(cfg: ExperimentConfig, specs: list[GenerationSpec], data: PreparedDat
     output_dir = Path(cfg.output_dir).resolve()
     return LineageOutcome(lineage_id, recorder.uri, cfg.experiment_name, output_dir, specs, results, run_ids, wall,
                           controls, control_run_ids)  # fmt: skip
-
-
-def _record_trials(recorder: LineageRecorder, lineage_id: str, run_id: str, index: int, sweep: SweepOutcome) -> None:
-    """Every trial as a run nested under the generation's run: its values, epoch metrics and outcome."""
-    for trial in sweep.trials:
-        selected = trial is sweep.best_trial
-        tags = {"mgkd.trial_status": trial.status, "mgkd.selected": str(selected).lower()}
-        if trial.error:
-            tags["mgkd.trial_error"] = trial.error[:5000]
-        trial_run = recorder.start_trial(lineage_id, run_id, index, trial.trial_id, trial.point, tags)
-        for i, row in enumerate(trial.history):
-            epoch = int(row.get("epoch", i + 1))
-            recorder.log_metrics(trial_run, {k: v for k, v in row.items() if k.startswith(("valid_", "best_"))}, epoch)
-        if trial.result is not None:
-            recorder.log_metrics(trial_run, trial.result.metrics, int(trial.result.metrics["steps"]))
-            recorder.set_tags(trial_run, {TAG_CHECKPOINT_SHA: trial.result.checkpoint_sha256})
-        recorder.end(trial_run, {"completed": "FINISHED", "stopped": "KILLED"}.get(trial.status, "FAILED"))
-    best = sweep.best_trial
-    recorder.set_tags(
-        run_id, {"mgkd.best_trial": best.trial_id, "mgkd.search_metric": f"{sweep.metric} ({sweep.mode})"}
-    )
-    recorder.log_metrics(run_id, {"search_trials": float(len(sweep.trials)),
-                                  "search_trials_completed": float(sum(t.status == "completed" for t in sweep.trials))},
-                         0)  # fmt: skip
-    recorder.log_params(run_id, {f"search.best.{k}": str(v) for k, v in best.point.items()})
-
-
-def _score_tags(cfg: ExperimentConfig, data: PreparedData) -> dict[str, str]:
-    """Translation: sacrebleu's BLEU/chrF signatures and the corpus's language codes, on every run."""
-    scoring = getattr(data, "scoring", None)
-    return {**scoring.tags(), **language_tags(cfg.corpus)} if scoring is not None else {}
-
-
-def _model_name(cfg: ExperimentConfig, lineage_id: str) -> str:
-    return f"{cfg.name}-lineage-{lineage_id[:8]}"
-
-
-def _datasets(cfg: ExperimentConfig, data: PreparedData) -> list:
-    return dataset_inputs(
-        cfg.name,
-        {
-            name: {
-                "digest": s.digest,
-                "uri": str((data.cache_dir / f"{name}.jsonl").resolve()),
-                "rows": len(s),
-                # translation: target tokens; classification: input tokens
-                **(
-                    {"target_tokens": int(sum(len(t) + 1 for t in s.tgt))}
-                    if cfg.task == "translation"
-                    else {"tokens": int(sum(len(t) for t in s.src))}
-                ),
-            }  # fmt: skip
-            for name, s in data.splits.items()
-        },
-    )
-
-
-def _record_config(recorder: LineageRecorder, lineage_id: str, lineage_dir: Path, cfg: ExperimentConfig) -> None:
-    """The resolved config as `config.yaml` in the lineage's folder and on its parent run (resume reads it)."""
-    lineage_dir.mkdir(parents=True, exist_ok=True)
-    config_file = lineage_dir / "config.yaml"
-    config_file.write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False), encoding="utf-8")
-    recorder.log_artifact(lineage_id, config_file)
-
-
-def _write_last(output_dir: Path, lineage_id: str, tracking_uri: str, cfg: ExperimentConfig,
-                recorder: LineageRecorder) -> None:  # fmt: skip
-    last = {"lineage_id": lineage_id, "tracking_uri": tracking_uri, "experiment": cfg.experiment_name,
-            "experiment_id": recorder.experiment_id}  # fmt: skip
-    write_last_lineage(output_dir, last)
-
-
-def _check_output_dir(output_dir: Path, cfg: ExperimentConfig) -> None:
-    last = read_last_lineage(output_dir)
-    if last is None:
-        return
-    lineage_id, experiment = last["lineage_id"], last["experiment"]
-    if experiment != cfg.experiment_name:
-        raise MgkdError(
-            f"output folder {output_dir} holds lineage {lineage_id} of experiment {experiment!r}, not "
-            f"{cfg.experiment_name!r}; choose another --output-dir, or --force to add a lineage there"
-        )
-    try:
-        status = mlflow_client(last["tracking_uri"]).get_run(lineage_id).info.status
-    except Exception:  # noqa: BLE001 - a store we cannot read says nothing about the lineage
-        return
-    if status in ("RUNNING", "KILLED", "FAILED"):
-        raise MgkdError(
-            f"output folder {output_dir} holds an unfinished lineage {lineage_id} ({status}); "
-            f"`mgkd resume {output_dir}` continues it, --force starts a new one beside it"
-        )
-
-
-def _find_lineage(target: str, tracking_uri: str | None) -> tuple[str, str]:
-    """(lineage run id, tracking URI) from an output folder or a run id."""
-    folder = Path(target)
-    if folder.is_dir():
-        last = read_last_lineage(folder)
-        if last is None:
-            raise MgkdError(f"{folder} holds no mgkd run (no {LAST_LINEAGE}); give a lineage run id or a run folder")
-        return last["lineage_id"], tracking_uri or last["tracking_uri"]
-    if tracking_uri is None:
-        last = read_last_lineage(Path("mgkd-runs"))
-        if last is None:
-            raise MgkdError(
-                f"{target!r} is neither a run folder nor resolvable without a store: give --tracking-uri "
-                "(or MLFLOW_TRACKING_URI) with a lineage run id"
-            )
-        tracking_uri = last["tracking_uri"]
-    return target, tracking_uri
 
 
 def ui_command(outcome: LineageOutcome) -> str:

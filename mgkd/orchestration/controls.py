@@ -20,7 +20,7 @@ from rich.console import Console
 from mgkd.config import ExperimentConfig
 from mgkd.generations import GenerationResult, GenerationSpec
 from mgkd.generations.controls import control_spec, data_order_sha256, is_distilled
-from mgkd.generations.spec import apply_search
+from mgkd.generations.search import apply_search
 from mgkd.lineage.tracking import TAG_CHECKPOINT_SHA, TAG_CONTROL_RUN, TAG_DATA_ORDER_SHA, TAG_INIT_SHA, LineageRecorder
 from mgkd.orchestration.display import GenerationProgress
 from mgkd.tasks import task_of

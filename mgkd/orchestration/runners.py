@@ -16,10 +16,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import math
 import os
 import shutil
-import socket
 import threading
 import time
 from pathlib import Path
@@ -30,6 +28,7 @@ from mgkd.errors import MgkdError
 from mgkd.files import write_atomic
 from mgkd.generations import GenerationResult, GenerationSpec, train_generation
 from mgkd.generations.loop import Events
+from mgkd.orchestration.placement import check_reachable, check_workers_fit, resolve_gpus, scaling
 from mgkd.tasks.translation import PreparedData
 
 Teacher = GenerationResult | list[GenerationResult] | None
@@ -154,73 +153,6 @@ def read_result(out_dir: Path) -> GenerationResult:
     return GenerationResult(**json.loads(path.read_text(encoding="utf-8")))
 
 
-def scaling(cfg: RayConfig, use_gpu: bool) -> Any:
-    from ray.train import ScalingConfig
-
-    per_worker = {"CPU": cfg.cpus_per_generation / cfg.workers}
-    if use_gpu:
-        per_worker["GPU"] = cfg.gpus_per_generation / cfg.workers
-    return ScalingConfig(num_workers=cfg.workers, use_gpu=use_gpu, resources_per_worker=per_worker)
-
-
-def resolve_gpus(cfg: RayConfig, cluster: dict[str, float]) -> RayConfig:
-    """`ray.gpus_per_generation: null`: one GPU per worker where the cluster has them all, else none."""
-    if cfg.gpus_per_generation is not None:
-        return cfg
-    gpus = float(cfg.workers) if cluster.get("GPU", 0) >= cfg.workers else 0.0
-    return cfg.model_copy(update={"gpus_per_generation": gpus})
-
-
-def placeable_workers(nodes: list[dict[str, Any]], per_worker: dict[str, float]) -> int:
-    """How many workers of `per_worker` resources the alive nodes of `ray.nodes()` hold, each worker on one node."""
-    count = 0
-    for node in nodes:
-        if not node.get("Alive", False):
-            continue
-        have = node.get("Resources", {})
-        fits = [math.floor(have.get(k, 0.0) / v + 1e-9) for k, v in per_worker.items() if v > 0]
-        count += min(fits) if fits else 0
-    return count
-
-
-def check_workers_fit(cfg: RayConfig, nodes: list[dict[str, Any]]) -> None:
-    """Refuse, before anything trains, a `ray.workers` the cluster cannot place (Ray would wait forever)."""
-    if cfg.backend != "train":
-        return
-    per_worker = {"CPU": cfg.cpus_per_generation / cfg.workers}
-    if cfg.gpus_per_generation:
-        per_worker["GPU"] = cfg.gpus_per_generation / cfg.workers
-    fit = placeable_workers(nodes, per_worker)
-    if fit < cfg.workers:
-        seen = "; ".join(
-            f"{n.get('NodeManagerAddress', '?')}: {n.get('Resources', {}).get('CPU', 0):g} CPU, "
-            f"{n.get('Resources', {}).get('GPU', 0):g} GPU"
-            for n in nodes if n.get("Alive", False)
-        )  # fmt: skip
-        need = ", ".join(f"{v:g} {k}" for k, v in per_worker.items())
-        raise MgkdError(
-            f"ray.workers={cfg.workers} needs {need} per worker, but the Ray cluster's nodes ({seen}) hold only {fit} "
-            "such worker(s); lower ray.workers, lower ray.cpus_per_generation / ray.gpus_per_generation, or add nodes"
-        )
-
-
-def _check_reachable(address: str) -> None:
-    """Fail in seconds, not minutes (ray.init waits long for an absent head), when nothing listens there."""
-    if address == "auto":
-        return
-    hostport = address.split("://", 1)[-1].rstrip("/")
-    host, _, port = hostport.rpartition(":")
-    if not host or not port.isdigit():
-        raise MgkdError(f"Ray address {address!r} must look like HOST:PORT (e.g. 10.0.0.5:6379) or ray://HOST:PORT")
-    try:
-        socket.create_connection((host, int(port)), timeout=5).close()
-    except OSError as e:
-        raise MgkdError(
-            f"cannot connect to Ray at {address!r}: {e}. Start the cluster (ray start --head) or fix "
-            "--ray-address / ray.address / RAY_ADDRESS; --no-ray runs without Ray"
-        ) from None
-
-
 class RayRunner:
     """Runs each generation as a Ray Train run (or a Ray task) on a local Ray or a cluster."""
 
@@ -231,7 +163,7 @@ class RayRunner:
         self._started_ray = False
         address = cfg.address or os.environ.get("RAY_ADDRESS")
         if address:
-            _check_reachable(address)
+            check_reachable(address)
         if not ray.is_initialized():
             kwargs: dict[str, Any] = {
                 "include_dashboard": False,

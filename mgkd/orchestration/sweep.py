@@ -25,7 +25,7 @@ from typing import Any
 from mgkd.errors import MgkdError
 from mgkd.generations import GenerationResult, GenerationSpec
 from mgkd.generations.loop import Events
-from mgkd.generations.spec import apply_search
+from mgkd.generations.search import apply_search
 from mgkd.generations.teacher import prepare_teacher_outputs
 from mgkd.orchestration.runners import (
     ERROR_FILE,

@@ -8,16 +8,19 @@ the lineage plot, and its default preset. The rest of mgkd reads these
 declarations instead of guessing the task from an architecture or a metric
 name. How a generation of the task trains (its forward per data view, its
 validation and test outputs) is the generation layer's part
-(`mgkd.generations.task_steps`).
+(`TaskSteps` in `mgkd.generations.recipe`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any, Protocol
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Generic, Protocol, TypeVar
 
 import sentencepiece as spm
+import torch
 
 from mgkd.config import ExperimentConfig, ModelConfig
 
@@ -26,13 +29,20 @@ Log = Callable[[str], None]
 SPLIT_PREFIXES = ("best_valid_", "valid_", "test_")
 
 
-class TokenizedData:
-    """What every task's prepared data shares: its sentencepiece model as bytes (plain data Ray ships to
-    workers), the processor built from them on first use. Subclasses are dataclasses with the fields
-    `spm_model` and `_processor`."""
+Split = TypeVar("Split")
+
+
+@dataclass
+class TokenizedData(Generic[Split]):
+    """What every task's prepared data shares (plain data Ray ships to workers): its sentencepiece model as
+    bytes and the processor built from them on first use, the hash of data and settings, its splits by name,
+    and its cache folder. A task's data is a dataclass that adds its own fields after these."""
 
     spm_model: bytes
-    _processor: spm.SentencePieceProcessor | None
+    data_hash: str
+    splits: dict[str, Split]
+    cache_dir: Path
+    _processor: spm.SentencePieceProcessor | None = field(default=None, repr=False, compare=False, kw_only=True)
 
     @property
     def tokenizer(self) -> spm.SentencePieceProcessor:
@@ -49,6 +59,19 @@ class TokenizedData:
         state = self.__dict__.copy()
         state["_processor"] = None
         return state
+
+
+AnyBatch = TypeVar("AnyBatch", bound="TensorBatch")
+
+
+class TensorBatch:
+    """What every task's batch (a dataclass of `indices` and tensors) shares: the same batch on a device."""
+
+    def to(self: AnyBatch, device: torch.device | str) -> AnyBatch:
+        """A new batch with every tensor field moved to `device` (the other fields shared)."""
+        fields = dataclasses.fields(self)  # type: ignore[arg-type]
+        moved = {f.name: v.to(device) for f in fields if isinstance(v := getattr(self, f.name), torch.Tensor)}
+        return dataclasses.replace(self, **moved)  # type: ignore[type-var]
 
 
 @dataclass(frozen=True)

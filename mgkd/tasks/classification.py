@@ -29,7 +29,7 @@ import torch
 from mgkd.config import ExperimentConfig, ModelConfig
 from mgkd.errors import MgkdError
 from mgkd.files import write_atomic
-from mgkd.tasks.base import Metric, TokenizedData
+from mgkd.tasks.base import Metric, TensorBatch, TokenizedData
 from mgkd.tasks.labeled_text import Example, read_examples
 from mgkd.tasks.translation import (
     SPLITS,
@@ -63,17 +63,12 @@ class ClassificationSplit:
 
 
 @dataclass
-class ClassificationData(TokenizedData):
+class ClassificationData(TokenizedData[ClassificationSplit]):
     """Everything a classification generation needs, ready to ship to a worker."""
 
-    spm_model: bytes
-    data_hash: str
-    splits: dict[str, ClassificationSplit]
-    cache_dir: Path
     label_names: list[str]
     # Metrics beyond accuracy and macro_f1 (classification.extra_metrics).
     extra_metrics: list[str] = field(default_factory=list)
-    _processor: spm.SentencePieceProcessor | None = field(default=None, repr=False, compare=False)
 
     task = "classification"
 
@@ -183,14 +178,11 @@ def prepare_classification(cfg: ExperimentConfig, log: Callable[[str], None] = l
 
 
 @dataclass
-class ClassBatch:
+class ClassBatch(TensorBatch):
     indices: list[int]
     src: torch.Tensor  # (B, S): [CLS] a [SEP] (b [SEP]), PAD-padded
     segments: torch.Tensor  # (B, S): 0 for [CLS] a [SEP], 1 for b [SEP]
     labels: torch.Tensor  # (B,) class indices
-
-    def to(self, device: torch.device | str) -> ClassBatch:
-        return ClassBatch(self.indices, self.src.to(device), self.segments.to(device), self.labels.to(device))
 
     @property
     def tokens(self) -> int:

@@ -23,7 +23,7 @@ import torch
 from mgkd.config import ExperimentConfig, ModelConfig, SplitConfig, TokenizerConfig
 from mgkd.errors import MgkdError
 from mgkd.files import write_atomic
-from mgkd.tasks.base import Metric, TokenizedData
+from mgkd.tasks.base import Metric, TensorBatch, TokenizedData
 from mgkd.tasks.corpus import Pair, read_corpus, warn_length_filter
 from mgkd.tasks.eval_sets import TEST_SET_PREFIX, Scoring, fixed_sets, remove_overlap
 from mgkd.vocabulary import BOS, EOS, PAD, UNK, pad_sources
@@ -48,19 +48,14 @@ class SplitData:
 
 
 @dataclass
-class PreparedData(TokenizedData):
-    """Everything a generation needs from the task, ready to ship to a worker."""
+class PreparedData(TokenizedData[SplitData]):
+    """Everything a generation needs from the task, ready to ship to a worker. Its splits: train, valid, test,
+    then each named test set as "test/<name>" (eval.test_sets)."""
 
-    spm_model: bytes
-    data_hash: str
-    # train, valid, test, then each named test set as "test/<name>" (eval.test_sets).
-    splits: dict[str, SplitData]
-    cache_dir: Path
     # How translations are scored (sacrebleu tokenizer, chrF word order) and its signatures.
     scoring: Scoring = field(default_factory=Scoring)
     # train_valid_overlap, train_test_overlap, and pairs dropped by corpus.max_tokens_per_side.
     counts: dict[str, int] = field(default_factory=dict)
-    _processor: spm.SentencePieceProcessor | None = field(default=None, repr=False, compare=False)
 
     task = "translation"  # the registered task this data belongs to (mgkd.tasks.TASKS)
 
@@ -265,14 +260,11 @@ def _write_arrays(cache: Path, data: PreparedData) -> None:
 
 
 @dataclass
-class Batch:
+class Batch(TensorBatch):
     indices: list[int]
     src: torch.Tensor  # (B, S) with EOS, PAD-padded
     tgt_in: torch.Tensor  # (B, T): BOS + target
     tgt_out: torch.Tensor  # (B, T): target + EOS; PAD where there is no token
-
-    def to(self, device: torch.device | str) -> Batch:
-        return Batch(self.indices, self.src.to(device), self.tgt_in.to(device), self.tgt_out.to(device))
 
     @property
     def target_tokens(self) -> int:

@@ -6,7 +6,7 @@ import pytest
 
 from mgkd.config import RayConfig
 from mgkd.errors import MgkdError
-from mgkd.orchestration.runners import check_workers_fit
+from mgkd.orchestration.placement import check_workers_fit
 
 
 def test_the_check_reads_a_real_ray_cluster(ray_session):

@@ -6,7 +6,7 @@ import pytest
 
 from mgkd.config import RayConfig
 from mgkd.errors import MgkdError
-from mgkd.orchestration.runners import check_workers_fit, placeable_workers
+from mgkd.orchestration.placement import check_workers_fit, placeable_workers
 
 
 def node(address: str, cpu: float, gpu: float = 0.0, alive: bool = True) -> dict:

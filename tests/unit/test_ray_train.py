@@ -9,7 +9,7 @@ import pytest
 
 from mgkd.config import RayConfig
 from mgkd.errors import MgkdError
-from mgkd.orchestration.runners import resolve_gpus
+from mgkd.orchestration.placement import resolve_gpus
 
 
 def test_gpus_default_to_one_per_worker_where_the_cluster_has_them():

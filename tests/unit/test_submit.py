@@ -63,7 +63,8 @@ def test_the_job_uploads_the_package_and_config_only(tmp_path):
     top = {p.name for p in stage.iterdir()}
     assert top == {"mgkd", JOB_CONFIG, "corpus"}
     assert not list(stage.rglob("__pycache__")) and not list(stage.rglob("*.pyc"))
-    assert (stage / "mgkd" / "cli.py").is_file() and (stage / "mgkd" / "configs" / "demo.yaml").is_file()
+    # `python -m mgkd.cli` (the job's entrypoint) runs the uploaded mgkd/cli/__main__.py
+    assert (stage / "mgkd" / "cli" / "__main__.py").is_file() and (stage / "mgkd" / "configs" / "demo.yaml").is_file()
     assert sum(p.stat().st_size for p in stage.rglob("*") if p.is_file()) < 2 * 2**20
     # the job reads the config as `mgkd run --config` does: corpus relative to the config file, in the upload
     cwd = os.getcwd()

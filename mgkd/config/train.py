@@ -1,0 +1,40 @@
+"""A generation's loss terms, budget and optimiser."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field, PositiveFloat, PositiveInt
+
+from mgkd.config.base import StrictModel
+
+
+class LossTerm(StrictModel):
+    """One weighted term of a generation's loss, by plugin name (see `mgkd losses`)."""
+
+    name: str
+    weight: float = Field(1.0, ge=0)
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class TrainConfig(StrictModel):
+    """The budget and optimiser of one generation."""
+
+    max_epochs: PositiveInt = 10
+    # Stop after this many optimiser steps even if epochs remain (None: epochs only).
+    max_steps: PositiveInt | None = None
+    # Token budget of a batch: padded target tokens (and source tokens) per batch.
+    max_tokens: PositiveInt = 4096
+    lr: PositiveFloat = 1e-3
+    warmup_steps: int = Field(200, ge=0)
+    weight_decay: float = Field(0.0, ge=0)
+    clip_norm: PositiveFloat | None = 1.0
+    # Validation (loss, and BLEU if eval.valid_bleu_sentences > 0) every N epochs.
+    eval_every_epochs: PositiveInt = 1
+    log_every_steps: PositiveInt = 25
+    # Save the training state (student, optimizer, position, RNG) every N steps and at every epoch end,
+    # so a killed generation resumes there (`mgkd resume`). None: epoch ends only.
+    checkpoint_every_steps: PositiveInt | None = 100
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    # CPU threads for torch inside a generation (None: the CPUs Ray gives it).
+    threads: PositiveInt | None = None
