@@ -50,13 +50,13 @@ sys.path.insert(0, str(ROOT))
 from mgkd.config import build_config  # noqa: E402
 from mgkd.generations import build_schedule, train_generation  # noqa: E402
 from mgkd.generations.loop import lr_at, resolve_device, seed_everything  # noqa: E402
-from mgkd.generations.translation_steps import validation_loss  # noqa: E402
 from mgkd.lineage.tracking import LineageRecorder  # noqa: E402
 from mgkd.models import build_model  # noqa: E402
 from mgkd.models.decoding import translate  # noqa: E402
 from mgkd.orchestration.controller import record_generation  # noqa: E402
 from mgkd.orchestration.runners import RayRunner, scaling  # noqa: E402
 from mgkd.tasks.translation import PAD, batch_indices, collate, prepare, score_translations  # noqa: E402
+from mgkd.tasks.translation.steps import validation_loss  # noqa: E402
 
 
 def bare(spec, data, out: Path, device: torch.device) -> dict[str, float]:
