@@ -18,6 +18,7 @@ from mgkd.config import ExperimentConfig, build_config
 
 # Seconds per generation on 2 CPUs: 800 real verse pairs, a 1+1 layer d32 model.
 TINY = [
+    "name=demo",  # the experiment the tests read back (their base preset, tests/conftest.py, is born_again_warm)
     "corpus.max_pairs=800",
     "tokenizer.vocab_size=400",
     "split.max_valid=40",

@@ -234,6 +234,6 @@ def test_a_bad_config_stops_before_the_cluster_is_contacted(tmp_path):
     assert done.returncode == 2
     assert "invalid config: train.lr" in done.stderr and "Ray dashboard" not in done.stderr
     schedule = mgkd_submit("--address", f"http://127.0.0.1:{free_port()}", "--set",
-                           "generations.per_generation={9: {}}", "--tracking-uri", "http://127.0.0.1:5000",
+                           "generations.per_generation={0: {}}", "--tracking-uri", "http://127.0.0.1:5000",
                            env=env, timeout=60)  # fmt: skip
     assert schedule.returncode == 2 and "per_generation" in schedule.stderr
