@@ -7,8 +7,9 @@
     python bench/inference.py --quick                # the first 64 test sentences
 
 The model is chosen as `mgkd translate` chooses it (a lineage generation, `models:/NAME/VERSION`, or a
-checkpoint path; its sha256 checked). The Transformer of the demo (`configs/demo.yaml`) is what the
-table in bench/README.md measured; `mgkd run --generations 1` trains one (its teacher and one student).
+checkpoint path; its sha256 checked). The demo teacher's Transformer (d128 2+2) is what the table in
+bench/README.md measured; `mgkd run --preset born_again_warm -g 1` trains one (the teacher and a same-size
+student).
 
 The sentences are the test split's sources of the corpus of `--config` (default the demo's built-in
 corpus, 300 sentences), tokenized with the model's own sentencepiece model. Every variant decodes the same

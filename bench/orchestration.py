@@ -50,13 +50,13 @@ sys.path.insert(0, str(ROOT))
 from mgkd.config import build_config  # noqa: E402
 from mgkd.generations import build_schedule, train_generation  # noqa: E402
 from mgkd.generations.loop import lr_at, resolve_device, seed_everything  # noqa: E402
-from mgkd.generations.translation_steps import validation_loss  # noqa: E402
 from mgkd.lineage.tracking import LineageRecorder  # noqa: E402
 from mgkd.models import build_model  # noqa: E402
 from mgkd.models.decoding import translate  # noqa: E402
-from mgkd.orchestration.controller import _record_generation  # noqa: E402
+from mgkd.orchestration.controller import record_generation  # noqa: E402
 from mgkd.orchestration.runners import RayRunner, scaling  # noqa: E402
 from mgkd.tasks.translation import PAD, batch_indices, collate, prepare, score_translations  # noqa: E402
+from mgkd.tasks.translation.steps import validation_loss  # noqa: E402
 
 
 def bare(spec, data, out: Path, device: torch.device) -> dict[str, float]:
@@ -93,7 +93,7 @@ def bare(spec, data, out: Path, device: torch.device) -> dict[str, float]:
     return {"valid_loss": valid, "test_bleu": score_translations(hyps, test.targets)["bleu"]}
 
 
-def recorded(run, spec, data, out: Path, store: Path) -> dict[str, float]:
+def recorded(run, spec, data, cfg, out: Path, store: Path) -> dict[str, float]:
     """The generation through a runner, recorded in MLflow as the controller records one."""
     recorder = LineageRecorder(f"sqlite:///{store / 'mlflow.db'}", "bench", store / "artifacts")
     lineage = recorder.start_lineage("bench", {}, {})
@@ -104,7 +104,7 @@ def recorded(run, spec, data, out: Path, store: Path) -> dict[str, float]:
             recorder.log_metrics(run_id, e["metrics"], e["step"])
 
     result = run(spec, out, events)
-    _record_generation(recorder, run_id, "bench-model", result, data.cache_dir / "spm.model")
+    record_generation(recorder, run_id, "bench-model", result, data, spec, cfg)
     recorder.end(lineage)
     return {"valid_loss": result.metrics["best_valid_loss"], "test_bleu": result.metrics["test_bleu"]}
 
@@ -160,11 +160,11 @@ def main() -> None:
     variants = {
         "bare PyTorch loop": lambda out, store: bare(spec, data, out, device),
         "mgkd in-process": lambda out, store: recorded(
-            lambda s, o, ev: train_generation(s, data, o, events=ev), spec, data, out, store),
+            lambda s, o, ev: train_generation(s, data, o, events=ev), spec, data, cfg, out, store),
         "mgkd Ray Train": lambda out, store: recorded(
-            lambda s, o, ev: runners["mgkd Ray Train"].run(s, o, None, ev), spec, data, out, store),
+            lambda s, o, ev: runners["mgkd Ray Train"].run(s, o, None, ev), spec, data, cfg, out, store),
         "mgkd Ray task": lambda out, store: recorded(
-            lambda s, o, ev: runners["mgkd Ray task"].run(s, o, None, ev), spec, data, out, store),
+            lambda s, o, ev: runners["mgkd Ray task"].run(s, o, None, ev), spec, data, cfg, out, store),
     }  # fmt: skip
     times: dict[str, list[float]] = {k: [] for k in variants}
     quality: dict[str, dict[str, float]] = {}

@@ -79,7 +79,7 @@ BUDGETS = {
     # Minutes: a tenth of the corpus, a few steps per generation. Checks the pipeline, measures nothing.
     "smoke": Budget(
         name="smoke",
-        base="configs/demo.yaml",
+        base="configs/born_again_warm.yaml",
         overrides=[
             "corpus.max_pairs=1500",
             "tokenizer.vocab_size=800",
@@ -95,16 +95,16 @@ BUDGETS = {
         seq_kd={"beam_size": 2, "select": "top", "max_sentences": 100},
         note="pipeline check only: a few steps per generation on 1500 pairs",
     ),
-    # The demo preset's sizes: d128 2+2 teacher for 7 epochs, born-again students 1 epoch from their teacher;
+    # The demo teacher (d128 2+2, 7 epochs); born-again students 1 epoch from their teacher (born_again_warm);
     # the small students (d64 1+1) 10 epochs from scratch (3 epochs, 240 steps, left every recipe under BLEU 1.3).
     "demo": Budget(
         name="demo",
-        base="configs/demo.yaml",
+        base="configs/born_again_warm.yaml",
         overrides=[],
         small_model=SMALL_D64,
         small_train={"max_epochs": 10, "max_steps": None, "lr": 0.002, "warmup_steps": 100},
         seq_kd={"beam_size": 4, "select": "top"},
-        note="the demo preset's sizes (configs/demo.yaml)",
+        note="the demo teacher with warm-started born-again students (configs/born_again_warm.yaml)",
     ),
     # configs/full.yaml: sized for a GPU or many cores; the small student d128 2+2 is ~3.9x smaller than d256 3+3.
     "full": Budget(

@@ -8,7 +8,7 @@
                                               # a larger teacher than the demo student (init scratch)
 
 The demo's Transformer (d128, 2+2 layers, vocabulary 4000 on the built-in
-corpus, `configs/demo.yaml`) distilled with label_smoothing + soft_label
+corpus; `configs/born_again_warm.yaml`: a copy of the teacher) distilled with label_smoothing + soft_label
 (T=2, top_k=8), 0.5 each, over one epoch of the trainer's batches
 (max_tokens 4096, its epoch-1 shuffle). Two students with the same initial
 weights train side by side in one process: at every step the online student
@@ -88,7 +88,7 @@ def main() -> None:
     load_before = os.getloadavg()[0]
     t0 = time.perf_counter()
 
-    cfg = build_config(ROOT / "configs" / "demo.yaml", overrides=[
+    cfg = build_config(ROOT / "configs" / "born_again_warm.yaml", overrides=[
         f"output_dir={args.out}", "generations.count=1", f"generations.student.losses={LOSSES}",
         "generations.student.teacher_signal=cached", "generations.student.teacher_cache_k=8",
         *([f"generations.student.model={{{', '.join(kv.replace('=', ': ') for kv in args.student_model)}}}",

@@ -1,14 +1,17 @@
-"""What models return and what losses read from a batch, whatever the task.
+"""What models return and what losses read from a batch, whatever the task; what a generation reports.
 
 A bottom module: models build these outputs, losses read them and the
-`TargetBatch` protocol, generations pass them along; none of those layers
-imports another for them.
+`TargetBatch` protocol, generations pass them along; a task's steps report
+their test outputs (`TestOutputs`) and progress (`Events`) to the recipe that
+runs them; none of those layers imports another for them.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from pathlib import Path
+from typing import Any, Protocol
 
 import torch
 
@@ -76,3 +79,16 @@ class TargetBatch(Protocol):
         compares encoder hidden states there.
         """
         ...
+
+
+# How a generation talks to whoever runs it: one dict per event ("step", "epoch", "decode", ...).
+Events = Callable[[dict[str, Any]], None]
+
+
+@dataclass
+class TestOutputs:
+    """What a selected model gives on the test split: its metrics, the file of its outputs, the first 50 rows."""
+
+    metrics: dict[str, float]
+    path: Path
+    samples: list[dict[str, str]] = field(default_factory=list)

@@ -18,11 +18,11 @@ from pathlib import Path
 from mgkd.files import write_atomic
 from mgkd.generations.loop import Events, GenerationResult, resolve_device
 from mgkd.generations.spec import GenerationSpec
-from mgkd.generations.translation_steps import translation_samples
 from mgkd.models import count_parameters
 from mgkd.models.external import HFTeacher, folder_manifest
-from mgkd.tasks.eval_sets import score_test_sets
 from mgkd.tasks.translation import PreparedData
+from mgkd.tasks.translation.eval_sets import score_test_sets
+from mgkd.tasks.translation.steps import translation_samples
 
 
 def evaluate_external(spec: GenerationSpec, data: PreparedData, out_dir: Path,

@@ -27,8 +27,7 @@ from mgkd.generations.checkpoint import parameter_hash
 from mgkd.generations.spec import GenerationSpec
 from mgkd.generations.teacher_cache import TeacherCache
 from mgkd.losses.base import TeacherNeeds
-
-Events = Callable[[dict[str, Any]], None]
+from mgkd.outputs import Events
 
 
 class Session(Protocol):
@@ -96,15 +95,6 @@ class GenerationResult:
     # sha256 of the student's weights right after it was built (before any step): a generation and its matched
     # control must show the same.
     init_sha256: str | None = None
-
-
-@dataclass
-class TestOutputs:
-    """What a selected model gives on the test split: its metrics, the file of its outputs, the first 50 rows."""
-
-    metrics: dict[str, float]
-    path: Path
-    samples: list[dict[str, str]] = field(default_factory=list)
 
 
 def resolve_device(name: str) -> torch.device:

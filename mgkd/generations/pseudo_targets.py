@@ -34,8 +34,8 @@ from torch import nn
 from mgkd.files import sha256_file, write_atomic
 from mgkd.generations.checkpoint import parameter_hash
 from mgkd.models.decoding import translate_n_best
-from mgkd.tasks.corpus import Pair
 from mgkd.tasks.translation import SplitData, split_digest
+from mgkd.tasks.translation.corpus import Pair
 
 FORMAT = "mgkd-teacher-outputs-v1"
 HEADER = ["id", "rank", "score", "source", "hypothesis"]

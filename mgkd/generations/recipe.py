@@ -7,8 +7,8 @@ and gives the test split's outputs. It reports progress through `events` (a
 callable taking dicts) and touches neither Ray nor MLflow: the orchestration
 layer decides where it runs and what is recorded.
 
-What differs between tasks is in their `TaskSteps` (translation_steps.py,
-classification_steps.py): the new student (vocabulary, classes), the
+What differs between tasks is in their `TaskSteps` (each task folder's
+steps.py, e.g. mgkd/tasks/translation/steps.py): the student's sizes (vocabulary, classes), the
 validation metrics, the test-time outputs and what the checkpoint carries
 besides the weights; the task's batches name what the model reads
 (`model_inputs`), so one `forward_pair` serves every task and data view. An
@@ -30,13 +30,12 @@ import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 
 from mgkd.errors import MgkdError
 from mgkd.generations.checkpoint import parameter_hash, save_checkpoint
-from mgkd.generations.classification_steps import ClassificationSteps
 from mgkd.generations.controls import epoch_seed
 from mgkd.generations.external import evaluate_external
 from mgkd.generations.loop import (
@@ -44,7 +43,6 @@ from mgkd.generations.loop import (
     GenerationResult,
     Session,
     StepWindow,
-    TestOutputs,
     backward,
     broadcast_from_worker_0,
     forward_pair,
@@ -57,7 +55,7 @@ from mgkd.generations.loop import (
     world_position,
 )
 from mgkd.generations.spec import GenerationSpec
-from mgkd.generations.teacher import teacher_signal, teacher_views
+from mgkd.generations.teacher import build_student, teacher_signal, teacher_views
 from mgkd.generations.train_state import (
     clear_train_state,
     identity,
@@ -68,44 +66,10 @@ from mgkd.generations.train_state import (
     save_train_state,
     worker_rng_states,
 )
-from mgkd.generations.translation_steps import TranslationSteps
 from mgkd.losses import Criterion
 from mgkd.losses.base import ViewData
 from mgkd.models import count_parameters
-from mgkd.tasks import Task, selection_score
-
-
-class TaskSteps(Protocol):
-    """A task's hooks into the recipe."""
-
-    task: Task
-
-    def new_student(self, spec: GenerationSpec, data: Any, init_source: torch.nn.Module | None) -> torch.nn.Module:
-        """A new student for the data (vocabulary, classes), initialised from `init_source` as spec.init says."""
-        ...
-
-    def validate(self, student: torch.nn.Module, data: Any, spec: GenerationSpec,
-                 device: torch.device) -> dict[str, float]:  # fmt: skip
-        """The validation metrics (`valid_<metric>`) after an epoch; eval.select_by names one of them."""
-        ...
-
-    def checkpoint_meta(self, data: Any) -> dict[str, Any]:
-        """What the checkpoint carries besides weights and spec (a classifier: its label names)."""
-        ...
-
-    def test(self, student: torch.nn.Module, data: Any, spec: GenerationSpec, device: torch.device, out_dir: Path,
-             events: Events) -> TestOutputs:  # fmt: skip
-        """The selected model's test metrics, its outputs file and samples."""
-        ...
-
-
-# Every task's hooks by task name (mgkd.tasks.TASKS names the same tasks).
-STEPS: dict[str, TaskSteps] = {s.task.name: s for s in (TranslationSteps(), ClassificationSteps())}
-
-
-def steps_for(data: Any) -> TaskSteps:
-    """The hooks of the task whose data this is."""
-    return STEPS[data.task]
+from mgkd.tasks import Task, selection_score, steps_of
 
 
 def cycle_batches(
@@ -147,7 +111,7 @@ def train_generation(
         events = no_events
     if spec.external is not None:  # a trained model from elsewhere: loaded and evaluated, not trained
         return evaluate_external(spec, data, out_dir, events) if rank == 0 else None
-    steps = steps_for(data)
+    steps = steps_of(data)
     task = steps.task
     device = resolve_device(spec.train.device)
     # Worker r > 0 draws its own dropout masks and noise; worker 0 draws what a single process would.
@@ -167,7 +131,8 @@ def train_generation(
             spec, data, teacher_checkpoint, teacher_sha256, device, events, world
         )
         teacher_hash = parameter_hash(teacher)
-    student = steps.new_student(spec, data, init_source).to(device)
+    sizes = steps.model_sizes(data)
+    student = build_student(spec, sizes["vocab_size"], init_source, sizes.get("num_classes")).to(device)
     init_sha256 = parameter_hash(student)  # recorded: a generation and its matched control must start equal
     n_params = count_parameters(student)
     views, view_metrics = (

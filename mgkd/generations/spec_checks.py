@@ -15,7 +15,7 @@ from mgkd.losses.base import registry
 from mgkd.models import check_model, task_architectures
 from mgkd.models.cutting import plan_cut
 from mgkd.tasks import TASKS, get_task
-from mgkd.tasks.monolingual import check_source
+from mgkd.tasks.translation.monolingual import check_source
 
 if TYPE_CHECKING:
     from mgkd.generations.spec import GenerationSpec

@@ -18,8 +18,8 @@ from torch import nn
 
 from mgkd.config import EvalConfig
 from mgkd.generations.pseudo_targets import DecodeSettings, TeacherOutputs, teacher_outputs, to_split
-from mgkd.tasks.monolingual import read_sources, stable_subset
 from mgkd.tasks.translation import PreparedData, SplitData
+from mgkd.tasks.translation.monolingual import read_sources, stable_subset
 
 
 @dataclass
@@ -56,7 +56,7 @@ class GenerationViewContext:
     def unlabeled_sources(
         self, source: str, max_words: int, max_sentences: int | None, param: str
     ) -> tuple[list[tuple[str, str]], dict[str, int]]:
-        """(id, text) of source-only sentences (`mgkd.tasks.monolingual`) and counts of what was dropped."""
+        """(id, text) of source-only sentences (`mgkd.tasks.translation.monolingual`) and counts of what was dropped."""
         sentences, counts = read_sources(source, self.data, max_words, max_sentences, param)
         return [(s.id, s.text) for s in sentences], counts
 

@@ -164,7 +164,7 @@ class LossPlugin:
     def unlabeled_sources(self) -> dict[str, str]:
         """Source-only text the term reads, by the config param that names it ({param: source}).
 
-        The schedule checks each can be read (`mgkd.tasks.monolingual.check_source`) before anything trains.
+        The schedule checks each can be read (`mgkd.tasks.translation.monolingual.check_source`) before anything trains.
         """
         return {}
 

@@ -29,7 +29,8 @@ from mgkd.outputs import ModelOutput, TargetBatch
 from mgkd.vocabulary import EOS, PAD
 
 PARAM = "loss 'pseudo_label' params.source"
-HELDOUT = "builtin:heldout"  # the parallel corpus's own verses in none of its splits (mgkd.tasks.monolingual)
+# The parallel corpus's own verses in none of its splits (mgkd.tasks.translation.monolingual).
+HELDOUT = "builtin:heldout"
 B = TypeVar("B", bound=TargetBatch)  # a batch dataclass: the noise gives back the same type
 
 
@@ -80,7 +81,7 @@ class PseudoLabel(LossPlugin):
     """Cross-entropy of the student, on noised sources, on the teacher's translations of unlabeled text.
 
     Params: `source` ("builtin:heldout", "builtin:<bible.db code>" or a text
-    file, see `mgkd.tasks.monolingual`), `max_sentences` and `max_words` (which
+    file, see `mgkd.tasks.translation.monolingual`), `max_sentences` and `max_words` (which
     sentences the teacher labels), `ratio` (pseudo-labeled tokens per gold token
     each step), `token_dropout` and `token_swap` (the noise), `beam_size` of the
     teacher's search, `smoothing` on the pseudo-labels.

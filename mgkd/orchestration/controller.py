@@ -74,9 +74,9 @@ class LineageOutcome:
     control_run_ids: dict[int, str] = field(default_factory=dict)
 
 
-def _record_generation(recorder: LineageRecorder, run_id: str, model_name: str, result: GenerationResult,
+def record_generation(recorder: LineageRecorder, run_id: str, model_name: str, result: GenerationResult,
                        data: PreparedData, spec: GenerationSpec, cfg: ExperimentConfig) -> None:  # fmt: skip
-    """Everything a finished generation leaves in its run, then the run's end."""
+    """Everything a finished generation leaves in its run, then the run's end (bench/orchestration.py times it too)."""
     recorder.log_metrics(run_id, result.metrics, int(result.metrics["steps"]))
     recorder.set_tags(run_id, {TAG_CHECKPOINT_SHA: result.checkpoint_sha256, **fairness_tags(result, data, spec)})
     logged_model = None
@@ -273,7 +273,7 @@ def _drive(cfg: ExperimentConfig, specs: list[GenerationSpec], data: PreparedDat
                     else:
                         result = runner.run(spec, lineage_dir / f"gen-{spec.index}", teacher, events)
                 trained = apply_search(spec, best_point) if best_point else spec
-                _record_generation(recorder, run_id, model_name, result, data, trained, cfg)
+                record_generation(recorder, run_id, model_name, result, data, trained, cfg)
                 ended.add(run_id)
                 results.append(result)
                 run_ids.append(run_id)

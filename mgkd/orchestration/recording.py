@@ -24,8 +24,8 @@ from mgkd.lineage.tracking import (
 from mgkd.orchestration.display import lineage_rows
 from mgkd.orchestration.sweep import SweepOutcome
 from mgkd.tasks import Task
-from mgkd.tasks.eval_sets import language_tags
 from mgkd.tasks.translation import PreparedData
+from mgkd.tasks.translation.eval_sets import language_tags
 
 
 def artifact_root(cfg: ExperimentConfig, tracking_uri: str) -> Path | None:

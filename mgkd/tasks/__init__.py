@@ -1,8 +1,14 @@
 """What is learned: the registered tasks (translation, classification) and `prepare`, which turns a config
-into its task's prepared data. A task's contract and the selection rule are in `mgkd.tasks.base`."""
+into its task's prepared data. A task's contract and the selection rule are in `mgkd.tasks.base`.
+
+A task is a sub-package of this one: its `__init__` defines `TASK` (a `Task`: data, metrics, declarations) and
+its `steps.py` defines `STEPS` (a `TaskSteps`: the recipe's hooks). Both are found here by walking the
+sub-packages, so adding a task is its folder plus a preset (configs/<preset>.yaml)."""
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
 from typing import Any
 
 from mgkd.config import ExperimentConfig
@@ -11,6 +17,7 @@ from mgkd.tasks.base import (
     Log,
     Metric,
     Task,
+    TaskSteps,
     footprint,
     footprint_line,
     lower_is_better,
@@ -19,11 +26,26 @@ from mgkd.tasks.base import (
     selection_score,
     table_columns,
 )
-from mgkd.tasks.classification import CLASSIFICATION, ClassificationData
-from mgkd.tasks.translation import TRANSLATION, PreparedData
 
-# Every task by name: config.task names one. A new task is a module with its data and a `Task`, added here.
-TASKS: dict[str, Task] = {t.name: t for t in (TRANSLATION, CLASSIFICATION)}
+# Listed first where tasks are listed (messages, --help); the rest follow in name order.
+FIRST = "translation"
+
+
+def _discover() -> tuple[dict[str, Task], dict[str, TaskSteps]]:
+    """Every sub-package's `TASK` and `steps.STEPS`, by task name."""
+    tasks: dict[str, Task] = {}
+    steps: dict[str, TaskSteps] = {}
+    for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: (m.name != FIRST, m.name)):
+        if not info.ispkg:
+            continue
+        task = importlib.import_module(f"{__name__}.{info.name}").TASK
+        tasks[task.name] = task
+        steps[task.name] = importlib.import_module(f"{__name__}.{info.name}.steps").STEPS
+    return tasks, steps
+
+
+# Every task by name (config.task names one) and its hooks into the generation recipe.
+TASKS, STEPS = _discover()
 
 
 def get_task(name: str) -> Task:
@@ -39,17 +61,22 @@ def task_of(data: Any) -> Task:
     return get_task(data.task)
 
 
-def prepare(cfg: ExperimentConfig, log: Log = lambda _: None) -> PreparedData | ClassificationData:
+def steps_of(data: Any) -> TaskSteps:
+    """The recipe's hooks of the task whose `prepare` made `data`."""
+    return STEPS[data.task]
+
+
+def prepare(cfg: ExperimentConfig, log: Log = lambda _: None) -> Any:
     """The config's task, prepared once per lineage on the driver."""
     return get_task(cfg.task).prepare(cfg, log)
 
 
 __all__ = [
+    "STEPS",
     "TASKS",
-    "ClassificationData",
     "Metric",
-    "PreparedData",
     "Task",
+    "TaskSteps",
     "footprint",
     "footprint_line",
     "get_task",
@@ -59,5 +86,6 @@ __all__ = [
     "scores_line",
     "selection_score",
     "table_columns",
+    "steps_of",
     "task_of",
 ]

@@ -22,7 +22,8 @@ from typing import Any, Generic, Protocol, TypeVar
 import sentencepiece as spm
 import torch
 
-from mgkd.config import ExperimentConfig, ModelConfig
+from mgkd.config import EvalConfig, ExperimentConfig, ModelConfig, TrainConfig
+from mgkd.outputs import Events, TestOutputs
 
 Log = Callable[[str], None]
 # The prefixes a metric carries in a generation's record; the task declares the bare names.
@@ -124,6 +125,39 @@ class Task(Protocol):
 
     def check_model(self, cfg: ExperimentConfig, model: ModelConfig) -> str | None:
         """What in a generation's model does not fit the task's data (None: nothing), checked before training."""
+        ...
+
+
+class StepSpec(Protocol):
+    """What a task's steps read of a generation's spec (`mgkd.generations.spec.GenerationSpec` has both)."""
+
+    train: TrainConfig
+    eval: EvalConfig
+
+
+class TaskSteps(Protocol):
+    """A task's hooks into the generation recipe (`mgkd.generations.recipe`), in the task's folder as
+    `steps.py` (`STEPS`, an instance). The recipe owns everything else: teacher, optimizer, resume, selection,
+    checkpoint."""
+
+    task: Task
+
+    def model_sizes(self, data: Any) -> dict[str, int]:
+        """What a new student's shape takes from the data: `vocab_size`, and `num_classes` for a classifier."""
+        ...
+
+    def validate(self, student: torch.nn.Module, data: Any, spec: StepSpec,
+                 device: torch.device) -> dict[str, float]:  # fmt: skip
+        """The validation metrics (`valid_<metric>`) after an epoch; eval.select_by names one of them."""
+        ...
+
+    def checkpoint_meta(self, data: Any) -> dict[str, Any]:
+        """What the checkpoint carries besides weights and spec (a classifier: its label names)."""
+        ...
+
+    def test(self, student: torch.nn.Module, data: Any, spec: StepSpec, device: torch.device, out_dir: Path,
+             events: Events) -> TestOutputs:  # fmt: skip
+        """The selected model's test metrics, its outputs file and samples."""
         ...
 
 

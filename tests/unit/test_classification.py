@@ -26,7 +26,7 @@ from mgkd.tasks.classification import (
     classification_scores,
     encode_example,
 )
-from mgkd.tasks.labeled_text import builtin_csv, read_examples
+from mgkd.tasks.classification.labeled_text import builtin_csv, read_examples
 
 from ..helpers.classification import PRESET
 

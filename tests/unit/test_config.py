@@ -105,7 +105,10 @@ runner = CliRunner()
     [
         (["run", "--generations", "0"], "generations.count"),
         (["run", "--set", "train.max_epochs=-2"], "train.max_epochs"),
-        (["run", "--preset", "nope"], "unknown preset 'nope'; choose one of: born_again, classification, demo"),
+        (
+            ["run", "--preset", "nope"],
+            "unknown preset 'nope'; choose one of: born_again, born_again_warm, classification, demo",
+        ),
         (["run", "--config", "missing.yaml"], "config file missing.yaml does not exist"),
         (["run", "--set", "generations.student.losses=[{name: nope}]"], "unknown loss 'nope'"),
         (["run", "--set", "novalue"], "must look like key.path=value"),

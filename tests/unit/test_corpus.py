@@ -6,8 +6,8 @@ from typer.testing import CliRunner
 from mgkd.cli import app
 from mgkd.config import CorpusConfig, SplitConfig
 from mgkd.errors import MgkdError
-from mgkd.tasks.corpus import Pair, bible_db_path, clean_verse, read_corpus
 from mgkd.tasks.translation import batch_indices, collate, split_pairs
+from mgkd.tasks.translation.corpus import Pair, bible_db_path, clean_verse, read_corpus
 
 
 def test_builtin_corpus_is_web_to_segond_aligned_by_verse():

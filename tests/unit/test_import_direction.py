@@ -127,3 +127,15 @@ def test_the_walk_sees_lazy_and_relative_imports(tmp_path):
         "mgkd/models/net.py:4: mgkd.models.net -> mgkd.tasks.translation goes upward "
         "(models may import: config, errors, files, hf_folder, outputs, vocabulary)"
     ]
+
+
+def test_every_package_is_installed():
+    """A sub-package missing from pyproject's explicit package list imports from a checkout but is absent from a
+    wheel (and from a non-editable install): every folder of mgkd with an __init__.py must be listed."""
+    import tomllib
+
+    listed = set(
+        tomllib.loads((PACKAGE.parent / "pyproject.toml").read_text("utf-8"))["tool"]["setuptools"]["packages"]
+    )
+    found = {_module_name(p, PACKAGE) for p in PACKAGE.rglob("__init__.py")}
+    assert found <= listed, f"add to [tool.setuptools] packages in pyproject.toml: {sorted(found - listed)}"

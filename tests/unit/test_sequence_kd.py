@@ -22,8 +22,8 @@ from mgkd.losses.sequence import SequenceKD, select_hypotheses, token_cross_entr
 from mgkd.models import build_model
 from mgkd.models.decoding import beam_decode, beam_search, greedy_decode
 from mgkd.models.transformer import Seq2SeqOutput
-from mgkd.tasks.monolingual import check_source, fit_length, normalized, read_sources
 from mgkd.tasks.translation import EOS, PAD, TRANSLATION, Batch, collate, pad_sources
+from mgkd.tasks.translation.monolingual import check_source, fit_length, normalized, read_sources
 
 from ..helpers import tiny_config
 from ..helpers.sequence_kd import CountingDecoder

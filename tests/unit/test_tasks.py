@@ -13,9 +13,8 @@ import pytest
 from mgkd.config import build_config, preset_names
 from mgkd.errors import MgkdError
 from mgkd.generations import build_schedule, train_generation
-from mgkd.generations.recipe import STEPS, steps_for
 from mgkd.orchestration.sweep import selection_metric
-from mgkd.tasks import TASKS, get_task, lower_is_better, metric, prepare, scores_line, selection_score
+from mgkd.tasks import STEPS, TASKS, get_task, lower_is_better, metric, prepare, scores_line, selection_score, steps_of
 from mgkd.tasks.classification import CLASSIFICATION
 from mgkd.tasks.translation import TRANSLATION
 
@@ -54,6 +53,23 @@ def test_every_task_declares_what_it_names_and_has_recipe_hooks():
         assert task.preset in preset_names()
         assert "gold" in task.views
         assert STEPS[task.name].task is task
+
+
+def test_a_task_is_found_by_its_folder(tmp_path, monkeypatch):
+    """A task folder (TASK in its __init__, STEPS in its steps.py) next to the built-in ones is registered
+    without editing any other module: the registry walks mgkd.tasks' sub-packages."""
+    import mgkd.tasks
+
+    folder = tmp_path / "toy"
+    folder.mkdir()
+    (folder / "__init__.py").write_text("from types import SimpleNamespace\nTASK = SimpleNamespace(name='toy')\n")
+    (folder / "steps.py").write_text(
+        "from mgkd.tasks.toy import TASK\nclass ToySteps:\n    task = TASK\nSTEPS = ToySteps()\n"
+    )
+    monkeypatch.setattr(mgkd.tasks, "__path__", [*mgkd.tasks.__path__, str(tmp_path)])
+    tasks, steps = mgkd.tasks._discover()
+    assert list(tasks) == ["translation", "classification", "toy"]
+    assert steps["toy"].task is tasks["toy"] and steps["translation"] is STEPS["translation"]
 
 
 def test_selection_minimises_losses_and_maximises_scores():
@@ -116,7 +132,7 @@ def test_both_tasks_train_through_the_one_recipe_and_validate_every_select_by(ta
             ],
         )
         data = prepare(cfg)
-    assert steps_for(data).task is get_task(task)
+    assert steps_of(data).task is get_task(task)
     spec = build_schedule(cfg)[0]
     result = train_generation(spec, data, tmp_path / "g0")
     m = result.metrics

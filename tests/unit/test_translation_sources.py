@@ -14,9 +14,9 @@ from typer.testing import CliRunner
 from mgkd.cli import app
 from mgkd.config import build_config, validate
 from mgkd.errors import MgkdError
-from mgkd.tasks.corpus import read_corpus
-from mgkd.tasks.eval_sets import Scoring, default_bleu_tokenize
 from mgkd.tasks.translation import prepare
+from mgkd.tasks.translation.corpus import read_corpus
+from mgkd.tasks.translation.eval_sets import Scoring, default_bleu_tokenize
 
 OWN = Path(__file__).resolve().parents[1] / "data" / "own_corpus"
 # The shipped sample: 1,500 train pairs, 40 valid (Romans), 40 test (1 Corinthians), 30 Psalms.

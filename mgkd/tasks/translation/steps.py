@@ -1,8 +1,8 @@
 """Translation's part of a generation: the student's forward on a batch, validation, and the test split decoded.
 
-The generation recipe (`mgkd.generations.recipe`) calls these hooks; everything
-else of the loop (teacher, optimizer, resume, selection, checkpoint) is shared
-with every task.
+The generation recipe (`mgkd.generations.recipe`) calls these hooks (`STEPS`);
+everything else of the loop (teacher, optimizer, resume, selection, checkpoint)
+is shared with every task.
 """
 
 from __future__ import annotations
@@ -14,12 +14,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from mgkd.generations.loop import Events, TestOutputs
-from mgkd.generations.spec import GenerationSpec
-from mgkd.generations.teacher import build_student
 from mgkd.models.decoding import translate
-from mgkd.tasks.eval_sets import score_test_sets
+from mgkd.outputs import Events, TestOutputs
+from mgkd.tasks.base import StepSpec
 from mgkd.tasks.translation import PAD, TRANSLATION, PreparedData, iterate_batches
+from mgkd.tasks.translation.eval_sets import score_test_sets
 
 
 @torch.no_grad()
@@ -45,7 +44,7 @@ def decode_split(
     model: torch.nn.Module,
     data: PreparedData,
     split: str,
-    spec: GenerationSpec,
+    spec: StepSpec,
     device: torch.device,
     limit: int | None = None,
     beam_size: int | None = None,
@@ -83,11 +82,10 @@ class TranslationSteps:
 
     task = TRANSLATION
 
-    def new_student(self, spec: GenerationSpec, data: PreparedData, init_source: torch.nn.Module | None
-                    ) -> torch.nn.Module:  # fmt: skip
-        return build_student(spec, data.vocab_size, init_source)
+    def model_sizes(self, data: PreparedData) -> dict[str, int]:
+        return {"vocab_size": data.vocab_size}
 
-    def validate(self, student: torch.nn.Module, data: PreparedData, spec: GenerationSpec,
+    def validate(self, student: torch.nn.Module, data: PreparedData, spec: StepSpec,
                  device: torch.device) -> dict[str, float]:  # fmt: skip
         m = {"valid_loss": validation_loss(student, data, spec.train.max_tokens, device)}
         if spec.eval.valid_bleu_sentences:
@@ -99,7 +97,7 @@ class TranslationSteps:
     def checkpoint_meta(self, data: PreparedData) -> dict[str, Any]:
         return {}
 
-    def test(self, student: torch.nn.Module, data: PreparedData, spec: GenerationSpec, device: torch.device,
+    def test(self, student: torch.nn.Module, data: PreparedData, spec: StepSpec, device: torch.device,
              out_dir: Path, events: Events) -> TestOutputs:  # fmt: skip
         # The test split and every named test set (eval.test_sets), each scored and written to its own TSV.
         held_out = score_test_sets(data, lambda split: decode_split(student, data, split, spec, device, events=events),
@@ -107,3 +105,7 @@ class TranslationSteps:
         metrics = {**held_out.metrics, "decode_sentences_per_s": held_out.sentences_per_s}
         samples = translation_samples(data.splits["test"], held_out.hypotheses)
         return TestOutputs(metrics, held_out.translations, samples)
+
+
+# The hooks the recipe runs for this task (mgkd.tasks finds them here by name).
+STEPS = TranslationSteps()

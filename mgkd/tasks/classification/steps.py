@@ -16,9 +16,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from mgkd.generations.loop import Events, TestOutputs
-from mgkd.generations.spec import GenerationSpec
-from mgkd.generations.teacher import build_student
+from mgkd.outputs import Events, TestOutputs
+from mgkd.tasks.base import StepSpec
 from mgkd.tasks.classification import (
     CLASSIFICATION,
     ClassificationData,
@@ -63,11 +62,10 @@ class ClassificationSteps:
 
     task = CLASSIFICATION
 
-    def new_student(self, spec: GenerationSpec, data: ClassificationData, init_source: torch.nn.Module | None
-                    ) -> torch.nn.Module:  # fmt: skip
-        return build_student(spec, data.vocab_size, init_source, data.num_classes)
+    def model_sizes(self, data: ClassificationData) -> dict[str, int]:
+        return {"vocab_size": data.vocab_size, "num_classes": data.num_classes}
 
-    def validate(self, student: torch.nn.Module, data: ClassificationData, spec: GenerationSpec,
+    def validate(self, student: torch.nn.Module, data: ClassificationData, spec: StepSpec,
                  device: torch.device) -> dict[str, float]:  # fmt: skip
         scores, _ = evaluate_split(student, data, "valid", spec.train.max_tokens, device)
         return {f"valid_{k}": v for k, v in scores.items()}
@@ -75,7 +73,7 @@ class ClassificationSteps:
     def checkpoint_meta(self, data: ClassificationData) -> dict[str, Any]:
         return {"labels": data.label_names}
 
-    def test(self, student: torch.nn.Module, data: ClassificationData, spec: GenerationSpec, device: torch.device,
+    def test(self, student: torch.nn.Module, data: ClassificationData, spec: StepSpec, device: torch.device,
              out_dir: Path, events: Events) -> TestOutputs:  # fmt: skip
         t0 = time.perf_counter()
         scores, pred = evaluate_split(student, data, "test", spec.train.max_tokens, device)
@@ -90,3 +88,7 @@ class ClassificationSteps:
             for a, b, g, p in list(zip(test.texts, test.pairs, test.labels, pred))[:50]
         ]
         return TestOutputs(metrics, path, samples)
+
+
+# The hooks the recipe runs for this task (mgkd.tasks finds them here by name).
+STEPS = ClassificationSteps()

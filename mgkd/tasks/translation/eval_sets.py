@@ -21,7 +21,7 @@ from sacrebleu.metrics import BLEU, CHRF
 from mgkd.config import CorpusConfig, EvalSetSource, ExperimentConfig
 from mgkd.errors import MgkdError
 from mgkd.files import write_atomic
-from mgkd.tasks.corpus import Pair, read_parallel, read_tsv
+from mgkd.tasks.translation.corpus import Pair, read_parallel, read_tsv
 
 if TYPE_CHECKING:
     from mgkd.tasks.translation import PreparedData
@@ -45,7 +45,7 @@ def read_eval_set(source: EvalSetSource, corpus: CorpusConfig, where: str) -> li
         assert source.source_path is not None and source.target_path is not None
         pairs = read_parallel(source.source_path, source.target_path, where)
     else:
-        from mgkd.tasks.hf_corpus import read_hf_split  # `datasets` is imported only for hf sets
+        from mgkd.tasks.translation.hf_corpus import read_hf_split  # `datasets` is imported only for hf sets
 
         if source.kind == "hf_disk":
             pairs = read_hf_split(corpus, source.split or "test", where, path=source.path)

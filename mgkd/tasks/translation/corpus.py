@@ -139,7 +139,7 @@ def read_corpus(cfg: CorpusConfig, log: Callable[[str], None] = lambda _: None) 
         assert cfg.path is not None
         pairs = read_tsv(cfg.path)
     elif cfg.kind == "hf":
-        from mgkd.tasks.hf_corpus import read_hf_corpus  # `datasets` is imported only for hf corpora
+        from mgkd.tasks.translation.hf_corpus import read_hf_corpus  # `datasets` is imported only for hf corpora
 
         pairs = read_hf_corpus(cfg)
     else:

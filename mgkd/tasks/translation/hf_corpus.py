@@ -16,7 +16,7 @@ from typing import Any
 
 from mgkd.config import CorpusConfig
 from mgkd.errors import MgkdError
-from mgkd.tasks.corpus import Pair
+from mgkd.tasks.translation.corpus import Pair
 
 DATASETS_HINT = "pip install datasets"
 

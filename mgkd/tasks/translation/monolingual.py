@@ -24,8 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mgkd.errors import MgkdError
-from mgkd.tasks.corpus import bible_db_path, clean_verse
 from mgkd.tasks.translation import PreparedData
+from mgkd.tasks.translation.corpus import bible_db_path, clean_verse
 
 HELDOUT = "builtin:heldout"
 BUILTIN = "builtin:"

@@ -30,13 +30,8 @@ from mgkd.config import ExperimentConfig, ModelConfig
 from mgkd.errors import MgkdError
 from mgkd.files import write_atomic
 from mgkd.tasks.base import Metric, TensorBatch, TokenizedData
-from mgkd.tasks.labeled_text import Example, read_examples
-from mgkd.tasks.translation import (
-    SPLITS,
-    length_batches,
-    split_pairs,
-    train_sentencepiece,
-)
+from mgkd.tasks.classification.labeled_text import Example, read_examples
+from mgkd.tasks.text import SPLITS, length_batches, split_pairs, train_sentencepiece
 from mgkd.vocabulary import BOS, EOS, PAD
 
 # sentencepiece's <s> and </s> serve as [CLS] and [SEP]: the vocabulary needs no extra pieces.
@@ -297,3 +292,6 @@ class ClassificationTask:
 
 
 CLASSIFICATION = ClassificationTask()
+
+# The task this folder is (mgkd.tasks finds it by this name).
+TASK = CLASSIFICATION
