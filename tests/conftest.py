@@ -17,6 +17,10 @@ import pytest
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+# The base every test's config starts from (build_config without a preset, `mgkd run` without --preset, in this
+# process and in the CLI children it starts): the same-size, soft-label chain whose arithmetic the tests pin.
+# The demo preset (a compression chain with controls) is tested by name, in tests that ask for it.
+os.environ["MGKD_PRESET"] = "born_again_warm"
 
 from mgkd.config import ExperimentConfig  # noqa: E402
 

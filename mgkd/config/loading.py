@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import os
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -52,8 +53,12 @@ def _read_yaml(text: str, where: str) -> dict[str, Any]:
     return data
 
 
+# The preset a run without --config or --preset starts from, when set (the test suite pins its base with it).
+PRESET_ENV = "MGKD_PRESET"
+
+
 def load_raw(config: Path | None = None, preset: str | None = None) -> dict[str, Any]:
-    """Read a config file or a preset (the `demo` preset when neither is given)."""
+    """Read a config file or a preset (when neither is given: the preset named by $MGKD_PRESET, else `demo`)."""
     if config is not None:
         path = Path(config)
         if not path.is_file():
@@ -61,9 +66,10 @@ def load_raw(config: Path | None = None, preset: str | None = None) -> dict[str,
                 f"config file {path} does not exist; give a YAML file or use --preset ({', '.join(preset_names())})"
             )
         return _paths_relative_to(_read_yaml(path.read_text(encoding="utf-8"), str(path)), path.parent)
-    name = preset or "demo"
+    name = preset or os.environ.get(PRESET_ENV) or "demo"
     if name not in preset_names():
-        raise MgkdError(f"unknown preset {name!r}; choose one of: {', '.join(preset_names())}")
+        where = "" if preset or not os.environ.get(PRESET_ENV) else f" (from ${PRESET_ENV}; unset it for the demo)"
+        raise MgkdError(f"unknown preset {name!r}{where}; choose one of: {', '.join(preset_names())}")
     text = (resources.files("mgkd.configs") / f"{name}.yaml").read_text(encoding="utf-8")
     # A preset's own data (configs/own_data.yaml's) is named relative to the configs folder.
     return _paths_relative_to(_read_yaml(text, f"preset {name!r}"), Path(str(resources.files("mgkd.configs"))))

@@ -46,7 +46,7 @@ def mgkd_cli(*args: str, **kw) -> subprocess.Popen:
 
 
 def tiny_config(tmp_path: Path, *overrides: str) -> ExperimentConfig:
-    return build_config(preset="demo", overrides=[*TINY, f"output_dir={tmp_path}", *overrides])
+    return build_config(overrides=[*TINY, f"output_dir={tmp_path}", *overrides])
 
 
 def teacher_then_student(cfg: ExperimentConfig, data, tmp_path: Path):

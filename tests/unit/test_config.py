@@ -7,18 +7,37 @@ from mgkd.cli import app
 from mgkd.config import apply_overrides, build_config, preset_names
 from mgkd.errors import MgkdError
 from mgkd.generations import build_schedule
+from mgkd.models import build_model, count_parameters
 
 
-def test_demo_preset_is_default_and_valid():
+def test_demo_preset_is_default_and_a_compression_chain_with_controls(monkeypatch):
+    monkeypatch.delenv("MGKD_PRESET")  # the suite's pinned base (tests/conftest.py): a user's default is the demo
     cfg = build_config()
     assert "demo" in preset_names()
-    assert cfg.name == "demo" and cfg.generations.count == 4
+    assert cfg.name == "demo" and cfg.generations.count == 4 and cfg.generations.control
     specs = build_schedule(cfg)
     assert [s.index for s in specs] == [0, 1, 2, 3, 4]
-    assert specs[0].losses[0].name == "label_smoothing"
+    assert [t.name for t in specs[0].losses] == ["label_smoothing"]
+    sizes = [count_parameters(build_model(s.model, cfg.tokenizer.vocab_size)) for s in specs]
+    assert all(a > b for a, b in zip(sizes, sizes[1:])), sizes  # each student smaller than its teacher
+    for s in specs[1:]:  # taught by its teacher's translations and internals, from scratch, one budget
+        assert {t.name for t in s.losses} == {"label_smoothing", "seq_kd", "internal"} and s.init == "scratch"
+        assert s.train == specs[1].train and s.train.max_steps == 400
+    # `mgkd run -g 2` runs the preset's first two generations, as configured for them
+    short = build_schedule(build_config(overrides=["generations.count=2"]))
+    assert [s.model for s in short] == [s.model for s in specs[:3]]
+    monkeypatch.setenv("MGKD_PRESET", "born_again_warm")
+    assert build_config().name == "born_again_warm"
+    monkeypatch.setenv("MGKD_PRESET", "nope")
+    with pytest.raises(MgkdError, match=r"unknown preset 'nope' \(from \$MGKD_PRESET; unset it for the demo\)"):
+        build_config()
+
+
+def test_born_again_warm_is_the_same_size_soft_label_chain():
+    specs = build_schedule(build_config(preset="born_again_warm"))
     assert {t.name for t in specs[1].losses} == {"label_smoothing", "soft_label"}
-    # born-again: every student has the teacher's architecture
-    assert all(s.model == specs[0].model for s in specs)
+    # born-again: every student has the teacher's architecture and starts from a copy of its teacher
+    assert all(s.model == specs[0].model for s in specs) and all(s.init == "teacher" for s in specs[1:])
 
 
 def test_overrides_are_typed():
@@ -51,7 +70,10 @@ def test_teacher_init_needs_the_teachers_shape():
         ("model.bogus=1", "model.bogus: unknown key"),
         ("generations.count=-1", "generations.count"),
         ("generations.student.train={lr: -1}", "generations.student.train"),
-        ("generations.per_generation={7: {}}", "outside 1..4"),
+        (
+            "generations.per_generation={0: {}}",
+            "keys [0] below 1 (generation 0 is configured under generations.teacher",
+        ),
         ("corpus.kind=tsv", "corpus.kind 'tsv' needs corpus.path"),
     ],
 )

@@ -27,4 +27,4 @@ def test_data_parallel_workers_need_ray_train():
     from mgkd.config import build_config
 
     with pytest.raises(MgkdError, match="needs ray.backend 'train'"):
-        build_config(preset="demo", overrides=["ray.workers=2", "ray.backend=task"])
+        build_config(overrides=["ray.workers=2", "ray.backend=task"])
