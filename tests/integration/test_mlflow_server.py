@@ -115,6 +115,7 @@ def test_record_over_http(http_lineage, tmp_path):
 
 def test_mgkd_ui_serves_a_store_and_stops_on_ctrl_c(server, http_lineage, tmp_path):
     _, root = server
+    name = http_lineage[0].name  # the tests' base preset's experiment (born_again_warm since main's issue 18)
     port = free_port()
     log = open(tmp_path / "ui.log", "w")
     proc = subprocess.Popen(
@@ -125,9 +126,9 @@ def test_mgkd_ui_serves_a_store_and_stops_on_ctrl_c(server, http_lineage, tmp_pa
     try:
         wait_for_health(f"http://127.0.0.1:{port}", proc)
         with urllib.request.urlopen(
-            f"http://127.0.0.1:{port}/api/2.0/mlflow/experiments/get-by-name?experiment_name=demo", timeout=10
+            f"http://127.0.0.1:{port}/api/2.0/mlflow/experiments/get-by-name?experiment_name={name}", timeout=10
         ) as r:
-            assert json.loads(r.read())["experiment"]["name"] == "demo"
+            assert json.loads(r.read())["experiment"]["name"] == name
     finally:
         stop(proc)
         log.close()
