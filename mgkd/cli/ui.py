@@ -16,6 +16,7 @@ import typer
 
 from mgkd.cli.common import console, tracking_from_output, user_errors
 from mgkd.errors import MgkdError
+from mgkd.lineage.note import run_url
 
 
 def _port_is_free(host: str, port: int) -> bool:
@@ -61,8 +62,8 @@ def ui(
             raise MgkdError(f"port {port} on {host} is in use; choose another with --port")
         cmd = ui_server_command(store, db.parent / "mlartifacts", host, port)
         url = f"http://{host}:{port}/"
-        if last:
-            url += f"#/experiments/{last.get('experiment_id', '')}/runs/{last['lineage_id']}"
+        if last:  # the lineage run's page in the "Model training" view: its description is the generation table
+            url = run_url(url, last.get("experiment_id", ""), last["lineage_id"])
         console.print(f"MLflow UI over {store}\nlineage: {url}\nCtrl-C stops it.", soft_wrap=True, highlight=False)
         # MLflow 3.x servers start a job runner with 7 huey consumers by default; a lineage UI needs none, and
         # they hold up Ctrl-C (the server waited >30 s for them on 2 busy cores).

@@ -47,6 +47,7 @@ from mgkd.orchestration.recording import (
     find_lineage,
     lineage_datasets,
     record_config,
+    record_note,
     record_trials,
     registered_model_name,
     score_tags,
@@ -277,6 +278,7 @@ def _drive(cfg: ExperimentConfig, specs: list[GenerationSpec], data: PreparedDat
                 results.append(result)
                 run_ids.append(run_id)
                 console.print(lineage_table(specs, results, f"after generation {spec.index}", controls, task=task))
+                record_note(recorder, lineage_id, specs, results, run_ids, controls, control_run_ids, task=task)
                 for s in result.samples[:2]:
                     console.print(f"  [dim]src[/]  {s['source']}\n  [dim]ref[/]  {s['reference']}\n"
                                   f"  [dim]hyp[/]  {s['hypothesis']}")  # fmt: skip
@@ -297,6 +299,7 @@ def _drive(cfg: ExperimentConfig, specs: list[GenerationSpec], data: PreparedDat
                 console.print(
                     lineage_table(specs, results, f"after generation {spec.index}'s control", controls, task=task)
                 )
+                record_note(recorder, lineage_id, specs, results, run_ids, controls, control_run_ids, task=task)
         wall = time.perf_counter() - t0
         final = {f"final_{k}": v for k, v in results[-1].metrics.items() if k == task.table[0]}  # the headline
         recorder.log_metrics(lineage_id, {"wall_time_s": wall, **final}, 0)
@@ -304,6 +307,7 @@ def _drive(cfg: ExperimentConfig, specs: list[GenerationSpec], data: PreparedDat
                             [(k, f"test {metric(task, k).label}") for k in task.plot],
                             [{"generation": k, **r.metrics} for k, r in sorted(controls.items())])  # fmt: skip
         recorder.log_artifact(lineage_id, plot)
+        record_note(recorder, lineage_id, specs, results, run_ids, controls, control_run_ids, task=task, plot=plot.name)
         status = "FINISHED"
     except KeyboardInterrupt:
         status = "KILLED"

@@ -82,18 +82,20 @@ class GenerationProgress:
             self.progress.update(self.decode_tasks[split], completed=event["done"])
 
 
-def lineage_table(specs: list[GenerationSpec], results: list[GenerationResult], title: str,
-                  controls: dict[int, GenerationResult] | None = None, *, task: Task) -> Table:  # fmt: skip
-    """One row per generation; with matched controls, their first score and KD − control beside it."""
-    table = Table(title=title)
+def lineage_rows(specs: list[GenerationSpec], results: list[GenerationResult],
+                 controls: dict[int, GenerationResult] | None = None, *,
+                 task: Task) -> tuple[list[str], list[list[str]]]:  # fmt: skip
+    """The lineage table's columns and one row of cells per generation: what the console's table and the lineage
+    run's MLflow description (recording.record_note) both show. With matched controls, their first score and
+    KD − control beside it."""
     # The task's table metrics (translation: BLEU, chrF; classification: accuracy, macro-F1, MCC where configured).
     scores = [(k, f"test {label}") for k, label in table_columns(task, results[0].metrics if results else {})]
-    key, name = scores[0]
+    key, name = scores[0] if scores else ("", "test score")
     short = name.removeprefix("test ")
     gap_cols = (f"control {short}", f"KD − control {short}") if controls else ()
-    for col in ("gen", "architecture", "params", "valid loss", *(c for _, c in scores), *gap_cols, "size on disk",
-                "test decode", "train time", "teacher"):  # fmt: skip
-        table.add_column(col, justify="right" if col not in ("architecture", "teacher") else "left")
+    columns = ["gen", "architecture", "params", "valid loss", *(c for _, c in scores), *gap_cols, "size on disk",
+               "test decode", "train time", "teacher"]  # fmt: skip
+    rows = []
     for spec, r in zip(specs, results):
         m = spec.model
         arch = model_label(m.arch, m.model_dump())
@@ -103,11 +105,23 @@ def lineage_table(specs: list[GenerationSpec], results: list[GenerationResult], 
         who = f"gen {tg[0]}" if len(tg) == 1 else "ensemble of gens " + ",".join(map(str, tg))
         teacher = "-" if spec.index == 0 else f"{who} ({spec.init} init)"
         met = r.metrics
-        table.add_row(
+        rows.append([
             str(spec.index), arch, f"{r.parameters / 1e6:.2f}M", f"{met.get('best_valid_loss', float('nan')):.3f}",
             *(f"{met[k]:.2f}" for k, _ in scores), *_gap(key, met, (controls or {}).get(spec.index), bool(controls)),
             *footprint(met), f"{met['train_time_s']:.0f}s", teacher,
-        )  # fmt: skip
+        ])  # fmt: skip
+    return columns, rows
+
+
+def lineage_table(specs: list[GenerationSpec], results: list[GenerationResult], title: str,
+                  controls: dict[int, GenerationResult] | None = None, *, task: Task) -> Table:  # fmt: skip
+    """`lineage_rows` as a rich table for the console."""
+    table = Table(title=title)
+    columns, rows = lineage_rows(specs, results, controls, task=task)
+    for col in columns:
+        table.add_column(col, justify="right" if col not in ("architecture", "teacher") else "left")
+    for row in rows:
+        table.add_row(*row)
     return table
 
 

@@ -10,6 +10,8 @@ import yaml
 
 from mgkd.config import ExperimentConfig
 from mgkd.errors import MgkdError
+from mgkd.generations import GenerationResult, GenerationSpec
+from mgkd.lineage.note import TAG_NOTE, artifact_image_url, lineage_note, run_route
 from mgkd.lineage.tracking import (
     LAST_LINEAGE,
     TAG_CHECKPOINT_SHA,
@@ -19,7 +21,9 @@ from mgkd.lineage.tracking import (
     read_last_lineage,
     write_last_lineage,
 )
+from mgkd.orchestration.display import lineage_rows
 from mgkd.orchestration.sweep import SweepOutcome
+from mgkd.tasks import Task
 from mgkd.tasks.translation import PreparedData
 from mgkd.tasks.translation.eval_sets import language_tags
 
@@ -93,6 +97,29 @@ def record_config(recorder: LineageRecorder, lineage_id: str, lineage_dir: Path,
     config_file = lineage_dir / "config.yaml"
     config_file.write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False), encoding="utf-8")
     recorder.log_artifact(lineage_id, config_file)
+
+
+def record_note(recorder: LineageRecorder, lineage_id: str, specs: list[GenerationSpec],
+                results: list[GenerationResult], run_ids: list[str], controls: dict[int, GenerationResult],
+                control_run_ids: dict[int, str], *, task: Task, plot: str | None = None) -> None:  # fmt: skip
+    """The lineage run's description in MLflow (what its page shows first): the console's table of the
+    generations so far, each `gen` linked to its run (a control's score to the control's run), and the plot
+    once `plot` (its artifact path on the lineage run) is logged."""
+    columns, rows = lineage_rows(specs, results, controls, task=task)
+    exp = recorder.experiment_id
+    control_col = next((c for c in columns if c.startswith("control ")), None)
+    links = []
+    for r, run_id in zip(results, run_ids):
+        row_links = {"gen": run_route(exp, run_id)}
+        if control_col and r.index in control_run_ids:
+            row_links[control_col] = run_route(exp, control_run_ids[r.index])
+        links.append(row_links)
+    if plot:
+        status = f"All {len(results)} generations finished. The plot is the lineage run's artifact `{plot}`:"
+    else:
+        status = f"{len(results)} of {len(specs)} generations finished; this table grows as each one ends."
+    plot_url = artifact_image_url(lineage_id, plot) if plot else None
+    recorder.set_tags(lineage_id, {TAG_NOTE: lineage_note(columns, rows, links, status, plot_url)})
 
 
 def write_last_lineage_of(output_dir: Path, lineage_id: str, tracking_uri: str, cfg: ExperimentConfig,

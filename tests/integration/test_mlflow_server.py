@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
 import subprocess
 import sys
 import urllib.request
@@ -15,10 +13,12 @@ import pytest
 from rich.console import Console
 
 from mgkd.generations.checkpoint import sha256_file
+from mgkd.lineage.note import run_url
 from mgkd.lineage.tracking import mlflow_client, read_lineage
 from mgkd.orchestration.controller import run_lineage
 
 from ..helpers import free_port, stop, tiny_config, wait_for_health
+from ..helpers.browser import CHROMIUM_ARGS, chromium_or_skip, screenshots_dir
 
 
 @pytest.fixture(scope="module")
@@ -115,6 +115,7 @@ def test_record_over_http(http_lineage, tmp_path):
 
 def test_mgkd_ui_serves_a_store_and_stops_on_ctrl_c(server, http_lineage, tmp_path):
     _, root = server
+    name = http_lineage[0].name  # the tests' base preset's experiment (born_again_warm since main's issue 18)
     port = free_port()
     log = open(tmp_path / "ui.log", "w")
     proc = subprocess.Popen(
@@ -125,9 +126,9 @@ def test_mgkd_ui_serves_a_store_and_stops_on_ctrl_c(server, http_lineage, tmp_pa
     try:
         wait_for_health(f"http://127.0.0.1:{port}", proc)
         with urllib.request.urlopen(
-            f"http://127.0.0.1:{port}/api/2.0/mlflow/experiments/get-by-name?experiment_name=demo", timeout=10
+            f"http://127.0.0.1:{port}/api/2.0/mlflow/experiments/get-by-name?experiment_name={name}", timeout=10
         ) as r:
-            assert json.loads(r.read())["experiment"]["name"] == "demo"
+            assert json.loads(r.read())["experiment"]["name"] == name
     finally:
         stop(proc)
         log.close()
@@ -136,29 +137,17 @@ def test_mgkd_ui_serves_a_store_and_stops_on_ctrl_c(server, http_lineage, tmp_pa
     assert f"http://127.0.0.1:{port}/" in out and "MLflow UI stopped." in out
 
 
-def chromium() -> str | None:
-    return shutil.which("chromium") or shutil.which("chromium-browser")
-
-
 def test_mlflow_ui_lists_the_generations_in_a_browser(server, http_lineage, tmp_path):
     """Headless Chromium opens the experiment and sees each generation's run name and BLEU."""
-    exe = chromium()
-    if exe is None:
-        if os.environ.get("MGKD_REQUIRE_BROWSER") == "1":  # .ci/run on a machine that can install it
-            pytest.fail("MGKD_REQUIRE_BROWSER=1 but Chromium is not installed (Debian: apt-get install chromium)")
-        pytest.skip("Chromium is not installed (Debian: apt-get install chromium); .ci/run installs it")
-    playwright = pytest.importorskip("playwright.sync_api", reason="pip install playwright (the test extra)")
+    exe, playwright = chromium_or_skip()
     url, _ = server
     cfg, outcome, info = http_lineage
     client = mlflow_client(url)
     exp_id = client.get_run(outcome.lineage_id).info.experiment_id
-    shots = Path(os.environ.get("MGKD_SCREENSHOTS", tmp_path))
-    shots.mkdir(parents=True, exist_ok=True)
-    args = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-            "--disable-sync", "--no-first-run"]  # fmt: skip
+    shots = screenshots_dir(tmp_path)
     expected = {g["run_name"]: g["metrics"]["test_bleu"] for g in info["generations"]}
     with playwright.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=exe, headless=True, args=args)
+        browser = p.chromium.launch(executable_path=exe, headless=True, args=CHROMIUM_ARGS)
         try:
             page = browser.new_page(viewport={"width": 1800, "height": 1000})
             # The runs table ("Model training" view), sorted by test BLEU, which lists the generations flat.
@@ -203,5 +192,12 @@ def test_mlflow_ui_lists_the_generations_in_a_browser(server, http_lineage, tmp_
             match = re.search(r"\ntest_bleu\n(\S+)\n", text)
             assert match and float(match.group(1)) == pytest.approx(g["metrics"]["test_bleu"], abs=1e-9)
             page.screenshot(path=str(shots / "mlflow-generation.png"), full_page=True)
+
+            # Through a tracking server whose artifacts it proxies, the lineage run's description shows the plot.
+            page.goto(run_url(url, exp_id, outcome.lineage_id))
+            page.get_by_role("button", name="Expand description").click()
+            plot = page.locator('img[src*="get-artifact?path=lineage.png"]')
+            plot.wait_for(timeout=60_000)
+            page.wait_for_function("i => i.complete && i.naturalWidth > 0", arg=plot.element_handle(), timeout=30_000)
         finally:
             browser.close()
