@@ -3,8 +3,11 @@
 nanoGPT's habit: the file carries everything needed to resume (student,
 optimizer, step, position in the epoch, the best-so-far weights, the random
 number generators) plus what it belongs to (generation, data hash, model), so
-a state from another run is refused rather than silently used. Written
-atomically with its sha256 in a side file; loaded with `weights_only=True`.
+a state from another run is refused rather than silently used. One file,
+written atomically, that begins with its own sha256 (a header line before
+the torch payload): the rename is the single commit point, so a kill at any
+moment leaves the old state or the new one, each with its matching checksum.
+Loaded with `weights_only=True`.
 """
 
 from __future__ import annotations
@@ -24,10 +27,15 @@ import numpy as np
 import torch
 
 from mgkd.errors import MgkdError
-from mgkd.files import sha256_file, write_atomic
+from mgkd.files import write_atomic
 
 STATE_FILE = "train_state.pt"
 FORMAT = "mgkd-train-state-1"
+# The file's first line: this magic, the sha256 (hex) of the rest, a newline. States written before the header
+# existed keep their checksum in a side file (`train_state.pt.sha256`), which is still read.
+HEADER = b"mgkd-train-state-sha256 "
+_HEADER_LEN = len(HEADER) + 64 + 1
+LEGACY_SHA_FILE = STATE_FILE + ".sha256"
 
 
 @contextlib.contextmanager
@@ -107,14 +115,30 @@ def identity(spec_dict: dict[str, Any], data_hash: str) -> str:
 
 
 def save_train_state(out_dir: Path, state: dict[str, Any]) -> Path:
-    """Atomically write the state and its checksum (`train_state.pt.sha256`)."""
+    """Atomically write the state, its sha256 in the file's header line."""
     buf = io.BytesIO()
     torch.save({"format": FORMAT, **state}, buf)
-    data = buf.getvalue()
+    payload = buf.getvalue()
     path = Path(out_dir) / STATE_FILE
-    write_atomic(path, data)
-    write_atomic(path.with_name(STATE_FILE + ".sha256"), hashlib.sha256(data).hexdigest().encode())
+    write_atomic(path, HEADER + hashlib.sha256(payload).hexdigest().encode() + b"\n" + payload)
+    path.with_name(LEGACY_SHA_FILE).unlink(missing_ok=True)  # an older run's side file; the header is what counts
     return path
+
+
+def _payload(path: Path) -> bytes:
+    """The torch bytes of a state file whose checksum matches (header, or an older run's side file)."""
+    data = path.read_bytes()
+    if data.startswith(HEADER):
+        recorded, payload = data[len(HEADER) : _HEADER_LEN - 1].decode("ascii", "replace"), data[_HEADER_LEN:]
+    else:
+        side = path.with_name(LEGACY_SHA_FILE)
+        recorded, payload = (side.read_text().strip() if side.is_file() else None), data
+    if recorded != hashlib.sha256(payload).hexdigest():
+        raise MgkdError(
+            f"training state {path} does not match its checksum (corrupt or half-written); delete it to restart "
+            "this generation from scratch"
+        )
+    return payload
 
 
 def load_train_state(out_dir: Path, expected_identity: str) -> dict[str, Any] | None:
@@ -122,15 +146,9 @@ def load_train_state(out_dir: Path, expected_identity: str) -> dict[str, Any] | 
     path = Path(out_dir) / STATE_FILE
     if not path.is_file():
         return None
-    sha_file = path.with_name(STATE_FILE + ".sha256")
-    recorded = sha_file.read_text().strip() if sha_file.is_file() else None
-    if recorded != sha256_file(path):
-        raise MgkdError(
-            f"training state {path} does not match its checksum (corrupt or half-written); delete it to restart "
-            "this generation from scratch"
-        )
+    payload = _payload(path)
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unpickling failure means the file is unusable
         raise MgkdError(f"training state {path} cannot be loaded safely: {e}; delete it to restart") from None
     if state.get("format") != FORMAT:
@@ -144,5 +162,5 @@ def load_train_state(out_dir: Path, expected_identity: str) -> dict[str, Any] | 
 
 
 def clear_train_state(out_dir: Path) -> None:
-    for name in (STATE_FILE, STATE_FILE + ".sha256"):
+    for name in (STATE_FILE, LEGACY_SHA_FILE):
         (Path(out_dir) / name).unlink(missing_ok=True)

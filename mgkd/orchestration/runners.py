@@ -101,12 +101,12 @@ class RayTrainSession:
         if state is None:
             ray.train.report(metrics)
             return
-        # Hard links in a folder beside the state: Ray copies them to storage; nothing is written twice here.
+        # A hard link in a folder beside the state (the file carries its own checksum): Ray copies it to storage;
+        # nothing is written twice here.
         staging = self.out_dir / ".report"
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir()
-        for f in (state, state.with_name(state.name + ".sha256")):
-            os.link(f, staging / f.name)
+        os.link(state, staging / state.name)
         try:
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(str(staging)))
         finally:
