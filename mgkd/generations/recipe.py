@@ -54,6 +54,7 @@ from mgkd.generations.loop import (
     seed_everything,
     world_position,
 )
+from mgkd.generations.precision import Precision
 from mgkd.generations.spec import GenerationSpec
 from mgkd.generations.teacher import build_student, teacher_signal, teacher_views
 from mgkd.generations.train_state import (
@@ -114,6 +115,7 @@ def train_generation(
     steps = steps_of(data)
     task = steps.task
     device = resolve_device(spec.train.device)
+    precision = Precision(spec.train, device, spec.index)  # a device that cannot do it is refused here
     # Worker r > 0 draws its own dropout masks and noise; worker 0 draws what a single process would.
     seed_everything(spec.seed + rank)
     criterion = Criterion(spec.losses)
@@ -181,6 +183,7 @@ def train_generation(
     if saved is not None:
         student.load_state_dict(saved["student"])
         optimizer.load_state_dict(saved["optimizer"])
+        precision.load_state_dict(saved.get("scaler"))
         for q, value in zip(extra_params, saved["extra"]):
             q.data.copy_(value)
         step, epoch, skip, tokens_seen = saved["step"], saved["epoch"], saved["batch_in_epoch"], saved["tokens"]
@@ -220,6 +223,7 @@ def train_generation(
             "identity": state_id, "student": student.state_dict(), "optimizer": optimizer.state_dict(),
             "extra": [q.detach() for q in extra_params], "step": step, "epoch": epoch,
             "batch_in_epoch": batch_in_epoch, "tokens": tokens_seen, "best": best, "drawn": drawn_then,
+            "scaler": precision.state_dict(),
             **worker_rng_states(rngs),
         })  # fmt: skip
 
@@ -257,27 +261,28 @@ def train_generation(
                 step_start = (rng_state(noise_rng), dict(drawn))
                 outputs = {}
                 ntok = 0
-                for view in criterion.views:
-                    if view == "gold":
-                        batch = task.collate(train, idx)
-                    elif views[view].aligned:
-                        batch = task.collate(views[view].split, idx)
-                    else:
-                        batch = next(unaligned[view])
-                        drawn[view] += 1
-                    noise = views[view].noise if view in views else None
-                    if noise is not None:
-                        batch = noise(batch, noise_rng)
-                    batch = batch.to(device)
-                    cached = cache if view == "gold" else None  # the cache holds the gold targets only
-                    outputs[view] = forward_pair(student, teacher, batch, *criterion.needs(view), cached)
-                    ntok += task.batch_tokens(batch)
-                loss, parts = criterion(None, views=outputs)
+                with precision.autocast():  # train.precision: the forward passes and the losses
+                    for view in criterion.views:
+                        if view == "gold":
+                            batch = task.collate(train, idx)
+                        elif views[view].aligned:
+                            batch = task.collate(views[view].split, idx)
+                        else:
+                            batch = next(unaligned[view])
+                            drawn[view] += 1
+                        noise = views[view].noise if view in views else None
+                        if noise is not None:
+                            batch = noise(batch, noise_rng)
+                        batch = batch.to(device, non_blocking=device.type == "cuda")
+                        cached = cache if view == "gold" else None  # the cache holds the gold targets only
+                        outputs[view] = forward_pair(student, teacher, batch, *criterion.needs(view), cached)
+                        ntok += task.batch_tokens(batch)
+                    loss, parts = criterion(None, views=outputs)
                 stop = session is not None and session.stop_requested()
                 optimizer.zero_grad(set_to_none=True)
-                ntok, stop = backward(loss, parts, trainable, ntok, stop, world, spec, step)
+                ntok, stop = backward(loss, parts, trainable, ntok, stop, world, spec, step, precision, optimizer)
                 with interrupts_deferred():  # a Ctrl-C here lands once the weights are whole again
-                    optimizer.step()
+                    precision.step(optimizer)  # fp16: skipped if the gradients overflowed
                     step += 1
                     done_position = position + 1
                     step_start = None  # the step is whole: the generators as they are now are its end
