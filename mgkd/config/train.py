@@ -26,6 +26,9 @@ class TrainConfig(StrictModel):
     # Token budget of a batch: padded target tokens (and source tokens) per batch.
     max_tokens: PositiveInt = 4096
     lr: PositiveFloat = 1e-3
+    # Batches per optimizer step on each worker (gradient accumulation): a step's gradient is their mean, so
+    # one worker accumulating N batches takes the step that N data-parallel workers take with one batch each.
+    accumulate_batches: PositiveInt = 1
     warmup_steps: int = Field(200, ge=0)
     weight_decay: float = Field(0.0, ge=0)
     clip_norm: PositiveFloat | None = 1.0

@@ -177,11 +177,12 @@ def first_on_worker_0(world: int, build: Callable[[], Any]) -> Any:
 
 def backward(loss: torch.Tensor, parts: dict[str, torch.Tensor], trainable: list[torch.Tensor], tokens: int,
              stop: bool, world: int, spec: GenerationSpec, step: int, precision: Precision,
-             optimizer: torch.optim.Optimizer) -> tuple[int, bool]:  # fmt: skip
+             optimizer: torch.optim.Optimizer, earlier_finite: bool = True) -> tuple[int, bool]:  # fmt: skip
     """The step's gradients, averaged over data-parallel workers, unscaled (fp16) and clipped; a non-finite loss
     on any worker stops every worker with an error naming the terms. Returns (the step's tokens over all
-    workers, whether any worker was asked to stop)."""
-    finite = bool(torch.isfinite(loss))
+    workers, whether any worker was asked to stop). `earlier_finite`: whether the step's earlier micro-batches
+    (train.accumulate_batches), whose gradients are already accumulated, had finite losses."""
+    finite = bool(torch.isfinite(loss)) and earlier_finite
     if world > 1:  # every worker learns of a non-finite loss or a stop anywhere, in the same all-reduce
         if finite:
             precision.scaled(loss).backward()
