@@ -76,6 +76,7 @@ def lineages(budget: str, seeds: list[int], runs: Path, ray: bool) -> list[R.Lin
         raw = copy.deepcopy(base)
         raw["seed"], raw["name"] = seed, "results_chain"
         gens = raw["generations"]
+        gens["control"] = True  # every student beside its matched control (`mgkd run --control`)
         last = gens["per_generation"][max(CHAIN)]
         # generation 5: generation 4's model and seed (the default seed of generation k is seed + k), taught by 0
         gens["count"] = DIRECT
