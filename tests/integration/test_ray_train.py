@@ -221,5 +221,9 @@ def test_an_error_of_the_run_itself_is_not_retried(ray_session, tiny_data, tmp_p
 def test_more_workers_than_batches_is_an_error_naming_the_fix(ray_session, classification_data, tmp_path):
     cfg = _classification_config(tmp_path, "ray.workers=2", "ray.cpus_per_generation=2", "train.max_tokens=100000")
     runner = RayRunner(cfg.ray, classification_data, tmp_path)
-    with pytest.raises(MgkdError, match="fewer training batches than the 2 data-parallel workers; lower ray.workers"):
+    expected = (
+        r"fewer training batches than one step takes \(2 data-parallel worker\(s\) x "
+        r"train.accumulate_batches 1\); lower ray.workers"
+    )
+    with pytest.raises(MgkdError, match=expected):
         runner.run(build_schedule(cfg)[0], tmp_path / "lineages" / "L" / "gen-0", None, lambda _: None)
