@@ -105,11 +105,13 @@ def read_manifest(folder: Path) -> dict[str, Any]:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
-def copy_verified(src: Path, dest: Path) -> dict[str, Any]:
+def copy_verified(src: Path, dest: Path, skip: set[str] | frozenset[str] = frozenset()) -> dict[str, Any]:
     """Copy the files a manifest lists from `src` into `dest`, each checked against its sha256 (a mismatch or a
     missing file is an error, and leaves no partial file behind). Returns the manifest."""
     manifest = read_manifest(src)
     for rel, sha in manifest["files"].items():
+        if rel in skip:
+            continue
         source, target = src / rel, dest / rel
         if not source.is_file():
             raise MgkdError(f"the delivered outputs lack {rel} (listed in {src / MANIFEST})")
@@ -131,16 +133,20 @@ def pack_delivery(result: GenerationResult, scratch: Path, into: Path, info: dic
     record = dataclasses.asdict(result)
     scratch_prefix = str(scratch.resolve()) + os.sep
 
+    outside: dict[str, str] = {}
+
     def place(path: str | None, i: int = 0) -> str | None:
         if path is None:
             return None
         p = Path(path).resolve()
         if str(p).startswith(scratch_prefix):
             return p.relative_to(scratch.resolve()).as_posix()
-        target = into / OUTSIDE / f"{i}-{p.name}"
+        target = into / OUTSIDE / str(i) / p.name  # the file's name is kept: MLflow records it under that name
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(p, target)
-        return target.relative_to(into).as_posix()
+        rel = target.relative_to(into).as_posix()
+        outside[rel] = str(p)
+        return rel
 
     for p in sorted(scratch.rglob("*")):
         rel = p.relative_to(scratch)
@@ -157,18 +163,24 @@ def pack_delivery(result: GenerationResult, scratch: Path, into: Path, info: dic
     record["translations"] = place(record["translations"])
     record["manifest"] = place(record["manifest"])
     record["artifacts"] = [place(a, i) for i, a in enumerate(record["artifacts"])]
-    write_manifest(into, {**info, "result": record, "external": external})
+    write_manifest(into, {**info, "result": record, "external": external, "outside": outside})
 
 
 def unpack_delivery(checkpoint_dir: Path, out_dir: Path) -> tuple[GenerationResult, dict[str, Any]]:
     """The driver: the delivered files copied (and checked) into the generation's folder, and the result with
     its paths there. Artifacts from outside worker 0's folder keep their path where that file exists here with
     the same sha256 (a single node), else go to the folder's `outside/`."""
-    manifest = copy_verified(checkpoint_dir, out_dir)
+    listed = read_manifest(checkpoint_dir)
+    # Files from outside worker 0's folder that are here already, unchanged (a single node), keep their path.
+    here = {rel for rel, original in listed.get("outside", {}).items()
+            if Path(original).is_file() and sha256_file(Path(original)) == listed["files"][rel]}  # fmt: skip
+    manifest = copy_verified(checkpoint_dir, out_dir, skip=here)
     record = dict(manifest["result"])
 
     def local(rel: str | None) -> str | None:
-        return None if rel is None else str(out_dir / rel)
+        if rel is None:
+            return None
+        return manifest["outside"][rel] if rel in here else str(out_dir / rel)
 
     if not manifest.get("external"):
         record["checkpoint"] = local(record["checkpoint"])
