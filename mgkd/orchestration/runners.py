@@ -29,7 +29,7 @@ from mgkd.errors import MgkdError
 from mgkd.files import write_atomic
 from mgkd.generations import GenerationResult, GenerationSpec, train_generation
 from mgkd.generations.loop import Events
-from mgkd.generations.train_state import STATE_FILE, clear_train_state
+from mgkd.generations.train_state import LEGACY_SHA_FILE, STATE_FILE, clear_train_state
 from mgkd.orchestration.placement import (
     check_reachable,
     check_workers_fit,
@@ -193,12 +193,13 @@ class RayRunner:
         signals = start_signals(name)
         checkpoint, sha256 = teacher_files(teacher)
         # A state this folder holds (a resumed generation) goes to the workers as bytes, like the teacher.
-        resume = None
-        if (out_dir / STATE_FILE).is_file():
-            raw = (out_dir / STATE_FILE).read_bytes()
-            resume = {"ref": ray.put(raw), "sha256": hashlib.sha256(raw).hexdigest()}
+        resume = {}
+        for held in (STATE_FILE, LEGACY_SHA_FILE) if (out_dir / STATE_FILE).is_file() else ():
+            if (out_dir / held).is_file():
+                raw = (out_dir / held).read_bytes()
+                resume[held] = {"ref": ray.put(raw), "sha256": hashlib.sha256(raw).hexdigest()}
         trainer = train_run(spec, self.cfg, self.data_ref, out_dir, checkpoint, sha256, self.storage, name,
-                            queue=queue, signals=signals, resume_state=resume)  # fmt: skip
+                            queue=queue, signals=signals, resume_state=resume or None)  # fmt: skip
         # The driver thread waits in fit(); a second thread forwards worker 0's events and training states.
         stop = threading.Event()
 

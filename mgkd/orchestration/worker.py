@@ -96,8 +96,11 @@ def train_loop(config: dict[str, Any]) -> None:
     try:
         teacher = receive_teacher(config["teacher"], root / "teacher")
         resume = config.get("resume_state")
-        if resume is not None and ray.train.get_checkpoint() is None:  # a restarted attempt has a newer one
-            write_atomic(out_dir / STATE_FILE, verified(ray.get(resume["ref"]), resume["sha256"], "training state"))
+        if resume is not None:  # train_generation takes the newer of it and Ray Train's latest reported state
+            for name, shipped in resume.items():  # the state (and an older run's side checksum file)
+                write_atomic(
+                    out_dir / name, verified(ray.get(shipped["ref"]), shipped["sha256"], f"{name} of {spec.index}")
+                )
         session = RayTrainSession(out_dir, config.get("epoch_reports_only", False), signals)
         try:
             result = train_generation(spec, data, out_dir, teacher, config["teacher_sha256"], events, session)
@@ -108,10 +111,10 @@ def train_loop(config: dict[str, Any]) -> None:
                 write_atomic(out_dir / ERROR_FILE, str(e).encode())
             return
         except KeyboardInterrupt:
+            if (out_dir / STATE_FILE).is_file() and signals is not None:  # saved at the interrupt: to the driver
+                ray.get(signals.put_state.remote((out_dir / STATE_FILE).read_bytes()))
             if not session.stop_requested(fresh=True):
                 raise
-            if (out_dir / STATE_FILE).is_file() and signals is not None:  # saved at the interrupt
-                ray.get(signals.put_state.remote((out_dir / STATE_FILE).read_bytes()))
             if signals is not None and ray.train.get_context().get_world_rank() == 0:
                 ray.get(signals.finish.remote("interrupted"))
             return  # the state is saved; the run ends without a result
