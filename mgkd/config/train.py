@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field, PositiveFloat, PositiveInt
+from pydantic import Field, PositiveFloat, PositiveInt, model_validator
 
 from mgkd.config.base import StrictModel
 
@@ -26,6 +26,9 @@ class TrainConfig(StrictModel):
     # Token budget of a batch: padded target tokens (and source tokens) per batch.
     max_tokens: PositiveInt = 4096
     lr: PositiveFloat = 1e-3
+    # Batches per optimizer step on each worker (gradient accumulation): a step's gradient is their mean, so
+    # one worker accumulating N batches takes the step that N data-parallel workers take with one batch each.
+    accumulate_batches: PositiveInt = 1
     warmup_steps: int = Field(200, ge=0)
     weight_decay: float = Field(0.0, ge=0)
     clip_norm: PositiveFloat | None = 1.0
@@ -38,3 +41,19 @@ class TrainConfig(StrictModel):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     # CPU threads for torch inside a generation (None: the CPUs Ray gives it).
     threads: PositiveInt | None = None
+    # Arithmetic of the forward passes and losses: fp32, or mixed precision (autocast) in bf16 or fp16 (fp16 with
+    # a gradient scaler). Weights, optimizer and evaluation stay fp32. bf16/fp16 need a GPU that has them: on a
+    # CPU they are ~100x slower than fp32 and refused unless allow_slow_precision (tests, experiments).
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    allow_slow_precision: bool = False
+    # fp32 matmuls and convolutions in TF32 on CUDA devices that have it (Ampere and later); off: exact fp32.
+    tf32: bool = True
+
+    @model_validator(mode="after")
+    def _precision_on_cpu(self) -> TrainConfig:
+        if self.device == "cpu" and self.precision != "fp32" and not self.allow_slow_precision:
+            raise ValueError(
+                f"train.precision: {self.precision} on train.device: cpu is ~100x slower than fp32 on a CPU; use "
+                "precision fp32 on a CPU (bf16/fp16 are for GPUs), or set train.allow_slow_precision: true to force it"
+            )
+        return self

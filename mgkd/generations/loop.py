@@ -24,6 +24,7 @@ import torch
 
 from mgkd.errors import MgkdError
 from mgkd.generations.checkpoint import parameter_hash
+from mgkd.generations.precision import Precision
 from mgkd.generations.spec import GenerationSpec
 from mgkd.generations.teacher_cache import TeacherCache
 from mgkd.losses.base import TeacherNeeds
@@ -175,14 +176,16 @@ def first_on_worker_0(world: int, build: Callable[[], Any]) -> Any:
 
 
 def backward(loss: torch.Tensor, parts: dict[str, torch.Tensor], trainable: list[torch.Tensor], tokens: int,
-             stop: bool, world: int, spec: GenerationSpec, step: int) -> tuple[int, bool]:  # fmt: skip
-    """The step's gradients, averaged over data-parallel workers, and clipped; a non-finite loss on any worker
-    stops every worker with an error naming the terms. Returns (the step's tokens over all workers, whether
-    any worker was asked to stop)."""
-    finite = bool(torch.isfinite(loss))
+             stop: bool, world: int, spec: GenerationSpec, step: int, precision: Precision,
+             optimizer: torch.optim.Optimizer, earlier_finite: bool = True) -> tuple[int, bool]:  # fmt: skip
+    """The step's gradients, averaged over data-parallel workers, unscaled (fp16) and clipped; a non-finite loss
+    on any worker stops every worker with an error naming the terms. Returns (the step's tokens over all
+    workers, whether any worker was asked to stop). `earlier_finite`: whether the step's earlier micro-batches
+    (train.accumulate_batches), whose gradients are already accumulated, had finite losses."""
+    finite = bool(torch.isfinite(loss)) and earlier_finite
     if world > 1:  # every worker learns of a non-finite loss or a stop anywhere, in the same all-reduce
         if finite:
-            loss.backward()
+            precision.scaled(loss).backward()
         finite, tokens, stop = average_gradients(trainable, finite, tokens, world, stop)
     if not finite:
         bad = [n for n, v in parts.items() if not torch.isfinite(v)] or ["total"]
@@ -191,7 +194,8 @@ def backward(loss: torch.Tensor, parts: dict[str, torch.Tensor], trainable: list
             "lower train.lr or check the loss weights"
         )
     if world == 1:
-        loss.backward()
+        precision.scaled(loss).backward()
+    precision.unscale(optimizer)  # every worker holds the same averaged gradients: the same overflow verdict
     if spec.train.clip_norm:
         torch.nn.utils.clip_grad_norm_(trainable, spec.train.clip_norm)
     return tokens, stop

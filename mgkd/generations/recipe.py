@@ -54,6 +54,7 @@ from mgkd.generations.loop import (
     seed_everything,
     world_position,
 )
+from mgkd.generations.precision import Precision
 from mgkd.generations.spec import GenerationSpec
 from mgkd.generations.teacher import build_student, teacher_signal, teacher_views
 from mgkd.generations.train_state import (
@@ -114,6 +115,7 @@ def train_generation(
     steps = steps_of(data)
     task = steps.task
     device = resolve_device(spec.train.device)
+    precision = Precision(spec.train, device, spec.index)  # a device that cannot do it is refused here
     # Worker r > 0 draws its own dropout masks and noise; worker 0 draws what a single process would.
     seed_everything(spec.seed + rank)
     criterion = Criterion(spec.losses)
@@ -146,10 +148,12 @@ def train_generation(
     extra_params = [q for plugin in criterion.plugins for q in plugin.setup(student, teacher)]
 
     train = data.splits["train"]
-    steps_per_epoch = len(task.batch_indices(train, spec.train.max_tokens, shuffle=False)) // world
+    accum = spec.train.accumulate_batches
+    steps_per_epoch = len(task.batch_indices(train, spec.train.max_tokens, shuffle=False)) // (world * accum)
     if steps_per_epoch == 0:
-        raise MgkdError(f"generation {spec.index}: fewer training batches than the {world} data-parallel workers; "
-                        "lower ray.workers or train.max_tokens")  # fmt: skip
+        raise MgkdError(f"generation {spec.index}: fewer training batches than one step takes ({world} data-parallel "
+                        f"worker(s) x train.accumulate_batches {accum}); lower ray.workers, accumulate_batches "
+                        "or train.max_tokens")  # fmt: skip
     total_steps = spec.train.max_epochs * steps_per_epoch
     if spec.train.max_steps is not None:
         total_steps = min(total_steps, spec.train.max_steps)
@@ -188,6 +192,7 @@ def train_generation(
     if saved is not None:
         student.load_state_dict(saved["student"])
         optimizer.load_state_dict(saved["optimizer"])
+        precision.load_state_dict(saved.get("scaler"))
         for q, value in zip(extra_params, saved["extra"]):
             q.data.copy_(value)
         step, epoch, skip, tokens_seen = saved["step"], saved["epoch"], saved["batch_in_epoch"], saved["tokens"]
@@ -227,6 +232,7 @@ def train_generation(
             "identity": state_id, "student": student.state_dict(), "optimizer": optimizer.state_dict(),
             "extra": [q.detach() for q in extra_params], "step": step, "epoch": epoch,
             "batch_in_epoch": batch_in_epoch, "tokens": tokens_seen, "best": best, "drawn": drawn_then,
+            "scaler": precision.state_dict(),
             **worker_rng_states(rngs),
         })  # fmt: skip
 
@@ -236,6 +242,29 @@ def train_generation(
         path = save_state(batch_in_epoch) if step < total_steps else None
         if session is not None and (epoch_metrics is not None or not session.epoch_reports_only):
             session.report({"step": float(step), "epoch": float(epoch), **(epoch_metrics or {})}, path)
+
+    def forward_views(idx: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor], int]:
+        """One batch through the student (and the teacher where a term reads it) on every data view of the loss,
+        under train.precision: (loss, its terms, target tokens)."""
+        outputs, ntok = {}, 0
+        with precision.autocast():
+            for view in criterion.views:
+                if view == "gold":
+                    batch = task.collate(train, idx)
+                elif views[view].aligned:
+                    batch = task.collate(views[view].split, idx)
+                else:
+                    batch = next(unaligned[view])
+                    drawn[view] += 1
+                noise = views[view].noise if view in views else None
+                if noise is not None:
+                    batch = noise(batch, noise_rng)
+                batch = batch.to(device, non_blocking=device.type == "cuda")
+                cached = cache if view == "gold" else None  # the cache holds the gold targets only
+                outputs[view] = forward_pair(student, teacher, batch, *criterion.needs(view), cached)
+                ntok += task.batch_tokens(batch)
+            loss, parts = criterion(None, views=outputs)
+        return loss, parts, ntok
 
     # --- the train loop ---------------------------------------------------------------------------------
     student.train()
@@ -249,9 +278,12 @@ def train_generation(
             epoch += 1
             done_position = skip
             order = task.batch_indices(train, spec.train.max_tokens, shuffle=True, seed=epoch_seed(spec.seed, epoch))
-            if world > 1:  # worker r takes batches r, r + world, ...: one global step = world batches
-                order = order[rank::world][:steps_per_epoch]
-            for position, idx in enumerate(order):
+            if world > 1:  # worker r takes batches r, r + world, ...: one global step = world x accum batches
+                order = order[rank::world]
+            # one step = `accum` consecutive batches of this worker's share (so 1 worker accumulating 2 batches
+            # takes the batches that 2 workers take, one each)
+            order = [order[i : i + accum] for i in range(0, steps_per_epoch * accum, accum)]
+            for position, micro in enumerate(order):
                 if position < skip:
                     continue
                 if step >= total_steps:
@@ -262,34 +294,34 @@ def train_generation(
                 # What an interrupt inside this step saves: the generators and side-stream positions before any
                 # of the step's draws (dropout, noise, a side batch), so a resume redraws exactly them.
                 step_start = (rng_state(noise_rng), dict(drawn))
-                outputs = {}
-                ntok = 0
-                for view in criterion.views:
-                    if view == "gold":
-                        batch = task.collate(train, idx)
-                    elif views[view].aligned:
-                        batch = task.collate(views[view].split, idx)
-                    else:
-                        batch = next(unaligned[view])
-                        drawn[view] += 1
-                    noise = views[view].noise if view in views else None
-                    if noise is not None:
-                        batch = noise(batch, noise_rng)
-                    batch = batch.to(device)
-                    cached = cache if view == "gold" else None  # the cache holds the gold targets only
-                    outputs[view] = forward_pair(student, teacher, batch, *criterion.needs(view), cached)
-                    ntok += task.batch_tokens(batch)
-                loss, parts = criterion(None, views=outputs)
-                stop = session is not None and session.stop_requested()
                 optimizer.zero_grad(set_to_none=True)
-                ntok, stop = backward(loss, parts, trainable, ntok, stop, world, spec, step)
+                # train.accumulate_batches: the step's gradient is the mean over its micro-batches (and workers)
+                bad: dict[str, torch.Tensor] | None = None  # the terms of a non-finite earlier micro-batch
+                loss_sum: torch.Tensor | None = None
+                parts_sum: dict[str, torch.Tensor] = {}
+                ntok = 0
+                for j, idx in enumerate(micro):
+                    loss, parts, n = forward_views(idx)
+                    if accum > 1:
+                        loss, parts = loss / accum, {k: v / accum for k, v in parts.items()}
+                    ntok += n
+                    loss_sum = loss.detach() if loss_sum is None else loss_sum + loss.detach()
+                    parts_sum = {k: v.detach() + parts_sum.get(k, 0) for k, v in parts.items()}
+                    if j < len(micro) - 1:  # the last one goes through backward() with the all-reduce below
+                        if torch.isfinite(loss):
+                            precision.scaled(loss).backward()
+                        else:
+                            bad = bad or parts
+                stop = session is not None and session.stop_requested()
+                ntok, stop = backward(loss, bad or parts, trainable, ntok, stop, world, spec, step, precision,
+                                      optimizer, earlier_finite=bad is None)  # fmt: skip
                 with interrupts_deferred():  # a Ctrl-C here lands once the weights are whole again
-                    optimizer.step()
+                    precision.step(optimizer)  # fp16: skipped if the gradients overflowed
                     step += 1
                     done_position = position + 1
                     step_start = None  # the step is whole: the generators as they are now are its end
                 tokens_seen += ntok
-                window.add(loss, parts, ntok)
+                window.add(loss_sum if accum > 1 else loss, parts_sum if accum > 1 else parts, ntok)
                 if step % spec.train.log_every_steps == 0 or step == total_steps:
                     window.emit(events, step, epoch, optimizer.param_groups[0]["lr"])
                 if stop and step < total_steps:  # the driver's Ctrl-C: every worker stops after this same step

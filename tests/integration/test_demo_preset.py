@@ -10,7 +10,8 @@ from mgkd.lineage.tracking import read_lineage
 from mgkd.models import build_model, count_parameters
 from mgkd.orchestration.controller import run_lineage
 
-# The demo's data and steps made tiny; its chain (sizes, losses, init, controls) left as the preset has it.
+# The demo's data and steps made tiny; its chain (sizes, losses, init) left as the preset has it, with its controls
+# (`mgkd run --control`).
 DATA = ["corpus.max_pairs=600", "tokenizer.vocab_size=400", "split.max_valid=30", "split.max_test=30",
         "train.max_epochs=1", "train.max_tokens=2048", "train.warmup_steps=5", "train.threads=1",
         "generations.student.train.max_steps=8", "generations.student.train.max_epochs=1",
@@ -19,7 +20,7 @@ DATA = ["corpus.max_pairs=600", "tokenizer.vocab_size=400", "split.max_valid=30"
 
 def test_the_demo_chain_shrinks_and_records_kd_minus_control(tmp_path):
     cfg = build_config(preset="demo", overrides=[*DATA, f"output_dir={tmp_path}", "generations.count=2",
-                                                 "ray.enabled=false"])  # fmt: skip
+                                                 "ray.enabled=false", "generations.control=true"])  # fmt: skip
     outcome = run_lineage(cfg, Console(quiet=True))
     info = read_lineage(outcome.tracking_uri, outcome.lineage_id)
     gens = info["generations"]

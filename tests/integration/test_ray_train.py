@@ -141,6 +141,28 @@ def test_two_data_parallel_workers_split_each_step(ray_session, tiny_data, tmp_p
     assert 0.8 * per_epoch <= seen_tokens <= per_epoch * 1.0001
 
 
+def test_two_workers_train_what_one_worker_accumulating_their_two_batches_trains(ray_session, tiny_data, tmp_path):
+    """The data-parallel arithmetic end to end: 2 Ray Train workers (one batch each per step, gradients averaged)
+    end with the weights of 1 in-process worker that takes the same 2 batches per step with
+    train.accumulate_batches=2, up to float rounding. Dropout is off: each worker draws its own masks, which one
+    process cannot reproduce. Fails if the workers' batches, the averaging or the step sequence differ."""
+    common = ("model.dropout=0", "train.max_epochs=1", "train.checkpoint_every_steps=1000")
+    cfg, two = _spec(tmp_path, *common, "ray.workers=2", "ray.cpus_per_generation=2")
+    one = _spec(tmp_path, *common, "train.accumulate_batches=2")[1]
+    plain = _spec(tmp_path, *common)[1]  # one batch per step: another step sequence, which the test must tell
+    r2 = RayRunner(cfg.ray, tiny_data, tmp_path).run(two, tmp_path / "lineages" / "L" / "gen-0", None, lambda e: None)
+    r1 = train_generation(one, tiny_data, tmp_path / "one")
+    rp = train_generation(plain, tiny_data, tmp_path / "plain")
+    w2, w1, wp = (torch.load(r.checkpoint, map_location="cpu", weights_only=True)["state_dict"] for r in (r2, r1, rp))
+    assert r2.metrics["steps"] == r1.metrics["steps"] == rp.metrics["steps"] // 2
+    assert r1.metrics["train_tokens_per_s"] * r1.metrics["train_time_s"] == pytest.approx(
+        r2.metrics["train_tokens_per_s"] * r2.metrics["train_time_s"]
+    )  # the same tokens: the same batches
+    for k in w1:
+        assert torch.allclose(w2[k], w1[k], rtol=1e-4, atol=1e-5), f"{k}: max diff {(w2[k] - w1[k]).abs().max()}"
+    assert max(float((w1[k] - wp[k]).abs().max()) for k in w1 if w1[k].is_floating_point()) > 1e-3
+
+
 def test_two_data_parallel_workers_hold_identical_replicas(ray_session, tiny_data, tmp_path):
     """Two workers, a student from scratch (each worker seeds its own: spec.seed + rank) and an internal loss whose
     projection is the plugin's own parameter: the workers' replicas differ as built, are worker 0's after the

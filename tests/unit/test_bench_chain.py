@@ -1,0 +1,111 @@
+"""bench/chain.py, the demo's report over seeds, on hand-made records (no training): the direct student is generation
+4's model and seed taught by generation 0; the report refuses comparisons that differ in more than they say; the
+targets and verdicts follow the numbers; its block in RESULTS.md and the README is replaced, the rest kept, and
+bench/results.py keeps it when it rewrites the report."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from mgkd.errors import MgkdError
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def chain():
+    sys.path.insert(0, str(ROOT / "bench"))
+    spec = importlib.util.spec_from_file_location("bench_chain", ROOT / "bench" / "chain.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_generation_5_is_generation_4s_model_and_seed_taught_by_generation_0(chain, tmp_path):
+    for lin, seed in zip(chain.lineages("demo", [1, 7], tmp_path, ray=True), [1, 7]):
+        gens = lin.raw["generations"]
+        assert gens["count"] == 5 and lin.raw["seed"] == seed
+        assert gens["per_generation"][5]["model"] == gens["per_generation"][4]["model"]
+        assert gens["per_generation"][5]["teacher_generations"] == [0]
+        assert gens["per_generation"][5]["seed"] == seed + 4  # generation 4's default seed: the run's + its index
+        assert gens["control"] is True
+
+
+SIZES = {0: 1.44e6, 1: 0.91e6, 2: 0.68e6, 3: 0.49e6, 4: 0.37e6, 5: 0.37e6}
+MODELS = {0: 128, 1: 96, 2: 80, 3: 64, 4: 64, 5: 64}
+
+
+def _record(chain, seed: int, bleu: dict[int, float], ctl: dict[int, float], init_5: str = "i4"):
+    def run(k, b, loss):
+        params = {"seed": str(seed + min(k, 4)), "generation": str(k), "model.arch": "transformer",
+                  "model.d_model": str(MODELS[k]), "model.encoder_layers": "2", "model.decoder_layers": "2",
+                  "teacher_generations": "[0]" if k == 5 else f"[{k - 1}]", "loss.seq_kd.weight": loss}  # fmt: skip
+        metrics = {"test_bleu": b, "test_chrf": 3 * b, "parameters": SIZES[k]}
+        init = init_5 if k == 5 else f"i{k}"
+        return {"generation": k, "status": "FINISHED", "params": params, "metrics": metrics,
+                "init_sha256": init, "data_order_sha256": f"d{min(k, 4)}"}  # fmt: skip
+
+    gens = [run(k, bleu[k], "0.5") for k in range(6)]
+    controls = [run(k, ctl[k], "None") for k in range(1, 6)]
+    lin = SimpleNamespace(raw={"seed": seed}, key=f"chain-seed{seed}", what="x")
+    rec = chain.R.Record(lin, {"lineage_id": "L", "generations": gens, "controls": controls}, None, None, True, "")
+    return rec
+
+
+def _args(**kw):
+    return argparse.Namespace(budget="demo", seeds="1,2,3", report_only=False, **kw)
+
+
+def test_report_reads_targets_and_gated_verdicts_off_the_numbers(chain, monkeypatch):
+    monkeypatch.setattr(chain.R, "_budget_of", lambda rec, k: "budget")
+    monkeypatch.setattr(chain.R, "_data_line", lambda rec: "data")
+    monkeypatch.setattr(chain.R, "_run_line", lambda rec: "run")
+    monkeypatch.setattr(chain.R, "_model_name", lambda g: f"d{g['params']['model.d_model']}")
+    recs = []
+    for seed, jitter in ((1, 0.0), (2, 0.1), (3, -0.1)):
+        bleu = {0: 10 + jitter, 1: 9 + jitter, 2: 8 + jitter, 3: 7 + jitter, 4: 9.6 + jitter, 5: 5 + jitter}
+        ctl = {1: 3 + jitter, 2: 7.95 + jitter, 3: 2, 4: 1 + jitter, 5: 1 + jitter}
+        recs.append(_record(chain, seed, bleu, ctl))
+    recs[0].parent = SimpleNamespace(data=SimpleNamespace(tags={"bench.hardware": "hw"}))
+    block, headline = chain.report(recs, _args(), missing=[])
+    assert "3.89x fewer parameters than the teacher (target ≥ 4x: not met)" in block
+    assert "keeps 96% of the teacher's test BLEU, mean of 3 seed(s) (target ≥ 95%: met)" in block
+    # generation 2's gap (+0.05) is inside the spread (0.2): not a win; 1, 3 and 4 are
+    assert "beat their control by more than the seed spread: 1, 3, 4 of 4 (target: all: not met)" in block
+    assert "| 2 | d80 |" in block and "no measurable difference" in block
+    assert "chain − direct BLEU +4.60 (mean of 3 seeds) is larger than the seed spread 0.20: chain is ahead" in block
+    assert headline.startswith("The demo (`configs/demo.yaml`) over 3 seed(s)") and "| 4 | d64 |" in headline
+
+
+def test_report_refuses_a_direct_student_from_other_weights(chain, monkeypatch):
+    recs = [_record(chain, 1, dict.fromkeys(range(6), 5.0), dict.fromkeys(range(1, 6), 1.0), init_5="other")]
+    with pytest.raises(MgkdError, match="generation 4 vs 5: the runs started from different weights"):
+        chain.report(recs, _args(), missing=[])
+
+
+def test_report_refuses_controls_that_should_be_one_run_but_differ(chain):
+    ctl = {1: 1.0, 2: 1.0, 3: 1.0, 4: 1.0, 5: 1.5}
+    recs = [_record(chain, 1, dict.fromkeys(range(6), 5.0), ctl)]
+    with pytest.raises(MgkdError, match="controls of generations 4 and 5 should be identical"):
+        chain.report(recs, _args(), missing=[])
+
+
+def test_the_block_is_replaced_and_the_rest_kept_also_by_results_py(chain, tmp_path):
+    out = tmp_path / "RESULTS.md"
+    out.write_text("# mgkd quality report\n\nold intro\n\n## A. old section\n", encoding="utf-8")
+    chain.replace_block(out, chain.BEGIN, chain.END, "chain v1", after="# ")
+    chain.replace_block(out, chain.BEGIN, chain.END, "chain v2", after="# ")
+    text = out.read_text()
+    assert text.count(chain.BEGIN) == 1 and "chain v2" in text and "chain v1" not in text
+    assert text.index("# mgkd quality report") < text.index("chain v2") < text.index("## A. old section")
+    # results.py rewrites the report from scratch: chain.py's block survives, right after the title
+    rewritten = chain.R.with_chain_block("# mgkd quality report\n\nnew intro\n\n## A. new section\n", out)
+    assert "old intro" not in rewritten and "chain v2" in rewritten
+    assert rewritten.index("# mgkd quality report") < rewritten.index("chain v2") < rewritten.index("new intro")
+    assert chain.R.with_chain_block("# t\n", tmp_path / "absent.md") == "# t\n"
