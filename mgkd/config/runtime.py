@@ -73,11 +73,31 @@ class RayConfig(StrictModel):
     # Ray Train: where each generation's reported training states go (None: <output_dir>/ray_train). On a
     # multi-node cluster, a path every node reaches (a shared filesystem, or a URI such as s3://bucket/path).
     storage_path: str | None = None
+    # Ray Train: custom resources each worker asks for besides its CPUs/GPUs (ScalingConfig.resources_per_worker),
+    # e.g. {node2: 1} to place the workers on a node started with `ray start --resources '{"node2": 1}'`.
+    resources_per_worker: dict[str, float] = Field(default_factory=dict)
+
+    @field_validator("resources_per_worker")
+    @classmethod
+    def _custom_resources(cls, v: dict[str, float]) -> dict[str, float]:
+        for name, amount in v.items():
+            if not name.strip():
+                raise ValueError("resources_per_worker: a resource needs a name")
+            if name in ("CPU", "GPU", "memory", "object_store_memory"):
+                raise ValueError(
+                    f"resources_per_worker.{name}: set CPUs and GPUs with ray.cpus_per_generation / "
+                    "ray.gpus_per_generation; resources_per_worker is for custom resources (e.g. {node2: 1})"
+                )
+            if not amount > 0:
+                raise ValueError(f"resources_per_worker.{name} must be > 0, got {amount}")
+        return v
 
     @model_validator(mode="after")
     def _workers_fit(self) -> RayConfig:
         if self.workers > 1 and self.backend == "task":
             raise ValueError(f"ray.workers={self.workers} needs ray.backend 'train' (a Ray task is one process)")
+        if self.resources_per_worker and self.backend == "task":
+            raise ValueError("ray.resources_per_worker needs ray.backend 'train' (it is Ray Train's ScalingConfig)")
         return self
 
 

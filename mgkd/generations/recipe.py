@@ -180,8 +180,15 @@ def train_generation(
     skip, drawn = 0, dict.fromkeys(unaligned, 0)
     saved = load_train_state(out_dir, state_id)
     restored = session.restored() if session is not None else None
-    if saved is None and restored is not None:  # a restarted Ray Train attempt on a node without out_dir's state
-        saved = load_train_state(restored, state_id)
+    if restored is not None:  # Ray Train's latest reported state: a restarted attempt's, or an earlier run's
+        try:
+            reported = load_train_state(restored, state_id)
+        except MgkdError:
+            if saved is None:
+                raise
+            reported = None
+        if reported is not None and (saved is None or reported["step"] > saved["step"]):
+            saved = reported  # the newer of the two (out_dir's is the driver's, e.g. saved at a Ctrl-C)
     if saved is not None:
         student.load_state_dict(saved["student"])
         optimizer.load_state_dict(saved["optimizer"])

@@ -123,6 +123,8 @@ def run_lineage(cfg: ExperimentConfig, console: Console | None = None, force: bo
     recorder = LineageRecorder(tracking_uri, cfg.experiment_name, artifact_root(cfg, tracking_uri))
     runner: LocalRunner | RayRunner = RayRunner(cfg.ray, data, cfg.output_dir) if cfg.ray.enabled else LocalRunner(data)
     console.log(f"runner: {runner.description}")
+    for warning in getattr(runner, "warnings", []):
+        console.log(f"[yellow]warning:[/] {warning}")
 
     lineage_id = recorder.start_lineage(
         cfg.name,
@@ -212,6 +214,8 @@ def resume_lineage(target: str, tracking_uri: str | None = None, console: Consol
         + "; "
         f"runner: {runner.description}"
     )
+    for warning in getattr(runner, "warnings", []):
+        console.log(f"[yellow]warning:[/] {warning}")
     return _drive(cfg, specs, data, recorder, runner, lineage_id, console, t0, done, open_runs, done_controls,
                   open_controls)  # fmt: skip
 

@@ -14,7 +14,7 @@ from mgkd.errors import MgkdError
 def scaling(cfg: RayConfig, use_gpu: bool) -> Any:
     from ray.train import ScalingConfig
 
-    per_worker = {"CPU": cfg.cpus_per_generation / cfg.workers}
+    per_worker = {"CPU": cfg.cpus_per_generation / cfg.workers, **cfg.resources_per_worker}
     if use_gpu:
         per_worker["GPU"] = cfg.gpus_per_generation / cfg.workers
     return ScalingConfig(num_workers=cfg.workers, use_gpu=use_gpu, resources_per_worker=per_worker)
@@ -44,7 +44,7 @@ def check_workers_fit(cfg: RayConfig, nodes: list[dict[str, Any]]) -> None:
     """Refuse, before anything trains, a `ray.workers` the cluster cannot place (Ray would wait forever)."""
     if cfg.backend != "train":
         return
-    per_worker = {"CPU": cfg.cpus_per_generation / cfg.workers}
+    per_worker = {"CPU": cfg.cpus_per_generation / cfg.workers, **cfg.resources_per_worker}
     if cfg.gpus_per_generation:
         per_worker["GPU"] = cfg.gpus_per_generation / cfg.workers
     fit = placeable_workers(nodes, per_worker)
@@ -55,10 +55,23 @@ def check_workers_fit(cfg: RayConfig, nodes: list[dict[str, Any]]) -> None:
             for n in nodes if n.get("Alive", False)
         )  # fmt: skip
         need = ", ".join(f"{v:g} {k}" for k, v in per_worker.items())
+        custom = " / ray.resources_per_worker" if cfg.resources_per_worker else ""
         raise MgkdError(
             f"ray.workers={cfg.workers} needs {need} per worker, but the Ray cluster's nodes ({seen}) hold only {fit} "
-            "such worker(s); lower ray.workers, lower ray.cpus_per_generation / ray.gpus_per_generation, or add nodes"
+            f"such worker(s); lower ray.workers, lower ray.cpus_per_generation / ray.gpus_per_generation{custom}, "
+            "or add nodes"
         )
+
+
+def multi_node_warning(cfg: RayConfig, nodes: list[dict[str, Any]]) -> str | None:
+    """A cluster of several nodes without `ray.storage_path`: Ray Train's storage (the training states and each
+    generation's delivered outputs) would be a folder on one node that the others cannot reach."""
+    alive = [n for n in nodes if n.get("Alive", False)]
+    if len(alive) < 2 or cfg.storage_path or cfg.backend != "train":
+        return None
+    return (f"the Ray cluster has {len(alive)} alive nodes but ray.storage_path is not set: workers on other nodes "
+            "cannot deliver their results or training states; set ray.storage_path to a folder every node reaches "
+            "(a shared filesystem, or a URI such as s3://bucket/path)")  # fmt: skip
 
 
 def check_reachable(address: str) -> None:

@@ -9,15 +9,16 @@ restarts from the last of them when a worker dies. With `ray.backend: task`
 it is one Ray task. Either way the prepared data goes to the object store once
 per lineage and worker 0 streams progress events back through a Ray queue, so
 the driver renders progress and writes MLflow while the workers only train.
+Under Ray Train nothing crosses nodes by path (transfer.py): the teacher goes
+to the workers as checked bytes, worker 0's outputs come back as the run's
+last checkpoint in its storage, and Ctrl-C and errors through a named actor.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import json
+import hashlib
 import logging
 import os
-import shutil
 import threading
 import time
 from pathlib import Path
@@ -28,8 +29,19 @@ from mgkd.errors import MgkdError
 from mgkd.files import write_atomic
 from mgkd.generations import GenerationResult, GenerationSpec, train_generation
 from mgkd.generations.loop import Events
-from mgkd.orchestration.placement import check_reachable, check_workers_fit, resolve_gpus, scaling
+from mgkd.generations.train_state import LEGACY_SHA_FILE, STATE_FILE, clear_train_state
+from mgkd.orchestration.placement import (
+    check_reachable,
+    check_workers_fit,
+    multi_node_warning,
+    resolve_gpus,
+    scaling,
+)
+from mgkd.orchestration.transfer import RESULT_FILE, ship_teacher, start_signals, unpack_delivery
+from mgkd.orchestration.worker import ERROR_FILE, RayTrainSession, read_result, train_loop  # noqa: F401 - sweep's
 from mgkd.tasks.translation import PreparedData
+
+STOP_WAIT_S = 60.0  # how long a Ctrl-C waits for the workers to save their state before the run is aborted
 
 Teacher = GenerationResult | list[GenerationResult] | None
 
@@ -67,90 +79,6 @@ def _train_in_worker(spec: GenerationSpec, data: PreparedData, out_dir: str, tea
     if spec.train.threads is None:
         torch.set_num_threads(max(1, int(cpus)))
     return train_generation(spec, data, Path(out_dir), teacher_checkpoint, teacher_sha256, queue.put)
-
-
-RESULT_FILE = "result.json"
-ERROR_FILE = "error.txt"
-# The driver's Ctrl-C under Ray Train: it writes STOP_FILE, the workers finish their step, save the training
-# state and leave INTERRUPTED_FILE (the Ray task backend gets the same through Ray's gentle cancel).
-STOP_FILE = "stop.request"
-INTERRUPTED_FILE = "interrupted"
-STOP_WAIT_S = 60.0
-
-
-class RayTrainSession:
-    """`train_generation`'s Session under Ray Train: reports go to `ray.train.report`, training states become
-    Ray Train checkpoints (persisted in the run's storage), and a restarted attempt gets the latest back."""
-
-    def __init__(self, out_dir: Path, epoch_reports_only: bool = False) -> None:
-        self.out_dir = out_dir
-        self.epoch_reports_only = epoch_reports_only
-
-    def restored(self) -> Path | None:
-        import ray.train
-
-        checkpoint = ray.train.get_checkpoint()
-        return Path(checkpoint.to_directory()) if checkpoint is not None else None
-
-    def stop_requested(self) -> bool:
-        return (self.out_dir / STOP_FILE).exists()
-
-    def report(self, metrics: dict[str, float], state: Path | None) -> None:
-        import ray.train
-
-        if state is None:
-            ray.train.report(metrics)
-            return
-        # A hard link in a folder beside the state (the file carries its own checksum): Ray copies it to storage;
-        # nothing is written twice here.
-        staging = self.out_dir / ".report"
-        shutil.rmtree(staging, ignore_errors=True)
-        staging.mkdir()
-        os.link(state, staging / state.name)
-        try:
-            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(str(staging)))
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
-
-
-def train_loop(config: dict[str, Any]) -> None:
-    """The Ray Train function of one generation, on every worker: worker 0 writes the result (or the run's own
-    error, which no retry would fix) into the generation's folder for the driver."""
-    import ray
-    import torch
-
-    spec: GenerationSpec = config["spec"]
-    out_dir = Path(config["out_dir"])
-    if spec.train.threads is None:
-        torch.set_num_threads(max(1, int(config["cpus_per_worker"])))
-    data = config["data"] if isinstance(config["data"], PreparedData) else ray.get(config["data"])
-    queue = config.get("queue")
-    events = queue.put if queue is not None else (lambda _: None)
-    session = RayTrainSession(out_dir, config.get("epoch_reports_only", False))
-    try:
-        result = train_generation(spec, data, out_dir, config["teacher_checkpoint"], config["teacher_sha256"],
-                                  events, session)  # fmt: skip
-    except MgkdError as e:
-        write_atomic(out_dir / ERROR_FILE, str(e).encode())
-        return
-    except KeyboardInterrupt:
-        if not session.stop_requested():
-            raise
-        write_atomic(out_dir / INTERRUPTED_FILE, b"")  # the state is saved; the run ends without a result
-        return
-    if result is not None:
-        write_atomic(out_dir / RESULT_FILE, json.dumps(dataclasses.asdict(result)).encode())
-
-
-def read_result(out_dir: Path) -> GenerationResult:
-    """What `train_loop`'s worker 0 left: the result, or the run's error raised here."""
-    error = out_dir / ERROR_FILE
-    if error.is_file():
-        raise MgkdError(error.read_text(encoding="utf-8"))
-    path = out_dir / RESULT_FILE
-    if not path.is_file():
-        raise MgkdError(f"the Ray Train run of {out_dir.name} ended without a result in {path}")
-    return GenerationResult(**json.loads(path.read_text(encoding="utf-8")))
 
 
 class RayRunner:
@@ -196,7 +124,10 @@ class RayRunner:
             raise MgkdError(
                 f"ray.gpus_per_generation={cfg.gpus_per_generation} but the Ray cluster has {total.get('GPU', 0)} GPUs"
             )
-        check_workers_fit(cfg, ray.nodes())
+        nodes = ray.nodes()
+        check_workers_fit(cfg, nodes)
+        warning = multi_node_warning(cfg, nodes)
+        self.warnings = [warning] if warning else []
         where = "cluster " + address if address else "local"
         how = f"Ray Train, {cfg.workers} worker(s)" if cfg.backend == "train" else "Ray tasks"
         self.description = f"Ray {ray.__version__} ({where}, {total.get('CPU', 0):g} CPUs; {how})"
@@ -256,62 +187,84 @@ class RayRunner:
     ) -> GenerationResult:
         import ray
 
-        for stale in (RESULT_FILE, ERROR_FILE, STOP_FILE, INTERRUPTED_FILE):
-            (out_dir / stale).unlink(missing_ok=True)
         out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / RESULT_FILE).unlink(missing_ok=True)
+        name = f"{out_dir.parent.name}-{out_dir.name}"
+        signals = start_signals(name)
         checkpoint, sha256 = teacher_files(teacher)
-        trainer = train_run(
-            spec,
-            self.cfg,
-            self.data_ref,
-            out_dir,
-            checkpoint,
-            sha256,
-            self.storage,
-            f"{out_dir.parent.name}-{out_dir.name}",
-            queue=queue,
-        )
-        # The driver thread waits in fit(); a second thread forwards worker 0's events meanwhile.
+        # A state this folder holds (a resumed generation) goes to the workers as bytes, like the teacher.
+        resume = {}
+        for held in (STATE_FILE, LEGACY_SHA_FILE) if (out_dir / STATE_FILE).is_file() else ():
+            if (out_dir / held).is_file():
+                raw = (out_dir / held).read_bytes()
+                resume[held] = {"ref": ray.put(raw), "sha256": hashlib.sha256(raw).hexdigest()}
+        trainer = train_run(spec, self.cfg, self.data_ref, out_dir, checkpoint, sha256, self.storage, name,
+                            queue=queue, signals=signals, resume_state=resume or None)  # fmt: skip
+        # The driver thread waits in fit(); a second thread forwards worker 0's events and training states.
         stop = threading.Event()
+
+        def keep_state() -> None:
+            state = ray.get(signals.take_state.remote())
+            if state is not None:
+                write_atomic(out_dir / STATE_FILE, state)
 
         def forward() -> None:
             while not stop.wait(0.5):
                 drain()
+                keep_state()
+
+        def run_error() -> str | None:
+            ended = ray.get(signals.ended.remote())
+            return ended[1] if ended is not None and ended[0] == "error" else None
 
         forwarder = threading.Thread(target=forward, name="mgkd-events", daemon=True)
         forwarder.start()
         try:
-            trainer.fit()
-        except KeyboardInterrupt:
-            # Ctrl-C: the workers stop after their current step and save the training state for `mgkd resume`
-            # (as in-process training does); the run is aborted once they have, or after STOP_WAIT_S.
             try:
-                write_atomic(out_dir / STOP_FILE, b"")
-                deadline = time.monotonic() + STOP_WAIT_S
-                ends = [out_dir / f for f in (INTERRUPTED_FILE, RESULT_FILE, ERROR_FILE)]
-                while time.monotonic() < deadline and not any(f.is_file() for f in ends):
-                    time.sleep(0.2)
+                outcome = trainer.fit()
+            except KeyboardInterrupt:
+                # Ctrl-C: the workers stop after their current step and save the training state for `mgkd resume`
+                # (as in-process training does); the run is aborted once they have, or after STOP_WAIT_S.
+                try:
+                    ray.get(signals.request_stop.remote())
+                    deadline = time.monotonic() + STOP_WAIT_S
+                    while time.monotonic() < deadline and ray.get(signals.ended.remote()) is None:
+                        time.sleep(0.2)
+                finally:
+                    if trainer.controller is not None:
+                        try:
+                            ray.get(trainer.controller.abort.remote())
+                        except ray.exceptions.RayActorError:
+                            pass  # the run already ended (its workers stopped and returned): nothing to abort
+                raise
+            except Exception as e:  # noqa: BLE001 - Ray Train wraps worker failures; ours come through signals
+                error = run_error()
+                if error is not None:
+                    raise MgkdError(error) from None
+                raise MgkdError(
+                    f"generation {spec.index} failed under Ray Train after {self.cfg.max_failures} restart(s): "
+                    f"{str(e).strip().splitlines()[-1][:500] if str(e).strip() else type(e).__name__}; "
+                    f"`mgkd resume` continues from its last saved training state"
+                ) from e
             finally:
-                if trainer.controller is not None:
-                    try:
-                        ray.get(trainer.controller.abort.remote())
-                    except ray.exceptions.RayActorError:
-                        pass  # the run already ended (its workers stopped and returned): nothing to abort
-            raise
-        except Exception as e:  # noqa: BLE001 - Ray Train wraps worker failures; ours are in the folder
-            error = out_dir / ERROR_FILE
-            if error.is_file():
-                raise MgkdError(error.read_text(encoding="utf-8")) from None
-            raise MgkdError(
-                f"generation {spec.index} failed under Ray Train after {self.cfg.max_failures} restart(s): "
-                f"{str(e).strip().splitlines()[-1][:500] if str(e).strip() else type(e).__name__}; "
-                f"`mgkd resume` continues from its last saved training state"
-            ) from e
+                stop.set()
+                forwarder.join()
+                drain()
+                keep_state()
+            error = run_error()
+            if error is not None:
+                raise MgkdError(error)
+            if outcome.checkpoint is None or ray.get(signals.ended.remote()) != ("result", ""):
+                raise MgkdError(f"the Ray Train run of {name} ended without delivering a result")
+            with outcome.checkpoint.as_directory() as delivered:
+                result, _ = unpack_delivery(Path(delivered), out_dir)
+            clear_train_state(out_dir)  # the generation is complete: its checkpoint is what counts now
+            return result
         finally:
-            stop.set()
-            forwarder.join()
-            drain()
-        return read_result(out_dir)
+            try:
+                ray.kill(signals)
+            except Exception:  # noqa: BLE001 - already gone
+                pass
 
     def close(self) -> None:
         import ray
@@ -322,8 +275,10 @@ class RayRunner:
 
 def train_run(spec: GenerationSpec, cfg: RayConfig, data: Any, out_dir: Path, teacher_checkpoint: Any,
               teacher_sha256: Any, storage: str, name: str, queue: Any = None, epoch_reports_only: bool = False,
-              callbacks: list | None = None) -> Any:  # fmt: skip
-    """A TorchTrainer for one generation (or one Tune trial of it)."""
+              callbacks: list | None = None, signals: Any = None, resume_state: Any = None) -> Any:  # fmt: skip
+    """A TorchTrainer for one generation (or one Tune trial of it). With `signals` (a generation's own run) its
+    worker 0 delivers its outputs as the run's last checkpoint; the teacher's checkpoint goes to the workers
+    through the object store either way."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig
     from ray.train.torch import TorchTrainer
 
@@ -340,8 +295,10 @@ def train_run(spec: GenerationSpec, cfg: RayConfig, data: Any, out_dir: Path, te
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
     use_gpu = bool(cfg.gpus_per_generation)
     config = {
-        "spec": spec, "data": data, "out_dir": str(out_dir), "teacher_checkpoint": teacher_checkpoint,
-        "teacher_sha256": teacher_sha256, "queue": queue, "cpus_per_worker": cfg.cpus_per_generation / cfg.workers,
+        "spec": spec, "data": data, "out_dir": str(out_dir),
+        "teacher": ship_teacher(teacher_checkpoint, teacher_sha256), "teacher_sha256": teacher_sha256,
+        "queue": queue, "signals": signals, "deliver": signals is not None,
+        "resume_state": resume_state, "cpus_per_worker": cfg.cpus_per_generation / cfg.workers,
         "epoch_reports_only": epoch_reports_only,
     }  # fmt: skip
     return _Trainer(
