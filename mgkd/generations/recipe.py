@@ -134,6 +134,9 @@ def train_generation(
         )
         teacher_hash = parameter_hash(teacher)
     sizes = steps.model_sizes(data)
+    # The initial weights follow from the seed and the architecture alone, not from what building the teacher drew
+    # (so the same student taught by a larger teacher, or by none, starts from the same weights).
+    seed_everything(spec.seed + rank)
     student = build_student(spec, sizes["vocab_size"], init_source, sizes.get("num_classes")).to(device)
     init_sha256 = parameter_hash(student)  # recorded: a generation and its matched control must start equal
     n_params = count_parameters(student)

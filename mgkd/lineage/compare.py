@@ -43,7 +43,7 @@ def check_only(what: str, a: dict[str, Any], b: dict[str, Any], may_differ: Sequ
         raise MgkdError(f"{what}: a run has no recorded initial-weight hash (mgkd.init_sha256); re-run it")
     if init_a != init_b:
         raise MgkdError(f"{what}: the runs started from different weights (init sha256 {init_a[:12]}… vs "
-                        f"{init_b[:12]}…), so more than {', '.join(may_differ)} differs")  # fmt: skip
+                        f"{init_b[:12]}…), so more than {', '.join(may_differ) or 'their params'} differs")  # fmt: skip
     differing = params_diff(a, b)  # what does differ, named as a reader would: "the losses" for loss.*
     names = sorted({"the losses" if p.startswith("loss.") else p for p in differing}) or ["nothing"]
     return (f"only {' and '.join(names)} differ: params (seed included) checked equal otherwise, and the same "

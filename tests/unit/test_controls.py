@@ -108,6 +108,24 @@ def test_the_same_student_seed_gives_the_same_initial_weights_and_batches_whatev
         check_only("same params", kd.as_params(), kd.as_params(), ["loss."], runs[1].init_sha256, runs[3].init_sha256)
 
 
+def test_a_students_initial_weights_do_not_depend_on_its_teachers_size(tmp_path, tiny_data):
+    """The chain's last student and the same model taught directly by generation 0 (bench/chain.py) must start
+    equal: the weights come from the seed and the architecture, not from the random draws of building a teacher
+    (a larger teacher drew more and shifted the student's init: seen in the chain's first real run)."""
+    cfg = tiny_config(tmp_path, "generations.count=3", "generations.student.seed=11", "train.max_steps=2",
+                      "generations.student.init=scratch", "generations.per_generation.1.model.d_model=24",
+                      "generations.per_generation.1.model.ff_dim=48",
+                      "generations.per_generation.3.teacher_generations=[0]")  # fmt: skip
+    teacher_spec, small_teacher_spec, via_small, via_big = build_schedule(cfg)
+    assert small_teacher_spec.model != teacher_spec.model and via_small.model == via_big.model
+    big = train_generation(teacher_spec, tiny_data, tmp_path / "g0")
+    small = train_generation(small_teacher_spec, tiny_data, tmp_path / "g1", big.checkpoint, big.checkpoint_sha256)
+    a = train_generation(via_small, tiny_data, tmp_path / "g2", small.checkpoint, small.checkpoint_sha256)
+    b = train_generation(via_big, tiny_data, tmp_path / "g3", big.checkpoint, big.checkpoint_sha256)
+    assert a.init_sha256 == b.init_sha256
+    assert small.init_sha256 != a.init_sha256  # another architecture: another init (the hash is not constant)
+
+
 def _cli_error(tmp_path, *args: str) -> str:
     result = CliRunner().invoke(app, ["run", "--output-dir", str(tmp_path / "out"), "--no-ray", *args])
     assert result.exit_code == 2, result.output
