@@ -65,13 +65,30 @@ def tracking_from_output(output_dir: Path) -> dict[str, Any]:
         raise MgkdError(
             f"{output_dir} holds no mgkd run (no {LAST_LINEAGE}); give --output-dir of a run or --tracking-uri"
         )
+    check_store_exists(last["tracking_uri"], output_dir, f"{Path(output_dir) / LAST_LINEAGE} names")
     return last
+
+
+def check_store_exists(uri: str, output_dir: Path, named_by: str) -> None:
+    """A sqlite store that is not there is refused: opening it would create an empty one (and report that the
+    lineage does not exist)."""
+    if not uri.startswith("sqlite:///"):
+        return
+    db = Path(uri.removeprefix("sqlite:///"))
+    if db.is_file():
+        return
+    here = Path(output_dir) / "mlflow.db"
+    fix = (f"give --tracking-uri sqlite:///{here.resolve()} (this folder's store)" if here.is_file()
+           else "give --tracking-uri of the run's store")  # fmt: skip
+    raise MgkdError(f"{named_by} the MLflow store {db}, which does not exist (was the run's folder moved?); {fix}")
 
 
 def store_of(tracking_uri: str | None, lineage_id: str | None, experiment: str | None,
              output_dir: Path) -> tuple[str, str | None]:  # fmt: skip
     """The tracking URI and experiment a lineage command reads: given, from the environment, or the last run's."""
     uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+    if uri is not None:
+        check_store_exists(uri, output_dir, "--tracking-uri names" if tracking_uri else "MLFLOW_TRACKING_URI names")
     if uri is None or (lineage_id is None and experiment is None):
         last = tracking_from_output(output_dir)
         uri = uri or last["tracking_uri"]

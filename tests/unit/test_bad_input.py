@@ -50,3 +50,29 @@ def test_checkpoint_of_another_architecture_says_which(tmp_path):
     torch.save(payload, path)
     with pytest.raises(MgkdError, match=f"not an mgkd checkpoint \\(format {FORMAT} expected\\)"):
         load_checkpoint(path)
+
+
+def test_a_lineage_command_on_a_moved_run_folder_names_its_store_and_creates_none(tmp_path):
+    """last_lineage.json records the store's absolute path; after the folder moved, opening that path would
+    create an empty store there and then report that the lineage does not exist."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from mgkd.cli import app
+
+    moved = tmp_path / "moved"
+    moved.mkdir()
+    (moved / "mlflow.db").write_bytes(b"")  # the store moved with its folder
+    gone = tmp_path / "old" / "mlflow.db"
+    (moved / "last_lineage.json").write_text(json.dumps({"lineage_id": "abc", "tracking_uri": f"sqlite:///{gone}",
+                                                         "experiment": "demo", "experiment_id": "1"}))  # fmt: skip
+    for args in (["lineage", "--output-dir", str(moved)], ["lineage", "--tracking-uri", f"sqlite:///{gone}"]):
+        result = CliRunner().invoke(app, args)
+        out = " ".join(result.output.split())
+        assert result.exit_code == 2 and "Traceback" not in out, out
+        assert f"the MLflow store {gone}, which does not exist (was the run's folder moved?)" in out
+    assert f"give --tracking-uri sqlite:///{(moved / 'mlflow.db').resolve()}" in " ".join(
+        CliRunner().invoke(app, ["lineage", "--output-dir", str(moved)]).output.split()
+    )
+    assert not gone.parent.exists()  # nothing created where the store used to be
