@@ -108,6 +108,11 @@ class GenerationsConfig(StrictModel):
     # seed, data order and budget trained without the teacher (the generation's gold-label terms only), so
     # the lineage shows what distillation adds beyond the training itself. A control never teaches.
     control: bool = False
+    # What "the same budget" holds a control to. steps: the generation's optimizer steps and epochs. batches:
+    # the same number of training batches through the model: a student whose step reads N data views (gold and
+    # seq-KD or pseudo-label batches) gets a control with N times the steps, epochs and warm-up, so the two
+    # have about the same compute (its first epochs are the generation's batches, in the same order).
+    control_budget: Literal["steps", "batches"] = "steps"
 
     @model_validator(mode="after")
     def _indices_in_range(self) -> GenerationsConfig:

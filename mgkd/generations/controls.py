@@ -32,6 +32,18 @@ from mgkd.tasks import task_of
 # Params in which a generation and its control may differ: the losses, and how the teacher's signal is delivered
 # (a control reads no teacher signal, so a cached one is not built for it).
 CONTROL_MAY_DIFFER = ("loss.", "teacher_signal", "teacher_cache_k")
+# ... and, with generations.control_budget 'batches', the length of its run.
+BUDGET_KEYS = ("train.max_steps", "train.max_epochs", "train.warmup_steps")
+
+
+def control_may_differ(budget: str = "steps") -> tuple[str, ...]:
+    """The params in which a generation and its control may differ under `generations.control_budget`."""
+    return CONTROL_MAY_DIFFER + (BUDGET_KEYS if budget == "batches" else ())
+
+
+def views_per_step(spec: GenerationSpec) -> int:
+    """How many data views' batches one training step of `spec` reads (gold, seq-KD, pseudo-label, ...)."""
+    return max(1, len(Criterion(spec.losses).views))
 
 
 def teacher_dependent(term: LossTerm) -> bool:
@@ -54,14 +66,20 @@ def control_losses(spec: GenerationSpec, teacher_losses: list[LossTerm]) -> list
     return [t.model_copy(update={"weight": t.weight / total}, deep=True) for t in gold]
 
 
-def control_spec(spec: GenerationSpec, teacher_losses: list[LossTerm],
-                 best_point: dict[str, Any] | None = None) -> GenerationSpec:  # fmt: skip
+def control_spec(spec: GenerationSpec, teacher_losses: list[LossTerm], best_point: dict[str, Any] | None = None,
+                 budget: str = "steps") -> GenerationSpec:  # fmt: skip
     """Generation `spec`'s control. A swept generation's control takes the winning trial's values except its
-    loss parameters (`best_point`): the control is trained as the selected student was, minus the teacher."""
+    loss parameters (`best_point`): the control is trained as the selected student was, minus the teacher.
+    `budget` 'batches': as many training batches as the generation reads (see `generations.control_budget`)."""
     if best_point:
         spec = apply_search(spec, {k: v for k, v in best_point.items() if not k.startswith("loss.")})
+    train = spec.train
+    n = views_per_step(spec) if budget == "batches" else 1
+    if n > 1:  # the same schedule, n times as long
+        train = train.model_copy(update={"max_epochs": train.max_epochs * n, "warmup_steps": train.warmup_steps * n,
+                                         "max_steps": train.max_steps * n if train.max_steps else None})  # fmt: skip
     return replace(spec, losses=control_losses(spec, teacher_losses), teacher_signal="online", teacher_cache_k=None,
-                   search=None, control_of=spec.index)  # fmt: skip
+                   search=None, control_of=spec.index, train=train)  # fmt: skip
 
 
 def check_controls(cfg: ExperimentConfig, specs: list[GenerationSpec]) -> None:
@@ -83,13 +101,13 @@ def epoch_seed(seed: int, epoch: int) -> int:
     return seed * 100_003 + epoch
 
 
-def data_order_sha256(data: Any, spec: GenerationSpec) -> str:
-    """sha256 of the training batches, in order, of every epoch the budget allows: equal digests mean equal
-    data order. Data-parallel workers take interleaved slices of this one order."""
+def data_order_sha256(data: Any, spec: GenerationSpec, epochs: int | None = None) -> str:
+    """sha256 of the training batches, in order, of every epoch the budget allows (or of the first `epochs`):
+    equal digests mean equal data order. Data-parallel workers take interleaved slices of this one order."""
     batches = task_of(data).batch_indices
     train = data.splits["train"]
     h = hashlib.sha256()
-    for epoch in range(1, spec.train.max_epochs + 1):
+    for epoch in range(1, (epochs or spec.train.max_epochs) + 1):
         for batch in batches(train, spec.train.max_tokens, shuffle=True, seed=epoch_seed(spec.seed, epoch)):
             h.update(",".join(map(str, batch)).encode() + b";")
         h.update(b"|")

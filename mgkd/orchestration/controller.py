@@ -297,7 +297,7 @@ def _drive(cfg: ExperimentConfig, specs: list[GenerationSpec], data: PreparedDat
                 control_run_ids[spec.index], controls[spec.index] = run_control(
                     spec, specs[0].losses, best_point, run_ids[-1], results[-1],
                     (open_controls or {}).get(spec.index), recorder, runner, teacher, lineage_id, lineage_dir, data,
-                    console, started,
+                    console, started, cfg.generations.control_budget,
                 )  # fmt: skip
                 ended.add(control_run_ids[spec.index])
                 console.print(

@@ -97,13 +97,14 @@ def run_control(
     data: Any,
     console: Console,
     started: Callable[[str], None],
+    budget: str = "steps",
 ) -> tuple[str, GenerationResult]:
     """Train and record generation `spec.index`'s control; returns its run id and result.
 
     `open_run`: a control run a killed lineage left (continued, not started again). `started` is told the
     control's run id as soon as it exists, so the controller can end it if the lineage stops.
     """
-    twin = control_spec(spec, teacher_losses, best_point)
+    twin = control_spec(spec, teacher_losses, best_point, budget)
     if open_run is not None:
         run_id = open_run
         recorder.reopen(run_id)
@@ -127,8 +128,9 @@ def run_control(
     recorder.log_metrics(run_id, result.metrics, int(result.metrics["steps"]))
     tags = fairness_tags(result, data, twin)
     kd_spec = apply_search(spec, best_point) if best_point else spec  # the selected trial's budget and batches
-    matched = (tags.get(TAG_INIT_SHA) == kd.init_sha256 is not None
-               and tags[TAG_DATA_ORDER_SHA] == data_order_sha256(data, kd_spec))  # fmt: skip
+    # With control_budget 'batches' the control's first epochs are the generation's: that prefix must match.
+    same_batches = data_order_sha256(data, twin, kd_spec.train.max_epochs) == data_order_sha256(data, kd_spec)
+    matched = tags.get(TAG_INIT_SHA) == kd.init_sha256 is not None and same_batches
     recorder.set_tags(run_id, {TAG_CHECKPOINT_SHA: result.checkpoint_sha256,
                                "mgkd.control_matched": str(matched).lower(), **tags})  # fmt: skip
     recorder.log_artifact(run_id, result.checkpoint, "checkpoint")

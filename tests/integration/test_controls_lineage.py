@@ -71,3 +71,28 @@ def test_lineage_command_shows_the_controls(lineage):
     text = " ".join(table.stdout.split())
     gap = info["generations"][1]["metrics"]["kd_minus_control_test_bleu"]
     assert f"KD − control: bleu {gap:+.2f}" in text and info["controls"][0]["run_id"] in text
+
+
+def test_a_control_held_to_the_generations_batches_trains_as_many_of_them(tmp_path):
+    """generations.control_budget=batches: a student whose step reads the gold and the seq-KD view gets a
+    control with twice the steps, epochs and warm-up, whose first epochs are the generation's batches (in-process
+    runner: the budget is the controller's business, not Ray's)."""
+    from mgkd.generations.controls import control_may_differ
+
+    cfg = tiny_config(tmp_path, "generations.count=1", "generations.control=true", "ray.enabled=false",
+                      "generations.control_budget=batches", "generations.student.init=scratch",
+                      "generations.student.train.max_steps=6", "generations.student.train.warmup_steps=2",
+                      "generations.student.losses=[{name: label_smoothing, weight: 0.5}, "
+                      "{name: seq_kd, weight: 0.5, params: {beam_size: 1, max_sentences: 100}}]")  # fmt: skip
+    outcome = run_lineage(cfg, Console(quiet=True))
+    info = read_lineage(outcome.tracking_uri, outcome.lineage_id)
+    (g, c) = info["generations"][1], info["controls"][0]
+    assert g["metrics"]["steps"] == 6 and c["metrics"]["steps"] == 12
+    assert c["params"]["train.max_steps"] == "12" and c["params"]["train.warmup_steps"] == "4"
+    assert int(c["params"]["train.max_epochs"]) == 2 * int(g["params"]["train.max_epochs"])
+    assert c["matched"] and c["init_sha256"] == g["init_sha256"]
+    assert c["data_order_sha256"] != g["data_order_sha256"]  # its own (longer) order, of which the first half is g's
+    assert params_diff(g["params"], c["params"], control_may_differ("batches")) == []
+    assert params_diff(g["params"], c["params"], CONTROL_MAY_DIFFER) == [
+        "train.max_epochs", "train.max_steps", "train.warmup_steps",
+    ]  # fmt: skip

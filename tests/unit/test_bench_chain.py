@@ -49,7 +49,7 @@ def _record(chain, seed: int, bleu: dict[int, float], ctl: dict[int, float], ini
         metrics = {"test_bleu": b, "test_chrf": 3 * b, "parameters": SIZES[k]}
         init = init_5 if k == 5 else f"i{k}"
         return {"generation": k, "status": "FINISHED", "params": params, "metrics": metrics,
-                "init_sha256": init, "data_order_sha256": f"d{min(k, 4)}"}  # fmt: skip
+                "init_sha256": init, "data_order_sha256": f"d{min(k, 4)}", "matched": True}  # fmt: skip
 
     gens = [run(k, bleu[k], "0.5") for k in range(6)]
     controls = [run(k, ctl[k], "None") for k in range(1, 6)]
@@ -87,6 +87,20 @@ def test_report_refuses_a_direct_student_from_other_weights(chain, monkeypatch):
     recs = [_record(chain, 1, dict.fromkeys(range(6), 5.0), dict.fromkeys(range(1, 6), 1.0), init_5="other")]
     with pytest.raises(MgkdError, match="generation 4 vs 5: the runs started from different weights"):
         chain.report(recs, _args(), missing=[])
+
+
+def test_a_control_the_trainer_did_not_find_matched_is_refused_and_the_batch_budget_may_differ_in_length(chain):
+    recs = [_record(chain, 1, dict.fromkeys(range(6), 5.0), dict.fromkeys(range(1, 6), 1.0))]
+    recs[0].info["controls"][2]["matched"] = False  # e.g. its first epochs were not generation 3's batches
+    with pytest.raises(MgkdError, match="seed 1 generation 3: its control saw other batches"):
+        chain.report(recs, _args(), missing=[])
+    recs = [_record(chain, 1, dict.fromkeys(range(6), 5.0), dict.fromkeys(range(1, 6), 1.0))]
+    for c in recs[0].info["controls"]:  # generations.control_budget batches: twice the steps, its own longer order
+        c["params"]["train.max_steps"], c["data_order_sha256"] = "800", "longer"
+    with pytest.raises(MgkdError, match="differ in train.max_steps"):
+        chain.report(recs, _args(), missing=[])
+    recs[0].lin.raw["generations"] = {"control_budget": "batches"}
+    assert chain._check(recs)[0].startswith("only the losses and train.max_steps differ")
 
 
 def test_report_refuses_controls_that_should_be_one_run_but_differ(chain):

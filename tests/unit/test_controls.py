@@ -37,6 +37,22 @@ def test_a_control_spec_equals_its_generation_but_for_the_losses(tmp_path):
         assert not is_distilled(twin)
 
 
+def test_a_control_held_to_the_same_batches_runs_as_many_times_longer_as_the_views_a_step_reads(tmp_path):
+    cfg = tiny_config(tmp_path, "generations.count=2", "generations.control=true",
+                      "generations.student.train.max_steps=40", "generations.student.train.warmup_steps=5",
+                      "generations.per_generation.2.losses=[{name: label_smoothing, weight: 0.5}, "
+                      "{name: seq_kd, weight: 0.5}, {name: internal, weight: 0.5}]")  # fmt: skip
+    soft, seq = build_schedule(cfg)[1:]
+    for spec in (soft, seq):
+        assert control_spec(spec, [], budget="steps").train == spec.train
+    assert control_spec(soft, [], budget="batches").train == soft.train  # one view (gold) per step: unchanged
+    twin = control_spec(seq, [], budget="batches")  # gold + seq-KD batches per step: twice as long
+    assert (twin.train.max_steps, twin.train.max_epochs, twin.train.warmup_steps) == (
+        80, 2 * seq.train.max_epochs, 10,
+    )  # fmt: skip
+    assert twin.train.lr == seq.train.lr and twin.train.max_tokens == seq.train.max_tokens
+
+
 def test_a_control_of_a_teacher_only_loss_takes_the_teachers_loss(tmp_path):
     cfg = tiny_config(tmp_path, "generations.count=1", "generations.student.losses=[{name: soft_label}]")
     specs = build_schedule(cfg)
