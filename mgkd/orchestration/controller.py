@@ -104,6 +104,10 @@ def record_generation(recorder: LineageRecorder, run_id: str, model_name: str, r
     recorder.end(run_id, "FINISHED")
 
 
+def _sweeps(specs: list) -> bool:
+    return any(s.search is not None for s in specs)
+
+
 def run_lineage(cfg: ExperimentConfig, console: Console | None = None, force: bool = False) -> LineageOutcome:
     """Train and record the whole lineage the config describes.
 
@@ -121,7 +125,9 @@ def run_lineage(cfg: ExperimentConfig, console: Console | None = None, force: bo
 
     data = prepare(cfg, console.log)
     recorder = LineageRecorder(tracking_uri, cfg.experiment_name, artifact_root(cfg, tracking_uri))
-    runner: LocalRunner | RayRunner = RayRunner(cfg.ray, data, cfg.output_dir) if cfg.ray.enabled else LocalRunner(data)
+    runner: LocalRunner | RayRunner = (
+        RayRunner(cfg.ray, data, cfg.output_dir, _sweeps(specs)) if cfg.ray.enabled else LocalRunner(data)
+    )
     console.log(f"runner: {runner.description}")
     for warning in getattr(runner, "warnings", []):
         console.log(f"[yellow]warning:[/] {warning}")
@@ -173,7 +179,9 @@ def resume_lineage(target: str, tracking_uri: str | None = None, console: Consol
             f"{data.data_hash[:12]}…): the corpus or tokenizer settings differ; restore them or start a new run"
         )
     recorder = LineageRecorder(tracking_uri, cfg.experiment_name, artifact_root(cfg, tracking_uri))
-    runner: LocalRunner | RayRunner = RayRunner(cfg.ray, data, cfg.output_dir) if cfg.ray.enabled else LocalRunner(data)
+    runner: LocalRunner | RayRunner = (
+        RayRunner(cfg.ray, data, cfg.output_dir, _sweeps(specs)) if cfg.ray.enabled else LocalRunner(data)
+    )
     lineage_dir = Path(cfg.output_dir).resolve() / "lineages" / lineage_id
     done: dict[int, tuple[str, GenerationResult]] = {}
     open_runs: dict[int, str] = {}

@@ -63,15 +63,25 @@ def check_workers_fit(cfg: RayConfig, nodes: list[dict[str, Any]]) -> None:
         )
 
 
-def multi_node_warning(cfg: RayConfig, nodes: list[dict[str, Any]]) -> str | None:
-    """A cluster of several nodes without `ray.storage_path`: Ray Train's storage (the training states and each
-    generation's delivered outputs) would be a folder on one node that the others cannot reach."""
+def multi_node_warnings(cfg: RayConfig, nodes: list[dict[str, Any]], sweeps: bool = False) -> list[str]:
+    """What a cluster of several nodes needs that this config does not say it has: `ray.storage_path` for Ray
+    Train's storage (the training states and each generation's delivered outputs), and a shared output folder
+    for what still travels by path (`ray.backend: task` generations and the trials of a Tune sweep)."""
     alive = [n for n in nodes if n.get("Alive", False)]
-    if len(alive) < 2 or cfg.storage_path or cfg.backend != "train":
-        return None
-    return (f"the Ray cluster has {len(alive)} alive nodes but ray.storage_path is not set: workers on other nodes "
-            "cannot deliver their results or training states; set ray.storage_path to a folder every node reaches "
-            "(a shared filesystem, or a URI such as s3://bucket/path)")  # fmt: skip
+    if len(alive) < 2:
+        return []
+    out = []
+    if cfg.backend == "train" and not cfg.storage_path:
+        out.append(f"the Ray cluster has {len(alive)} alive nodes but ray.storage_path is not set: workers on other "
+                   "nodes cannot deliver their results or training states; set ray.storage_path to a folder every "
+                   "node reaches (a shared filesystem, or a URI such as s3://bucket/path)")  # fmt: skip
+    by_path = [w for w, on in (("ray.backend 'task' generations", cfg.backend == "task"),
+                               ("the trials of a Tune sweep (generations' search)", sweeps)) if on]  # fmt: skip
+    if by_path:
+        out.append(f"the Ray cluster has {len(alive)} alive nodes, and {' and '.join(by_path)} read the teacher "
+                   "and write their outputs by path in the driver's output folder: every node must see that folder "
+                   "at the same path (a shared filesystem), or use ray.backend 'train' without a sweep")  # fmt: skip
+    return out
 
 
 def check_reachable(address: str) -> None:

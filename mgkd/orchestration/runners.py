@@ -33,7 +33,7 @@ from mgkd.generations.train_state import LEGACY_SHA_FILE, STATE_FILE, clear_trai
 from mgkd.orchestration.placement import (
     check_reachable,
     check_workers_fit,
-    multi_node_warning,
+    multi_node_warnings,
     resolve_gpus,
     scaling,
 )
@@ -84,7 +84,8 @@ def _train_in_worker(spec: GenerationSpec, data: PreparedData, out_dir: str, tea
 class RayRunner:
     """Runs each generation as a Ray Train run (or a Ray task) on a local Ray or a cluster."""
 
-    def __init__(self, cfg: RayConfig, data: PreparedData, output_dir: Path | None = None) -> None:
+    def __init__(self, cfg: RayConfig, data: PreparedData, output_dir: Path | None = None,
+                 sweeps: bool = False) -> None:  # fmt: skip
         import ray
 
         self.cfg = cfg
@@ -126,8 +127,7 @@ class RayRunner:
             )
         nodes = ray.nodes()
         check_workers_fit(cfg, nodes)
-        warning = multi_node_warning(cfg, nodes)
-        self.warnings = [warning] if warning else []
+        self.warnings = multi_node_warnings(cfg, nodes, sweeps)
         where = "cluster " + address if address else "local"
         how = f"Ray Train, {cfg.workers} worker(s)" if cfg.backend == "train" else "Ray tasks"
         self.description = f"Ray {ray.__version__} ({where}, {total.get('CPU', 0):g} CPUs; {how})"

@@ -14,7 +14,7 @@ from mgkd.config import RayConfig
 from mgkd.errors import MgkdError
 from mgkd.files import sha256_file
 from mgkd.generations import GenerationResult
-from mgkd.orchestration.placement import check_workers_fit, multi_node_warning
+from mgkd.orchestration.placement import check_workers_fit, multi_node_warnings
 from mgkd.orchestration.transfer import (
     MANIFEST,
     RESULT_FILE,
@@ -109,7 +109,19 @@ def test_resources_per_worker_are_validated_and_reach_placement():
 
 def test_several_nodes_without_a_storage_path_are_warned_about():
     two = [node("10.0.0.1", 2), node("10.0.0.2", 2)]
-    warning = multi_node_warning(RayConfig(), two)
-    assert warning is not None and "2 alive nodes" in warning and "set ray.storage_path" in warning
-    assert multi_node_warning(RayConfig(storage_path="/shared/x"), two) is None
-    assert multi_node_warning(RayConfig(), [two[0], node("10.0.0.3", 2, alive=False)]) is None
+    (warning,) = multi_node_warnings(RayConfig(), two)
+    assert "2 alive nodes" in warning and "set ray.storage_path" in warning
+    assert multi_node_warnings(RayConfig(storage_path="/shared/x"), two) == []
+    assert multi_node_warnings(RayConfig(), [two[0], node("10.0.0.3", 2, alive=False)]) == []
+
+
+def test_several_nodes_with_what_still_travels_by_path_are_warned_about():
+    two = [node("10.0.0.1", 2), node("10.0.0.2", 2)]
+    (task,) = multi_node_warnings(RayConfig(backend="task"), two)  # no storage_path warning: Ray Train unused
+    assert "ray.backend 'task' generations read the teacher" in task and "a shared filesystem" in task
+    storage, sweep = multi_node_warnings(RayConfig(), two, sweeps=True)
+    assert "ray.storage_path is not set" in storage and "the trials of a Tune sweep" in sweep
+    assert multi_node_warnings(RayConfig(storage_path="/shared/x"), two, sweeps=True)[0].startswith(
+        "the Ray cluster has 2 alive nodes, and the trials of a Tune sweep"
+    )
+    assert multi_node_warnings(RayConfig(backend="task"), two[:1], sweeps=True) == []  # one node: nothing to say
