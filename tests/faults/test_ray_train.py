@@ -73,7 +73,9 @@ def test_ctrl_c_stops_the_workers_after_a_whole_step_with_the_state_saved(ray_se
     """Ctrl-C in the driver while Ray Train trains: the worker finishes its step, saves the training state (no
     periodic state exists yet) and the run ends; running the generation again resumes at that step and ends
     with the checkpoint an uninterrupted run makes."""
-    cfg, spec = _spec(tmp_path, "train.checkpoint_every_steps=1000", "train.log_every_steps=1", "train.max_epochs=4")
+    # 20 epochs (380 steps): the Ctrl-C sent at step 3's event must land mid-run, and the driver reads the
+    # workers' events up to seconds late on a loaded machine (4 epochs, ~5 s, once ended before it arrived).
+    cfg, spec = _spec(tmp_path, "train.checkpoint_every_steps=1000", "train.log_every_steps=1", "train.max_epochs=20")
     straight = train_generation(spec, tiny_data, tmp_path / "straight")
     out_dir = tmp_path / "lineages" / "L" / "gen-0"
     runner = RayRunner(cfg.ray, tiny_data, tmp_path)
@@ -104,8 +106,10 @@ def test_two_workers_resume_each_with_its_own_generators_to_the_uninterrupted_ch
     """Ctrl-C in the driver during a 2-worker run: both workers stop after the same step and worker 0 saves both
     workers' random generators; the resumed run gives each worker its own back (worker 1's dropout masks are
     its own, not worker 0's) and ends with the checkpoint of an uninterrupted 2-worker run, byte for byte."""
+    # 30 epochs (270 steps of 2 workers): long enough for the Ctrl-C sent at step 3's event to land mid-run
+    # (3 epochs ended in ~1.5 s, before the driver had read step 3's event, on a loaded machine).
     cfg, spec = _spec(tmp_path, "ray.workers=2", "ray.cpus_per_generation=2", "train.checkpoint_every_steps=1000",
-                      "train.log_every_steps=1", "train.max_epochs=3")  # fmt: skip
+                      "train.log_every_steps=1", "train.max_epochs=30")  # fmt: skip
     assert spec.model.dropout > 0  # dropout draws from each worker's generator
     runner = RayRunner(cfg.ray, tiny_data, tmp_path)
     straight = runner.run(spec, tmp_path / "lineages" / "S" / "gen-0", None, lambda _: None)
