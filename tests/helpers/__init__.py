@@ -39,9 +39,10 @@ TINY = [
 ]
 
 
-def mgkd_cli(*args: str, **kw) -> subprocess.Popen:
-    """`mgkd ARGS` in a child process, as a user runs it; stdout and stderr together."""
-    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "COLUMNS": "160"}
+def mgkd_cli(*args: str, env: dict[str, str] | None = None, **kw) -> subprocess.Popen:
+    """`mgkd ARGS` in a child process, as a user runs it; stdout and stderr together. `env`: variables to set
+    on top of this process's."""
+    env = {**os.environ, **(env or {}), "MLFLOW_DISABLE_TELEMETRY": "true", "COLUMNS": "160"}
     return subprocess.Popen([sys.executable, "-m", "mgkd.cli", *args], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, **kw)  # fmt: skip
 

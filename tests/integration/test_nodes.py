@@ -134,7 +134,10 @@ def test_a_lineage_trains_on_a_node_that_cannot_see_the_drivers_folder(two_nodes
     address, out, storage = two_nodes
     sets = [*TINY, "generations.count=1", f"ray.address={address}", "ray.resources_per_worker={node2: 1}",
             f"ray.storage_path={storage}"]  # fmt: skip
-    proc = mgkd_cli("run", *[x for s in sets for x in ("--set", s)], "--output-dir", str(out))
+    # The cluster's auth mode: once the session's own Ray is up (ray_session), ray.init has set RAY_AUTH_MODE=token
+    # in this process's environment, and a driver started with it cannot run actors on this cluster (auth disabled).
+    proc = mgkd_cli("run", *[x for s in sets for x in ("--set", s)], "--output-dir", str(out),
+                    env={"RAY_AUTH_MODE": "disabled"})  # fmt: skip
     log, _ = proc.communicate(timeout=900)
     assert proc.returncode == 0, log
     assert "ray.storage_path is not set" not in log
