@@ -17,6 +17,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import shutil
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -166,25 +167,17 @@ def run_sweep(runner: RayRunner, spec: GenerationSpec, out_dir: Path, teacher: T
 def _new_tuner(trainable: Any, param_space: dict[str, Any], spec: GenerationSpec, name: str, metric: str, mode: str,
                concurrent: int, experiment: Path) -> Any:  # fmt: skip
     from ray import tune
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
     from ray.tune.search import BasicVariantGenerator
 
     search = spec.search
     assert search is not None
-    if search.scheduler == "asha":
-        scheduler: Any = ASHAScheduler(
-            time_attr="epoch", max_t=spec.train.max_epochs, grace_period=search.grace_period,
-            reduction_factor=search.reduction_factor,
-        )  # fmt: skip
-    else:
-        scheduler = FIFOScheduler()
     return tune.Tuner(
         trainable,
         param_space=param_space,
         tune_config=tune.TuneConfig(
             metric=metric,
             mode=mode,
-            scheduler=scheduler,
+            scheduler=scheduler(spec),
             num_samples=search.num_samples,
             # The limit belongs to the search algorithm: Tune ignores max_concurrent_trials (with a warning) when
             # it is given one, so trials ran as many at once as the CPUs allowed.
@@ -199,6 +192,34 @@ def _new_tuner(trainable: Any, param_space: dict[str, Any], spec: GenerationSpec
     )
 
 
+def scheduler(spec: GenerationSpec) -> Any:
+    """The sweep's trial scheduler: ASHA stops trials that trail at its rungs (epochs), FIFO runs all to the end."""
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    search = spec.search
+    assert search is not None
+    if search.scheduler != "asha":
+        return FIFOScheduler()
+    # stop_last_trials=False: a trial that reaches its last epoch ends by itself. ASHA's default stops it at
+    # max_t, on the report of that epoch, and Tune then kills the trial while its worker still evaluates the
+    # test split and writes the result: on a loaded machine the best trial ended "stopped", without a result.
+    return ASHAScheduler(
+        time_attr="epoch", max_t=spec.train.max_epochs, grace_period=search.grace_period,
+        reduction_factor=search.reduction_factor, stop_last_trials=False,
+    )  # fmt: skip
+
+
+def _trial_id(result: Any) -> str:
+    """A trial's id ('52812_00001'), from its last report or, for a trial that never reported, its folder's name
+    ('trial_52812_00001_1_train.lr=...')."""
+    if result.metrics and result.metrics.get("trial_id"):
+        return str(result.metrics["trial_id"])
+    found = re.search(r"_([0-9a-f]+_[0-9]+)_", Path(result.path).name)
+    if found is None:
+        raise MgkdError(f"a Tune trial folder without a trial id in its name: {result.path}")
+    return found.group(1)
+
+
 def _outcome(results: Any, spec: GenerationSpec, out_dir: Path, metric: str, mode: str) -> SweepOutcome:
     """The trials as they ended, and the completed one with the best validation metric adopted as the generation."""
     search = spec.search
@@ -211,7 +232,7 @@ def _outcome(results: Any, spec: GenerationSpec, out_dir: Path, metric: str, mod
         )
     trials = []
     for r in results:
-        trial_id = r.metrics.get("trial_id") if r.metrics else Path(r.path).name.split("_")[1]
+        trial_id = _trial_id(r)
         trial_dir = out_dir / "trials" / trial_id
         history = [] if r.metrics_dataframe is None else _history(r.metrics_dataframe, metric)
         if (trial_dir / RESULT_FILE).is_file():
