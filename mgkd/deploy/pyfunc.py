@@ -104,6 +104,20 @@ def _tracking(uri: str) -> Iterator[None]:
                 os.environ[key] = value
 
 
+@contextlib.contextmanager
+def _logging_into(run_id: str) -> Iterator[None]:
+    """The run as the fluent API's active run for the block (log_model logs into the active run), left in the
+    status it had. `with mlflow.start_run(run_id=...)` would end it FINISHED, and FINISHED is the controller's
+    mark of a generation recorded in full (resume reuses it as it is): a kill between log_model and the registry
+    left a finished generation without its registry version."""
+    status = mlflow.MlflowClient().get_run(run_id).info.status
+    mlflow.start_run(run_id=run_id, nested=mlflow.active_run() is not None)
+    try:
+        yield
+    finally:
+        mlflow.end_run(status=status)
+
+
 def log_generation_model(tracking_uri: str, run_id: str, checkpoint: Path, tokenizer: Path, sha256: str,
                          task: str, settings: dict[str, Any] | None = None) -> tuple[str, str]:  # fmt: skip
     """Log the generation as the run's `model` (a logged model of the run).
@@ -118,11 +132,7 @@ def log_generation_model(tracking_uri: str, run_id: str, checkpoint: Path, token
     tmp = Path(tempfile.mkdtemp(prefix="mgkd-pyfunc-"))
     (tmp / "settings.json").write_text(json.dumps({"checkpoint_sha256": sha256, **(settings or {})}), encoding="utf-8")
     code = str(Path(__file__).resolve().parents[1])  # the mgkd package
-    with (
-        _tracking(tracking_uri),
-        mlflow.start_run(run_id=run_id, nested=mlflow.active_run() is not None),
-        warnings.catch_warnings(),
-    ):
+    with _tracking(tracking_uri), _logging_into(run_id), warnings.catch_warnings():
         # MLflow warns that a PythonModel object is cloudpickled and that `predict`'s type hints give no
         # signature: the class is imported from the model's own code copy, and the signature is explicit.
         warnings.simplefilter("ignore")

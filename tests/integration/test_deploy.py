@@ -308,3 +308,21 @@ def test_bigru_export_is_refused_naming_what_is_supported(lineage, tmp_path):
     with pytest.raises(MgkdError, match="supports the architectures transformer; this model is 'bigru'"):
         export_checkpoint(bigru, {}, tok, tmp_path / "bigru", "int8")
     assert not (tmp_path / "bigru").exists()
+
+
+def test_logging_the_model_leaves_its_run_running(lineage):
+    """FINISHED is the controller's commit point of a generation (resume reuses a finished one as it is): logging
+    the pyfunc model must not end the run, or a kill before the registry version leaves a finished generation
+    without one (seen as a missing version after `mgkd resume`, in the SIGKILL fault test)."""
+    from mgkd.deploy.pyfunc import log_generation_model
+
+    client = mlflow_client(lineage["uri"])
+    gen1 = read_lineage(lineage["uri"], lineage["id"])["generations"][1]
+    run = client.create_run(client.get_run(gen1["run_id"]).info.experiment_id, run_name="log-model-only")
+    tokenizer = next(lineage["out"].glob("cache/**/spm.model"))
+    checkpoint = lineage["dir"] / "gen-1" / "checkpoint.pt"
+    model_id, location = log_generation_model(
+        lineage["uri"], run.info.run_id, checkpoint, tokenizer, gen1["checkpoint_sha256"], "translation"
+    )
+    assert client.get_run(run.info.run_id).info.status == "RUNNING"
+    assert client.get_logged_model(model_id).source_run_id == run.info.run_id and location
