@@ -1,5 +1,5 @@
-"""The demo preset itself (what `mgkd run` runs), on tiny data: its compression chain with seq-KD, internal
-representations and matched controls runs end to end in this process, and the table's KD − control is there."""
+"""The demo preset itself (what `mgkd run` runs), on tiny data: its compression chain with seq-KD and matched
+controls runs end to end in this process, and the table's KD − control is there."""
 
 from __future__ import annotations
 
@@ -28,8 +28,8 @@ def test_the_demo_chain_shrinks_and_records_kd_minus_control(tmp_path):
     sizes = [count_parameters(build_model(s.model, cfg.tokenizer.vocab_size)) for s in outcome.specs]
     assert [int(g["metrics"]["parameters"]) for g in gens] == sizes and sizes[0] > sizes[1] > sizes[2]
     assert sorted(outcome.controls) == [1, 2] and all(c["matched"] for c in info["controls"])
-    for g in gens[1:]:  # each student trained on its teacher's outputs and internals; its control on gold only
+    for g in gens[1:]:  # each student trained on its teacher's outputs; its control on gold only
         m = g["metrics"]
-        assert {"loss.seq_kd", "loss.internal", "loss.label_smoothing"} <= set(m), sorted(m)
+        assert "loss.seq_kd" in m and "loss.label_smoothing" not in m, sorted(m)
         control = outcome.controls[g["generation"]].metrics
         assert m["kd_minus_control_test_bleu"] == m["test_bleu"] - control["test_bleu"]

@@ -53,7 +53,8 @@ def _record(chain, seed: int, bleu: dict[int, float], ctl: dict[int, float], ini
 
     gens = [run(k, bleu[k], "0.5") for k in range(6)]
     controls = [run(k, ctl[k], "None") for k in range(1, 6)]
-    lin = SimpleNamespace(raw={"seed": seed}, key=f"chain-seed{seed}", what="x")
+    raw = chain.lineages("demo", [seed], Path("unused"), ray=False)[0].raw  # the config the chain would run
+    lin = SimpleNamespace(raw=raw, key=f"chain-seed{seed}", what="x")
     rec = chain.R.Record(lin, {"lineage_id": "L", "generations": gens, "controls": controls}, None, None, True, "")
     return rec
 
@@ -81,6 +82,28 @@ def test_report_reads_targets_and_gated_verdicts_off_the_numbers(chain, monkeypa
     assert "| 2 | d80 |" in block and "no measurable difference" in block
     assert "chain − direct BLEU +4.60 (mean of 3 seeds) is larger than the seed spread 0.20: chain is ahead" in block
     assert headline.startswith("The demo (`configs/demo.yaml`) over 3 seed(s)") and "| 4 | d64 |" in headline
+    # what the chain trained, said from its config: the demo's students read one batch a step, as their controls
+    assert "taught by generation k − 1 (sequence-level KD on its beam-4 translations, no gold labels)" in block
+    assert "the same optimizer steps and batches: a student's step, like its control's, reads one batch" in block
+    assert "checkpoint selected on validation BLEU (greedy, 300 valid verses)" in block
+
+
+def test_the_report_says_the_recipe_and_what_the_control_budget_matched_from_the_config(chain):
+    raw = chain.lineages("demo", [1], Path("unused"), ray=False)[0].raw
+    assert chain.student_views(raw) == 1
+    raw["generations"]["student"]["losses"] = [
+        {"name": "label_smoothing", "weight": 0.5, "params": {"smoothing": 0.1}},
+        {"name": "seq_kd", "weight": 0.5, "params": {"beam_size": 4}},
+        {"name": "internal", "weight": 0.5, "params": {"uniform_features": ["hidden", "attention"]}},
+    ]
+    assert chain.recipe_words(raw) == (
+        "the gold labels + sequence-level KD on its beam-4 translations + its hidden states and attention"
+    )
+    assert chain.student_views(raw) == 2  # the gold batch and one of the teacher's translations
+    assert "about 2 times the tokens" in chain.budget_words("steps", 2)
+    assert chain.budget_words("batches", 2).startswith("as many training batches as its student reads (2 times")
+    raw["eval"] = {"select_by": "valid_loss"}
+    assert chain.selection_words(raw) == "validation loss"
 
 
 def test_report_refuses_a_direct_student_from_other_weights(chain, monkeypatch):
@@ -99,7 +122,7 @@ def test_a_control_the_trainer_did_not_find_matched_is_refused_and_the_batch_bud
         c["params"]["train.max_steps"], c["data_order_sha256"] = "800", "longer"
     with pytest.raises(MgkdError, match="differ in train.max_steps"):
         chain.report(recs, _args(), missing=[])
-    recs[0].lin.raw["generations"] = {"control_budget": "batches"}
+    recs[0].lin.raw["generations"]["control_budget"] = "batches"
     assert chain._check(recs)[0].startswith("only the losses and train.max_steps differ")
 
 
