@@ -49,8 +49,12 @@ CHAIN = (1, 2, 3, 4)
 DIRECT = 5  # the smallest model, taught by generation 0 directly
 LOSS_WORDS = {  # a student's loss terms, as the report says them
     "seq_kd": lambda p: f"sequence-level KD on its beam-{p.get('beam_size', 4)} translations",
-    "internal": lambda p: "its " + " and ".join(
-        {"hidden": "hidden states", "attention": "attention"}[f] for f in p.get("uniform_features", ["hidden"])),
+    "internal": lambda p: (
+        "its "
+        + " and ".join(
+            {"hidden": "hidden states", "attention": "attention"}[f] for f in p.get("uniform_features", ["hidden"])
+        )
+    ),
     "soft_label": lambda p: f"its soft labels (T={p.get('temperature', 2.0)})",
     "pseudo_label": lambda p: "pseudo-labels on unlabeled sources",
     "label_smoothing": lambda p: "the gold labels",
