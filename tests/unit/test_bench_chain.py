@@ -86,6 +86,12 @@ def test_report_reads_targets_and_gated_verdicts_off_the_numbers(chain, monkeypa
     assert "taught by generation k − 1 (sequence-level KD on its beam-4 translations, no gold labels)" in block
     assert "the same optimizer steps and batches: a student's step, like its control's, reads one batch" in block
     assert "checkpoint selected on validation BLEU (greedy, 300 valid verses)" in block
+    # generations 4 and 5 share every param: the sentence names the teacher, not "only nothing differs"
+    assert "(generation 5; only its teacher differs: params (seed included) all equal, and the same initial" in block
+    # one seed: no gap can be held against a spread, so no generation is said to beat (or lose to) its control
+    one, _ = chain.report(recs[:1], _args(), missing=[])
+    assert "more than the seed spread: no verdict for any of the 4: one seed gives no spread" in one
+    assert "none of 4" not in one
 
 
 def test_the_report_says_the_recipe_and_what_the_control_budget_matched_from_the_config(chain):

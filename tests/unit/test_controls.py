@@ -117,6 +117,10 @@ def test_the_same_student_seed_gives_the_same_initial_weights_and_batches_whatev
     sentence = check_only("kd vs gold", kd.as_params(), gold.as_params(), ["loss."], runs[1].init_sha256,
                           runs[2].init_sha256)  # fmt: skip
     assert sentence.startswith("only the losses differ: params (seed included) checked equal otherwise")
+    # equal params (the same recipe under another teacher): no "only ... differ" claim; the caller names the teacher
+    same = check_only("gen 4 vs 5", kd.as_params(), kd.as_params(), (), runs[1].init_sha256, runs[2].init_sha256)
+    init = runs[1].init_sha256[:12]
+    assert same == f"params (seed included) all equal, and the same initial weights (sha256 {init}…)"
     with pytest.raises(MgkdError, match="differ in seed"):
         check_only("kd vs other seed", kd.as_params(), other_seed.as_params(), ["loss."], runs[1].init_sha256,
                    runs[3].init_sha256)  # fmt: skip
