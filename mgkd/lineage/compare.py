@@ -46,10 +46,10 @@ def check_only(what: str, a: dict[str, Any], b: dict[str, Any], may_differ: Sequ
                         f"{init_b[:12]}…), so more than {', '.join(may_differ) or 'their params'} differs")  # fmt: skip
     differing = params_diff(a, b)  # what does differ, named as a reader would: "the losses" for loss.*
     names = sorted({"the losses" if p.startswith("loss.") else p for p in differing})
+    weights = f"the same initial weights (sha256 {init_a[:12]}…)"
     if not names:  # e.g. the same recipe under two teachers: what differs is not a param, the caller names it
-        return f"params (seed included) all equal, and the same initial weights (sha256 {init_a[:12]}…)"
-    return (f"only {' and '.join(names)} differ: params (seed included) checked equal otherwise, and the same "
-            f"initial weights (sha256 {init_a[:12]}…)")  # fmt: skip
+        return f"params (seed included) all equal, and {weights}"
+    return f"only {' and '.join(names)} differ: params (seed included) checked equal otherwise, and {weights}"
 
 
 @dataclass(frozen=True)
