@@ -23,6 +23,7 @@ def chain():
     sys.path.insert(0, str(ROOT / "bench"))
     spec = importlib.util.spec_from_file_location("bench_chain", ROOT / "bench" / "chain.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # as `python bench/chain.py` has it (its dataclasses look their module up)
     spec.loader.exec_module(module)
     return module
 
@@ -152,3 +153,83 @@ def test_the_block_is_replaced_and_the_rest_kept_also_by_results_py(chain, tmp_p
     assert "old intro" not in rewritten and "chain v2" in rewritten
     assert rewritten.index("# mgkd quality report") < rewritten.index("chain v2") < rewritten.index("new intro")
     assert chain.R.with_chain_block("# t\n", tmp_path / "absent.md") == "# t\n"
+
+
+def test_three_seeds_with_every_gap_inside_the_spread_say_none_not_one_seed(chain, monkeypatch):
+    for name in ("_budget_of", "_run_line"):
+        monkeypatch.setattr(chain.R, name, lambda *a: "x")
+    monkeypatch.setattr(chain.R, "_data_line", lambda rec: "data")
+    monkeypatch.setattr(chain.R, "_model_name", lambda g: f"d{g['params']['model.d_model']}")
+    recs = []
+    for seed, jitter in ((1, 0.0), (2, 2.0), (3, -2.0)):  # a spread of 4 BLEU against gaps of 0.5
+        recs.append(_record(chain, seed, dict.fromkeys(range(6), 5.5 + jitter), dict.fromkeys(range(1, 6), 5 + jitter)))
+    recs[0].parent = SimpleNamespace(data=SimpleNamespace(tags={"bench.hardware": "hw"}))
+    block, _ = chain.report(recs, _args(), missing=[])
+    assert "beat their control by more than the seed spread: none of 4 (target: all: not met)" in block
+    assert "one seed" not in block
+
+
+# --- the classification chain (--task classification) -------------------------------------------------------
+
+CLS_SIZES = {0: 1.32e6, 1: 1.12e6, 2: 0.93e6, 3: 0.73e6, 4: 0.73e6}
+
+
+def _cls_record(chain, seed: int, acc: dict[int, float], ctl: dict[int, float]):
+    def run(k, a, loss):
+        params = {"seed": str(seed + k), "generation": str(k), "model.arch": "transformer_classifier",
+                  "model.d_model": "128", "model.encoder_layers": str(max(4 - k, 1)), "model.decoder_layers": "2",
+                  "teacher_generations": f"[{k - 1}]", "loss.soft_label.weight": loss}  # fmt: skip
+        metrics = {"test_accuracy": a, "test_macro_f1": a - 10, "parameters": CLS_SIZES[k]}
+        return {"generation": k, "status": "FINISHED", "params": params, "metrics": metrics,
+                "init_sha256": f"i{k}", "data_order_sha256": f"d{k}", "matched": True}  # fmt: skip
+
+    gens = [run(k, acc[k], "0.5") for k in range(5)]
+    controls = [run(k, ctl[k], "None") for k in range(1, 5)]
+    raw = chain.lineages("demo", [seed], Path("unused"), ray=False, task="classification")[0].raw
+    lin = SimpleNamespace(raw=raw, key=f"cls-chain-seed{seed}", what="x")
+    return chain.R.Record(lin, {"lineage_id": "L", "generations": gens, "controls": controls}, None, None, True, "")
+
+
+def test_the_classification_chain_is_the_preset_with_controls_and_no_direct_student(chain, tmp_path):
+    (lin,) = chain.lineages("demo", [3], tmp_path, ray=True, task="classification")
+    gens = lin.raw["generations"]
+    assert lin.raw["task"] == "classification" and lin.raw["seed"] == 3
+    assert gens["count"] == 4 and gens["control"] is True and 5 not in (gens.get("per_generation") or {})
+    assert lin.raw["output_dir"] == str(tmp_path / "demo" / "cls-chain-seed3")  # not the demo chain's folder
+
+
+def test_the_classification_report_judges_accuracy_and_goes_after_the_demo_chain(chain, monkeypatch, tmp_path):
+    monkeypatch.setattr(chain.R, "_budget_of", lambda rec, k: "budget")
+    monkeypatch.setattr(chain.R, "_data_line", lambda rec: "data")
+    monkeypatch.setattr(chain.R, "_run_line", lambda rec: "run")
+    recs = []
+    for seed, j in ((1, 0.0), (2, 0.5), (3, -0.5)):
+        acc = {0: 60 + j, 1: 59 + j, 2: 57 + j, 3: 55 + j, 4: 54 + j}
+        ctl = {1: 55 + j, 2: 56.9 + j, 3: 58 + j, 4: 50 + j}  # 1 and 4 ahead, 2 inside the spread, 3 behind
+        recs.append(_cls_record(chain, seed, acc, ctl))
+    args = _args(task="classification")
+    block, headline = chain.report(recs, args, missing=[])
+    assert headline == ""  # the README's headline is the demo's
+    assert block.startswith("## Classification: the tweet classifiers' chain")
+    assert "--task classification --budget demo --seeds 1,2,3" in block
+    assert "| 1 | Transformer encoder d128 3L | 1.12M (1.2x fewer) | gen 0 | 59.00 (58.50–59.50) |" in block
+    assert "beat their control by more than the seed spread: 1, 4 of 4; behind it by more than the spread: 3" in block
+    assert "checkpoint selected on validation accuracy" in block
+    assert "(the gold labels + its soft labels (T=2.0) + its hidden states and attention (layer by layer, in the " \
+           "first 30% of the steps))" in block  # fmt: skip
+    assert "keeps 90% of its test accuracy" in block and "generation 5" not in block
+    # a classification control that saw other batches is refused, as the demo's are
+    recs[1].info["controls"][0]["data_order_sha256"] = "other"
+    with pytest.raises(MgkdError, match="seed 2 generation 1: its control saw other batches"):
+        chain.report(recs, args, missing=[])
+    # its block goes right after the demo chain's, and bench/results.py keeps both when it rewrites the report
+    out = tmp_path / "RESULTS.md"
+    out.write_text("# mgkd quality report\n\n## A. old\n", encoding="utf-8")
+    chain.replace_block(out, chain.BEGIN, chain.END, "demo chain", after="# ")
+    t = chain.TASKS["classification"]
+    chain.replace_block(out, t.begin, t.end, "tweet chain", after=t.after)
+    text = out.read_text()
+    assert text.index("demo chain") < text.index(chain.END) < text.index("tweet chain") < text.index("## A. old")
+    rewritten = chain.R.with_chain_block("# mgkd quality report\n\n## A. new\n", out)
+    assert rewritten.index("demo chain") < rewritten.index("tweet chain") < rewritten.index("## A. new")
+    assert "## A. old" not in rewritten
