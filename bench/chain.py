@@ -112,12 +112,7 @@ def budget_words(control_budget: str, views: int) -> str:
             f"reads {views} batches)")  # fmt: skip
 
 
-def selection_words(raw: dict[str, Any]) -> str:
-    ev = raw.get("eval", {})
-    by = ev.get("select_by", "valid_loss")
-    if by == "valid_bleu":
-        return f"validation BLEU (greedy, {ev.get('valid_bleu_sentences')} valid verses)"
-    return {"valid_accuracy": "validation accuracy", "valid_macro_f1": "validation macro-F1"}.get(by, "validation loss")
+selection_words = R.selection_words  # one wording for both reports
 
 
 def student_views(raw: dict[str, Any]) -> int:
@@ -185,7 +180,7 @@ def lineages(budget: str, seeds: list[int], runs: Path, ray: bool, control_budge
 
 
 def _ctl(rec: R.Record, k: int, key: str) -> float:
-    return float(rec.control(k)["metrics"][key])
+    return rec.cm(k, key)
 
 
 def _control_budget(r: R.Record) -> str:
