@@ -119,6 +119,7 @@ def test_c_pairs_each_seeds_students_and_refuses_other_weights(R, tmp_path, quie
     assert "| plain (0) | 8.00 (8.00–8.00) |" in md and "| 1.55 (1.50–1.60) | 1.50 / 1.60 |" in md
     assert "+1.30 / +1.40" in md  # the plain teacher's student against the same seed's scratch control
     assert "plain − label-smoothed student BLEU +1.00 (mean of 2 seeds) is larger than the seed spread 0.10" in md
+    assert "under 1 BLEU" not in md  # said only where both students learned next to nothing
     pairs[1] = (pairs[1][0], _plain(R, 2, 1.6, init="other"))
     with pytest.raises(MgkdError, match="different weights"):
         R.section_c(pairs, tmp_path, lambda p: p.name)
