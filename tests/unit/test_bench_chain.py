@@ -6,8 +6,6 @@ bench/results.py keeps it when it rewrites the report."""
 from __future__ import annotations
 
 import argparse
-import importlib.util
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -15,17 +13,12 @@ import pytest
 
 from mgkd.errors import MgkdError
 
-ROOT = Path(__file__).resolve().parents[2]
+from ..helpers.bench import load_bench
 
 
 @pytest.fixture(scope="module")
 def chain():
-    sys.path.insert(0, str(ROOT / "bench"))
-    spec = importlib.util.spec_from_file_location("bench_chain", ROOT / "bench" / "chain.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # as `python bench/chain.py` has it (its dataclasses look their module up)
-    spec.loader.exec_module(module)
-    return module
+    return load_bench("chain")
 
 
 def test_generation_5_is_generation_4s_model_and_seed_taught_by_generation_0(chain, tmp_path):

@@ -4,9 +4,7 @@ slot at both batch sizes, the exports are the sizes it reports, and the report j
 
 from __future__ import annotations
 
-import importlib.util
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,17 +15,14 @@ from mgkd.config import ModelConfig
 from mgkd.generations.checkpoint import save_checkpoint
 from mgkd.models import build_model
 
-ROOT = Path(__file__).resolve().parents[2]
+from ..helpers.bench import load_bench
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("bench_inference", ROOT / "bench" / "inference.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up
-    spec.loader.exec_module(module)
+    module = load_bench("inference")
     yield module
-    del sys.modules[spec.name]
+    del sys.modules[module.__name__]
 
 
 @pytest.fixture(scope="module")

@@ -5,9 +5,6 @@ more than it says is refused."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -17,17 +14,12 @@ from mgkd.errors import MgkdError
 from mgkd.generations.spec import build_schedule
 from mgkd.lineage.compare import PLACE
 
-ROOT = Path(__file__).resolve().parents[2]
+from ..helpers.bench import load_bench
 
 
 @pytest.fixture(scope="module")
 def R():
-    sys.path.insert(0, str(ROOT / "bench"))
-    spec = importlib.util.spec_from_file_location("bench_results", ROOT / "bench" / "results.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
+    return load_bench("results")
 
 
 def test_every_seed_has_its_ab_and_plain_teacher_lineages_with_matched_students(R, tmp_path):
