@@ -179,10 +179,6 @@ def lineages(budget: str, seeds: list[int], runs: Path, ray: bool, control_budge
     return out
 
 
-def _ctl(rec: R.Record, k: int, key: str) -> float:
-    return rec.cm(k, key)
-
-
 def _control_budget(r: R.Record) -> str:
     return str(r.lin.raw.get("generations", {}).get("control_budget", "steps"))
 
@@ -204,13 +200,9 @@ def _check(recs: list[R.Record], task: str = "translation") -> tuple[str, str]:
         if not t.direct:
             continue
         a, b = r.gen(max(CHAIN)), r.gen(DIRECT)
-        s = check_only(f"seed {seed} generation {max(CHAIN)} vs {DIRECT}", a["params"], b["params"], (),
-                       a["init_sha256"], b["init_sha256"])  # fmt: skip
-        if a["data_order_sha256"] != b["data_order_sha256"]:
-            raise MgkdError(f"seed {seed}: generations {max(CHAIN)} and {DIRECT} saw other batches")
-        direct = direct or s
+        direct = direct or R._matched(f"seed {seed} generation {max(CHAIN)} vs {DIRECT}", a, b, ())
         # the two controls are the same run twice (same model, weights, seed, batches, gold labels): equal scores
-        if _ctl(r, max(CHAIN), t.metric) != _ctl(r, DIRECT, t.metric):
+        if r.cm(max(CHAIN), t.metric) != r.cm(DIRECT, t.metric):
             raise MgkdError(f"seed {seed}: the controls of generations {max(CHAIN)} and {DIRECT} should be identical "
                             "runs but scored differently (nondeterministic training?)")  # fmt: skip
     return controls, direct
@@ -239,7 +231,7 @@ def chain_table(recs: list[R.Record], task: str = "translation") -> tuple[list[s
         if k == 0:
             cells += ["–", "–", "–", "100%"]
         else:
-            ctl = [_ctl(r, k, t.metric) for r in recs]
+            ctl = [r.cm(k, t.metric) for r in recs]
             v = verdict(bleu, ctl, "KD", "control", t.label)
             verdicts.append((k, v))
             cells += [R._spread(ctl), " / ".join(f"{a - b:+.2f}" for a, b in zip(bleu, ctl)),
@@ -299,7 +291,7 @@ def report(recs: list[R.Record], args: argparse.Namespace, missing: list[str]) -
     # the smallest student three ways
     chain = [r.m(last, "test_bleu") for r in recs]
     dirs = [r.m(DIRECT, "test_bleu") for r in recs]
-    scratch = [_ctl(r, last, "test_bleu") for r in recs]
+    scratch = [r.cm(last, "test_bleu") for r in recs]
     md += [f"### The smallest student ({R._model_name(r0.gen(last))}, {r0.m(last, 'parameters') / 1e6:.2f}M "
            "parameters) three ways", "",
            f"The same model, initial weights, seed, batches and budget: taught through the chain (generation {last}, "
@@ -312,9 +304,9 @@ def report(recs: list[R.Record], args: argparse.Namespace, missing: list[str]) -
     for name, xs, chrf in (
         (f"through the chain (gen {last}, taught by gen {last - 1})", chain, [r.m(last, "test_chrf") for r in recs]),
         (f"directly from gen 0 (gen {DIRECT})", dirs, [r.m(DIRECT, "test_chrf") for r in recs]),
-        ("from scratch (gold labels only)", scratch, [_ctl(r, last, "test_chrf") for r in recs]),
+        ("from scratch (gold labels only)", scratch, [r.cm(last, "test_chrf") for r in recs]),
     ):
-        md += [f"| {name} | {R._spread(xs)} | {' / '.join(R._fmt(x) for x in xs)} | {R._spread(chrf)} |"]
+        md += [f"| {name} | {R._spread(xs)} | {R._per_seed(xs)} | {R._spread(chrf)} |"]
     chain_vs_direct = verdict(chain, dirs, "chain", "direct", "BLEU").text
     md += ["", f"- {chain_vs_direct}.", f"- {verdict(dirs, scratch, 'direct', 'scratch', 'BLEU').text}.", ""]
     md += [*_provenance(recs), ""]

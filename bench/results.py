@@ -370,18 +370,18 @@ class Record:
     def has_control(self, k: int) -> bool:
         return any(c["generation"] == k and c["status"] == "FINISHED" for c in self.info.get("controls", []))
 
+    def m(self, k: int, key: str) -> float:
+        """Metric `key` of generation k."""
+        return self._metric(self.gen(k), key, f"generation {k}")
+
     def cm(self, k: int, key: str) -> float:
         """Metric `key` of generation k's matched control."""
-        metrics = self.control(k)["metrics"]
-        if key not in metrics:
-            raise MgkdError(f"{self.lin.key} control of generation {k}: metric {key!r} is not in MLflow")
-        return float(metrics[key])
+        return self._metric(self.control(k), key, f"control of generation {k}")
 
-    def m(self, k: int, key: str) -> float:
-        metrics = self.gen(k)["metrics"]
-        if key not in metrics:
-            raise MgkdError(f"{self.lin.key} generation {k}: metric {key!r} is not in MLflow")
-        return float(metrics[key])
+    def _metric(self, run: dict[str, Any], key: str, what: str) -> float:
+        if key not in run["metrics"]:
+            raise MgkdError(f"{self.lin.key} {what}: metric {key!r} is not in MLflow")
+        return float(run["metrics"][key])
 
 
 def read_record(lin: Lineage) -> Record | None:
@@ -495,14 +495,11 @@ def control_a(recs: list[Record]) -> tuple[list[str], str | None]:
     recs = [r for r in recs if all(r.has_control(k) for k in range(1, 5))]
     if not recs:
         return md + ["Not run yet (the A lineages' controls, `generations.control: true`).", ""], None
-    checked = []
-    for r in recs:  # same params but the losses, same initial weights: checked, not assumed
-        for k in range(1, 5):
-            g, c = r.gen(k), r.control(k)
-            checked.append(check_only(f"A seed {r.lin.raw['seed']} generation {k} vs its control", g["params"],
-                                      c["params"], CONTROL_MAY_DIFFER, g["init_sha256"], c["init_sha256"]))  # fmt: skip
-            if c["data_order_sha256"] != g["data_order_sha256"]:
-                raise MgkdError(f"A seed {r.lin.raw['seed']} generation {k}: its control saw other batches")
+    checked = [  # same params but the losses, same initial weights and batches: checked, not assumed
+        _matched(f"A seed {r.lin.raw['seed']} generation {k} vs its control", r.gen(k), r.control(k))
+        for r in recs
+        for k in range(1, 5)
+    ]
     seeds = [int(r.lin.raw["seed"]) for r in recs]
     md += [f"Each generation k of the A lineages (seeds {', '.join(map(str, seeds))}) has a matched control: the "
            "same model started from the same weights (a copy of generation k-1), with the same seed, batch order and "
