@@ -7,6 +7,8 @@
     # on 2 cores, two invocations side by side train about a third more per minute than one (1 thread each):
     python bench/results.py --seeds 1,2 --only A,B,D --no-ray --threads 1 --out /tmp/r1/RESULTS.md &
     python bench/results.py --seeds 3 --only A,B,D,C,E --no-ray --threads 1 --out /tmp/r2/RESULTS.md &
+    # F alone, one seed an invocation (three side by side):
+    python bench/results.py --seeds 1 --only F --no-ray --threads 1 --out /tmp/f1/RESULTS.md &
     wait; python bench/results.py --seeds 1,2,3 --no-ray --threads 1 --report-only --readme README.md
 
 The matrix (every lineage through mgkd's CLI, `mgkd run` / `mgkd resume` / `mgkd evaluate`), over the seeds:
@@ -22,6 +24,9 @@ The matrix (every lineage through mgkd's CLI, `mgkd run` / `mgkd resume` / `mgkd
      and initial weights included
   D  `mgkd evaluate --ensemble 1,2,3,4` of each A lineage vs its best single generation
   E  configs/full.yaml: validated and a few steps run (`--set` overrides), not trained to completion
+  F  Born-Again from scratch (configs/born_again.yaml's recipe: same-size students from scratch with the teacher's
+     budget, soft + gold labels), generations 1-2 with their matched controls, one lineage per seed; each generation
+     and control costs a whole teacher budget
 
 Before a table says "only X differs", the script checks the runs' MLflow params (seed included) and their
 initial-weight and batch-order hashes (mgkd.init_sha256, mgkd.data_order_sha256), and stops if more differs
@@ -192,6 +197,11 @@ def _small(budget: Budget, recipe: str, seed: int) -> dict[str, Any]:
             "seed": seed + SMALL_SEED_OFFSET}  # fmt: skip
 
 
+# F: each generation and each control is a whole teacher budget (about 7.5 min on 2 cores at the demo budget),
+# so F runs two generations: the first born-again step, and whether a second one adds to it.
+F_GENERATIONS = 2
+
+
 def matrix(budget: Budget, seeds: list[int], runs: Path, ray: bool, threads: int | None = None) -> dict[str, Lineage]:
     extra = ([] if ray else ["ray.enabled=false"]) + ([f"train.threads={threads}"] if threads else [])
     base = apply_overrides(load_raw(ROOT / budget.base), budget.overrides + extra)
@@ -221,6 +231,15 @@ def matrix(budget: Budget, seeds: list[int], runs: Path, ray: bool, threads: int
         raw["generations"]["per_generation"] = {1: _small(budget, RECIPES[5][0], seed)}
         add(f"c-plain-teacher-seed{seed}", raw, f"C: plain (no label smoothing) teacher + the word-KD small "
             f"student, seed {seed}", "C")  # fmt: skip
+    for seed in seeds:  # F: the classic Born-Again recipe, students from scratch with the teacher's budget
+        raw = copy.deepcopy(base)
+        raw["seed"], raw["name"] = seed, "results_born_again_scratch"
+        raw["generations"]["count"] = F_GENERATIONS
+        raw["generations"]["control"] = True
+        raw["generations"]["student"]["init"] = "scratch"  # configs/born_again.yaml: scratch, the teacher's budget
+        raw["generations"]["student"]["train"] = {}
+        add(f"f-seed{seed}", raw, f"F: Born-Again from scratch (the teacher's budget), generations 1-{F_GENERATIONS} "
+            f"with their matched controls, seed {seed}", "F")  # fmt: skip
     return out
 
 
@@ -742,6 +761,83 @@ def section_c(pairs: list[tuple[Record, Record]], figs: Path, rel: Any) -> list[
     return md + ["", f"![C]({rel(figs / 'c_label_smoothing.png')})", ""]
 
 
+def section_f(fs: list[Record], a_of: dict[int, Record], figs: Path, rel: Any) -> tuple[list[str], str]:
+    """F over seeds: the classic Born-Again recipe (students from scratch, the teacher's architecture and budget),
+    each generation against its matched control (the same run on gold labels only), and against the teacher.
+    Returns the section and its finding."""
+    f0, ks = fs[0], list(range(1, F_GENERATIONS + 1))
+    checked = [_matched(f"F seed {r.lin.raw['seed']} generation {k} vs its control", r.gen(k), r.control(k))
+               for r in fs for k in ks]  # fmt: skip
+    for r in fs:  # same-size generations: the born-again premise, checked rather than assumed
+        if len({r.m(k, "parameters") for k in [0, *ks]}) != 1:
+            raise MgkdError(f"F seed {r.lin.raw['seed']}: the generations differ in size; F compares same-size ones")
+    teacher = [r.m(0, "test_bleu") for r in fs]
+    bleu = {k: [r.m(k, "test_bleu") for r in fs] for k in ks}
+    ctl = {k: [r.cm(k, "test_bleu") for r in fs] for k in ks}
+    md = ["## F. Born-Again from scratch (Furlanello et al. 2018): same-size students with the teacher's budget", ""]
+    md += [f"One lineage per seed (seeds {_seeds(fs)}), the recipe of `configs/born_again.yaml` on this budget: "
+           f"generation 0 is the teacher ({_model_name(f0.gen(0))}, {f0.m(0, 'parameters') / 1e6:.2f}M parameters); "
+           f"each generation k of 1-{ks[-1]} has the same architecture, starts **from scratch** and trains with the "
+           "teacher's whole budget on soft labels of generation k-1 (soft_label T=2, 0.5) + label smoothing 0.5. "
+           "Its matched control is the same run without the teacher: the same initial weights, seed, batches and "
+           "budget on the gold labels only (label smoothing 0.1, weight 1), i.e. the teacher's recipe again with "
+           "the student's seed, so KD − control is what the teacher's soft labels add to an equally trained model. "
+           "Params were read back and checked equal but for the losses, with equal initial-weight and batch-order "
+           "hashes. A verdict counts only when the mean gap is larger than the spread over seeds.", ""]  # fmt: skip
+    md += [f"| gen | test BLEU mean (min–max) | BLEU per seed ({_seeds(fs)}) | chrF mean (min–max) | control BLEU mean "
+           "(min–max) | KD − control BLEU (per seed) | verdict against the control | − teacher BLEU (mean) |",
+           "|---|---|---|---|---|---|---|---|",
+           f"| 0 (teacher) | {_spread(teacher)} | {_per_seed(teacher)} | "
+           f"{_spread([r.m(0, 'test_chrf') for r in fs])} | – | – | – | – |"]  # fmt: skip
+    verdicts = {}
+    for k in ks:
+        v = verdict(bleu[k], ctl[k], f"generation {k}", "its control", "BLEU")
+        verdicts[k] = v
+        gaps = " / ".join(f"{a - c:+.2f}" for a, c in zip(bleu[k], ctl[k]))
+        md += [f"| {k} | {_spread(bleu[k])} | {_per_seed(bleu[k])} | {_spread([r.m(k, 'test_chrf') for r in fs])} | "
+               f"{_spread(ctl[k])} | {gaps} | {v.text.split(': ')[-1]} | "
+               f"{statistics.mean(bleu[k]) - statistics.mean(teacher):+.2f} |"]  # fmt: skip
+    md += [""] + [f"- Generation {k} against its control: {verdicts[k].text}." for k in ks]
+    md += [f"- Generation {k} against the teacher (another seed, so this mixes the seed's effect in): "
+           f"{verdict(bleu[k], teacher, f'generation {k}', 'teacher', 'BLEU').text}." for k in ks]  # fmt: skip
+    if len(ks) > 1:
+        md += [
+            f"- What generation {ks[-1]} adds to generation {ks[-2]}: "
+            f"{verdict(bleu[ks[-1]], bleu[ks[-2]], f'generation {ks[-1]}', f'generation {ks[-2]}', 'BLEU').text}."
+        ]
+    same = [(r, a_of[int(r.lin.raw["seed"])]) for r in fs if int(r.lin.raw["seed"]) in a_of]
+    same = [(r, a) for r, a in same if not params_diff(r.gen(0)["params"], a.gen(0)["params"])
+            and r.gen(0).get("init_sha256") == a.gen(0).get("init_sha256")]  # fmt: skip
+    if same:
+        pairs = "; ".join(f"seed {r.lin.raw['seed']} {_fmt(r.m(0, 'test_bleu'))} vs {_fmt(a.m(0, 'test_bleu'))}"
+                          for r, a in same)  # fmt: skip
+        identical = all(r.m(0, "test_bleu") == a.m(0, "test_bleu") for r, a in same)
+        md += [f"- F's teachers are A's teachers trained again (params and initial weights checked equal): test BLEU "
+               f"{pairs}" + (" — identical, as a deterministic run must be." if identical else
+                            " — **not identical**: training is not deterministic here.")]  # fmt: skip
+    ahead = [k for k in ks if verdicts[k].measurable and verdicts[k].gap > 0]
+    behind = [k for k in ks if verdicts[k].measurable and verdicts[k].gap < 0]
+    finding = ("Born-Again from scratch with the teacher's budget: KD − control BLEU "
+               + ", ".join(f"{verdicts[k].gap:+.2f} at generation {k}" for k in ks)
+               + f" (mean of {len(fs)} seeds); KD is measurably ahead at generation(s) "
+               f"{', '.join(map(str, ahead)) or 'none'}, behind at {', '.join(map(str, behind)) or 'none'}, and no "
+               "measurable difference elsewhere.")  # fmt: skip
+    md += [f"- Read off the table: {finding}",
+           f"- Fairness, as checked: {checked[0]} (and likewise for every row and seed).",
+           f"- Budget: teacher {_budget_of(f0, 0)}; each student and control {_budget_of(f0, 1)}; checkpoints "
+           f"selected on {selection_words(f0.lin.raw)}.", f"- Data: {_data_line(f0)}."]  # fmt: skip
+    md += [f"- Seed {r.lin.raw['seed']}: {_run_line(r)}." for r in fs]
+    labels = ["teacher"] + [x for k in ks for x in (f"gen {k}", f"gen {k}\ncontrol")]
+    series = {
+        "test BLEU": [teacher] + [x for k in ks for x in (bleu[k], ctl[k])],
+        "test chrF": [[r.m(0, "test_chrf") for r in fs]]
+        + [x for k in ks for x in ([r.m(k, "test_chrf") for r in fs], [r.cm(k, "test_chrf") for r in fs])],
+    }
+    _bars(figs / "f_born_again_scratch.png", f"F. Born-Again from scratch, seeds {_seeds(fs)} (mean, min–max)",
+          labels, series, {})  # fmt: skip
+    return md + ["", f"![F]({rel(figs / 'f_born_again_scratch.png')})", ""], finding
+
+
 def write_report(args: argparse.Namespace, budget: Budget, lineages: dict[str, Lineage], full: Lineage,
                  elapsed_s: float | None) -> str:  # fmt: skip
     out = Path(args.out).resolve()
@@ -882,6 +978,22 @@ def write_report(args: argparse.Namespace, budget: Budget, lineages: dict[str, L
                f"- Run: {_run_line(e)}.", ""]  # fmt: skip
     else:
         md += ["The smoke run of configs/full.yaml has not run yet.", ""]
+    # F
+    f_all = [r for r in recs.values() if r is not None and "F" in r.lin.parts]
+    fs = [r for r in f_all if r.has(0, *range(1, F_GENERATIONS + 1))
+          and all(r.has_control(k) for k in range(1, F_GENERATIONS + 1))]  # fmt: skip
+    if fs:
+        section, finding_f = section_f(fs, {int(r.lin.raw["seed"]): r for r in a}, figs, rel)
+        md += section
+        if headline:
+            headline += f"\n\nSection F of RESULTS.md: {finding_f}"
+        not_yet = [r.lin.key for r in f_all if r not in fs]
+        if not_yet:
+            md += [f"- **Not finished yet**: {', '.join(not_yet)}.", ""]
+    else:
+        md += ["## F. Born-Again from scratch (Furlanello et al. 2018): same-size students with the teacher's "
+               "budget", "", "Not run yet.", ""]  # fmt: skip
+
     out.write_text(with_chain_block("\n".join(md).rstrip() + "\n", out), encoding="utf-8")
     return headline
 
@@ -918,7 +1030,7 @@ def main() -> int:
     ap.add_argument("--out", default="RESULTS.md", help="the report; its plots go to results/ beside it")
     ap.add_argument("--runs-dir", default="results-runs", help="one output folder per lineage (reused, resumed)")
     ap.add_argument("--readme", default=None, help="also replace the headline block of this README")
-    ap.add_argument("--only", default=None, help="comma-separated parts to run: A,B,C,D,E (default: all)")
+    ap.add_argument("--only", default=None, help="comma-separated parts to run: A,B,C,D,E,F (default: all)")
     ap.add_argument("--no-ray", action="store_true", help="train in-process instead of on a local Ray")
     ap.add_argument(
         "--threads",
@@ -942,8 +1054,8 @@ def main() -> int:
         runs = Path(args.runs_dir).resolve()
         lineages = matrix(budget, seeds, runs, not args.no_ray, args.threads)
         full = full_smoke_lineage(runs, not args.no_ray)
-        parts = set((args.only or "A,B,C,D,E").upper().split(","))
-        # Order: each seed's A+B lineage and its ensemble, the cheap full-preset smoke, then C's plain teachers.
+        parts = set((args.only or "A,B,C,D,E,F").upper().split(","))
+        # Order: each seed's A+B lineage and its ensemble, the cheap full-preset smoke, C's plain teachers, then F.
         plan: list[tuple[str, Lineage]] = []
         for lin in lineages.values():
             if "A" in lin.parts:  # D alone (--only D) evaluates what finished, never trains
@@ -952,6 +1064,8 @@ def main() -> int:
             plan.append(("E", full))
         if "C" in parts:
             plan += [("C", lin) for lin in lineages.values() if "C" in lin.parts]
+        if "F" in parts:
+            plan += [("F", lin) for lin in lineages.values() if "F" in lin.parts]
         failures = []
         trained = False  # whether this invocation ran anything (else its own time says nothing)
         if not args.report_only:

@@ -1,4 +1,4 @@
-"""bench/results.py's matrix and its B and C sections over seeds, on hand-made records (no training): every seed has
+"""bench/results.py's matrix and its B, C and F sections over seeds, on hand-made records (no training): every seed has
 its A+B lineage and its plain-teacher lineage; B's "from scratch" row is the students' matched control; C's two
 students are the same run but for their teacher; verdicts are gated on the seed spread; a comparison that differs in
 more than it says is refused."""
@@ -9,7 +9,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from mgkd.config import validate
+from mgkd.config import load_raw, validate
 from mgkd.errors import MgkdError
 from mgkd.generations.spec import build_schedule
 from mgkd.lineage.compare import PLACE
@@ -24,7 +24,7 @@ def R():
 
 def test_every_seed_has_its_ab_and_plain_teacher_lineages_with_matched_students(R, tmp_path):
     lins = R.matrix(R.BUDGETS["demo"], [1, 2, 3], tmp_path, ray=False, threads=1)
-    assert sorted(lins) == [f"{p}-seed{s}" for p in ("ab", "c-plain-teacher") for s in (1, 2, 3)]
+    assert sorted(lins) == [f"{p}-seed{s}" for p in ("ab", "c-plain-teacher", "f") for s in (1, 2, 3)]
     for seed in (1, 2, 3):
         ab, c = lins[f"ab-seed{seed}"].raw, lins[f"c-plain-teacher-seed{seed}"].raw
         assert ab["generations"]["control"] is True and ab["seed"] == c["seed"] == seed
@@ -115,3 +115,50 @@ def test_c_pairs_each_seeds_students_and_refuses_other_weights(R, tmp_path, quie
     pairs[1] = (pairs[1][0], _plain(R, 2, 1.6, init="other"))
     with pytest.raises(MgkdError, match="different weights"):
         R.section_c(pairs, tmp_path, lambda p: p.name)
+
+
+def test_f_is_the_born_again_recipe_from_scratch_on_as_teacher(R, tmp_path):
+    lins = R.matrix(R.BUDGETS["demo"], [2], tmp_path, ray=False, threads=1)
+    f, ab = lins["f-seed2"].raw, lins["ab-seed2"].raw
+    assert f["generations"]["control"] is True and f["generations"]["count"] == R.F_GENERATIONS == 2
+    specs = {s.index: s for s in build_schedule(validate(f))}
+    recipe = load_raw(R.ROOT / "configs/born_again.yaml")["generations"]["student"]
+    for k in (1, 2):  # configs/born_again.yaml's student: from scratch, the teacher's architecture and whole budget
+        assert specs[k].init == "scratch" and specs[k].teacher_generations == [k - 1]
+        assert specs[k].train == specs[0].train and specs[k].model == specs[0].model and specs[k].seed == 2 + k
+        assert [(x.name, x.weight, x.params) for x in specs[k].losses] == [
+            (x["name"], x["weight"], x["params"]) for x in recipe["losses"]
+        ]
+    # F's teacher is A's: the same run, so the report can check that retraining it gives the same BLEU
+    a0 = build_schedule(validate(ab))[0].as_params()
+    assert {k: v for k, v in specs[0].as_params().items() if k not in PLACE} == {
+        k: v for k, v in a0.items() if k not in PLACE
+    }
+
+
+def _f(R, seed: int, gens: dict[int, float], ctls: dict[int, float], size: float = 1.44e6, order: str = "d"):
+    gens_ = [_gen(0, 9.0 + seed / 10, seed, "teacher", "t")]
+    gens_ += [_gen(k, b, seed, "ba", f"i{k}") for k, b in gens.items()]
+    controls = [_gen(k, b, seed, "scratch", f"i{k}", order) for k, b in ctls.items()]
+    for g in gens_ + controls:
+        g["metrics"]["parameters"] = size if g["generation"] == 2 else 1.44e6
+    lin = SimpleNamespace(raw={"seed": seed, "eval": {}}, key=f"f-seed{seed}", parts="F")
+    return R.Record(lin, {"lineage_id": "F", "generations": gens_, "controls": controls}, None, None, True, "")
+
+
+def test_f_gates_each_generation_on_its_control_and_checks_the_retrained_teacher(R, tmp_path, quiet):
+    rel = lambda p: p.name  # noqa: E731
+    fs = [_f(R, s, {1: 9.6 + j, 2: 9.7 + j}, {1: 9.0 + j, 2: 9.6 + j}) for s, j in ((1, 0.0), (2, 0.2), (3, -0.1))]
+    a_of = {1: _ab(R, 1, {5: 0.5, 6: 3.0, 7: 3.1}, 0.2)}  # seed 1's A lineage: the same teacher run
+    md, finding = R.section_f(fs, a_of, tmp_path, rel)
+    md = "\n".join(md)
+    # generation 1: +0.60 over a 0.30 spread is a verdict; generation 2: +0.10 is not
+    assert "generation 1 − its control BLEU +0.60 (mean of 3 seeds) is larger than the seed spread 0.30" in md
+    assert "generation 2 − its control BLEU +0.10 (mean of 3 seeds) is inside the seed spread 0.30" in md
+    assert "+0.60 / +0.60 / +0.60" in md and "ahead at generation(s) 1, behind at none" in finding
+    assert "seed 1 9.10 vs 9.10 — identical" in md  # F's teacher retrained: the same BLEU as A's
+    assert (tmp_path / "f_born_again_scratch.png").stat().st_size > 0
+    with pytest.raises(MgkdError, match="saw other batches"):
+        R.section_f([_f(R, 1, {1: 9.6, 2: 9.7}, {1: 9.0, 2: 9.6}, order="x")], {}, tmp_path, rel)
+    with pytest.raises(MgkdError, match="differ in size"):
+        R.section_f([_f(R, 1, {1: 9.6, 2: 9.7}, {1: 9.0, 2: 9.6}, size=0.37e6)], {}, tmp_path, rel)
