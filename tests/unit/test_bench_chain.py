@@ -29,6 +29,10 @@ def test_generation_5_is_generation_4s_model_and_seed_taught_by_generation_0(cha
         assert gens["per_generation"][5]["teacher_generations"] == [0]
         assert gens["per_generation"][5]["seed"] == seed + 4  # generation 4's default seed: the run's + its index
         assert gens["control"] is True
+    # --threads: seeds side by side, one in-process lineage each with its own torch threads
+    for lin in chain.lineages("demo", [1], tmp_path, ray=False, threads=1):
+        assert lin.raw["train"]["threads"] == 1 and lin.raw["ray"]["enabled"] is False
+    assert chain.lineages("demo", [1], tmp_path, ray=True)[0].raw["train"].get("threads") is None
 
 
 SIZES = {0: 1.44e6, 1: 0.91e6, 2: 0.68e6, 3: 0.49e6, 4: 0.37e6, 5: 0.37e6}
@@ -89,6 +93,32 @@ def test_report_reads_targets_and_gated_verdicts_off_the_numbers(chain, monkeypa
     one, _ = chain.report(recs[:1], _args(), missing=[])
     assert "more than the seed spread: no verdict for any of the 4: one seed gives no spread" in one
     assert "none of 4" not in one
+
+
+def test_the_time_target_is_judged_only_on_runs_made_as_mgkd_run_makes_them(chain, monkeypatch):
+    monkeypatch.setattr(chain.R, "_budget_of", lambda rec, k: "budget")
+    monkeypatch.setattr(chain.R, "_data_line", lambda rec: "data")
+    monkeypatch.setattr(chain.R, "_run_line", lambda rec: "run")
+    monkeypatch.setattr(chain.R, "_model_name", lambda g: f"d{g['params']['model.d_model']}")
+    monkeypatch.setattr(chain, "demo_minutes", lambda rec: 10.0 + rec.lin.raw["seed"])
+    bleu = {0: 10, 1: 9, 2: 8, 3: 7, 4: 6, 5: 5}
+    ctl = {1: 3, 2: 3, 3: 2, 4: 1, 5: 1}
+
+    def recs(params):
+        out = [_record(chain, seed, bleu, ctl) for seed in (1, 2)]
+        for r in out:
+            r.parent = SimpleNamespace(data=SimpleNamespace(tags={"bench.hardware": "hw"}, params=params))
+        return out
+
+    # as `mgkd run` runs it (Ray, its own threads): 11-12 min against the 12-minute target is judged
+    block, headline = chain.report(recs({"ray.enabled": "True", "train.threads": "None"}), _args(), missing=[])
+    judged = "took 11.50 (11.00–12.00) min, summed MLflow run times (target for the `mgkd run` part ≤ 12 min: met;"
+    assert judged in block
+    assert "took 11.50 (11.00–12.00) min by their MLflow run times. Measured" in headline
+    # seeds side by side on one thread each (`--no-ray --threads 1`): reported, but not held against the target
+    block, headline = chain.report(recs({"ray.enabled": "False", "train.threads": "1"}), _args(), missing=[])
+    assert "≤ 12 min: not judged; seed(s) 1, 2 ran in-process side by side" in block and "met;" not in block
+    assert "on one torch thread each, so longer than a quiet `mgkd run`." in headline
 
 
 def test_the_report_says_the_recipe_and_what_the_control_budget_matched_from_the_config(chain):
