@@ -22,6 +22,7 @@ def test_demo_preset_is_default_and_a_compression_chain_controls_off(monkeypatch
     assert [t.name for t in specs[0].losses] == ["label_smoothing"]
     sizes = [count_parameters(build_model(s.model, cfg.tokenizer.vocab_size)) for s in specs]
     assert all(a > b for a, b in zip(sizes, sizes[1:])), sizes  # each student smaller than its teacher
+    assert sizes[0] / sizes[-1] >= 4, sizes  # issue 18's target: the last generation >= 4x fewer parameters
     for s in specs[1:]:  # taught by its teacher's translations alone (one batch a step), from scratch, one budget
         assert [t.name for t in s.losses] == ["seq_kd"] and s.init == "scratch"
         assert views_per_step(s) == 1  # so a control matched in steps is matched in batches too
