@@ -279,9 +279,16 @@ def report(recs: list[R.Record], args: argparse.Namespace, missing: list[str]) -
     timed = len(minutes) == len(recs)
     # Runs side by side on one thread each take longer than the demo on a quiet machine: reported, not judged.
     unjudged = [r.lin.raw["seed"] for r in recs if side_by_side(r)] if timed else []
-    how = (f"; seed(s) {', '.join(map(str, unjudged))} ran in-process side by side with other lineages "
-           "(`--no-ray --threads`), not as `mgkd run` runs, so these times do not measure the demo's time: "
-           "the target is not judged here" if unjudged else "")  # fmt: skip
+    if not timed:
+        took_line = "(their MLflow run times are missing)."
+    elif unjudged:
+        took_line = (f"{R._spread(minutes)} min, summed MLflow run times (target for the `mgkd run` part ≤ 12 min: "
+                     f"not judged; seed(s) {', '.join(map(str, unjudged))} ran in-process side by side with other "
+                     "lineages (`--no-ray --threads`), not as `mgkd run` runs, so these times do not measure the "
+                     "demo's time: the target is not judged here).")  # fmt: skip
+    else:
+        took_line = (f"{R._spread(minutes)} min, summed MLflow run times (target for the `mgkd run` part ≤ 12 min: "
+                     f"{'met' if max(minutes) <= 12 else 'not met'}; a run's start-up is not in them).")  # fmt: skip
     wins, _, beat = _beaten(verdicts, len(recs))
     md += ["Targets (issue 18), read off the table:",
            f"- The last generation has {ratio:.2f}x fewer parameters than the teacher (target ≥ 4x: "
@@ -289,11 +296,8 @@ def report(recs: list[R.Record], args: argparse.Namespace, missing: list[str]) -
            f"{len(recs)} seed(s) (target ≥ 95%: {'met' if kept >= 0.95 else 'not met'}).",
            f"- Generations that beat their control by more than the seed spread: {beat}"
            f" (target: all: {'met' if len(wins) == len(verdicts) else 'not met'}).",
-           f"- The demo's own runs (generations 0-{last}, what `mgkd run --generations 4` trains) took "
-           + (f"{R._spread(minutes)} min, summed MLflow run times (target for the `mgkd run` part ≤ 12 min: "
-              + (f"not judged{how})." if unjudged else
-                 f"{'met' if max(minutes) <= 12 else 'not met'}; a run's start-up is not in them).")
-              if timed else "(their MLflow run times are missing)."), ""]  # fmt: skip
+           f"- The demo's own runs (generations 0-{last}, what `mgkd run --generations 4` trains) took {took_line}",
+           ""]  # fmt: skip
 
     # the smallest student three ways
     chain = [r.m(last, "test_bleu") for r in recs]
