@@ -70,3 +70,35 @@ def test_rebuilding_a_view_with_the_same_teacher_reuses_the_cache(kd_lineage, mo
     assert view.metrics["seq_kd_cached"] == 1.0 and counter.calls == 0
     assert str(view.artifact) == outcome.results[1].artifacts[0]
     assert math.isclose(view.metrics["seq_kd_pseudo_bleu"], info["generations"][1]["metrics"]["seq_kd_pseudo_bleu"])
+
+
+def test_the_demo_time_bench_splits_each_run_and_counts_the_seq_kd_padding(kd_lineage):
+    """bench/demo_time.py on a finished lineage: one row per generation whose parts add up to its MLflow run time,
+    and the padding of the seq-KD targets recomputed from the stored teacher outputs and the trainer's plan."""
+    from ..helpers.bench import load_bench
+
+    bench = load_bench("demo_time")
+    cfg, outcome, info = kd_lineage
+    where, rows = bench.read_times(Path(cfg.output_dir))
+    assert where["lineage_id"] == outcome.lineage_id and [r["generation"] for r in rows] == [0, 1, 2]
+    client = mlflow_client(outcome.tracking_uri)
+    for r, g in zip(rows, info["generations"]):
+        run = client.get_run(g["run_id"]).info
+        assert r["total_s"] == pytest.approx((run.end_time - run.start_time) / 1000)
+        assert r["decode_s"] + r["train_s"] + r["rest_s"] == pytest.approx(r["total_s"])
+        assert r["train_s"] == g["metrics"]["train_time_s"] and r["rest_s"] > 0
+    g1, g2 = info["generations"][1]["metrics"], info["generations"][2]["metrics"]
+    assert rows[0]["decode_s"] == 0 and rows[1]["decode_s"] == g1["seq_kd_decode_s"]
+    assert rows[2]["decode_s"] == g2["pseudo_label_decode_s"]
+    block = bench.report(Path(cfg.output_dir), None, "test machine", None)
+    lines = [ln for ln in block.splitlines() if ln.startswith("| ")][1:]
+    assert [ln.split(" | ")[0] for ln in lines] == ["| 0", "| 1", "| 2"]
+    # generation 1 trains on seq-KD targets of every training source: its padding is counted; the teacher has
+    # none, and generation 2's pseudo-labels (a capped side stream) are not batched by this plan
+    assert lines[0].endswith("| – |") and lines[2].endswith("| – |")
+    gold, seq_kd, longer = (float(x) for x in lines[1].split(" | ")[-1].split(" (")[0].split(" / "))
+    assert gold >= 1.0 and seq_kd >= 1.0 and longer >= 1.0
+    assert "started" in block and "test machine" in block
+    summed = sum(r["total_s"] for r in rows) / 60
+    assert f"{summed:.2f} min summed over the generations' runs" in block and summed < 12
+    assert block.endswith("part is **met**.")  # a lineage of seconds is inside the 12-minute target
