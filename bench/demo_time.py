@@ -194,9 +194,7 @@ def main() -> int:
         if not args.report_only:
             load = R._loadavg()
             t0 = time.perf_counter()
-            cmd = [sys.executable, "-c", "from mgkd.cli import main; main()", "run", "--generations", "4",
-                   "--output-dir", str(out)]  # fmt: skip
-            if subprocess.run(cmd, check=False).returncode != 0:
+            if subprocess.run(R._mgkd("run", "--generations", "4", "--output-dir", str(out)), check=False).returncode:
                 raise MgkdError("the demo run failed (its output is above); fix that and run this again")
             wall = time.perf_counter() - t0
             (out / RUN_FACTS).write_text(json.dumps({"wall_s": wall, "load_before": load}))
