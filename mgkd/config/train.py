@@ -25,6 +25,12 @@ class TrainConfig(StrictModel):
     max_steps: PositiveInt | None = None
     # Token budget of a batch: padded target tokens (and source tokens) per batch.
     max_tokens: PositiveInt = 4096
+    # Whose target lengths cut the training batches (translation). gold: the references', so a student's batches
+    # of teacher-made targets aligned with them (seq_kd on every training source) are cut by lengths they do not
+    # have and pad past max_tokens (1.8-2.2x in the demo's students; bench/demo_time.py counts it). longest: the
+    # longer of the reference and each such target, so every batch the step reads keeps to max_tokens (in about
+    # as many batches an epoch). A matched control is cut the same way as its generation.
+    batch_targets: Literal["gold", "longest"] = "gold"
     lr: PositiveFloat = 1e-3
     # Batches per optimizer step on each worker (gradient accumulation): a step's gradient is their mean, so
     # one worker accumulating N batches takes the step that N data-parallel workers take with one batch each.

@@ -78,8 +78,11 @@ def control_spec(spec: GenerationSpec, teacher_losses: list[LossTerm], best_poin
     if n > 1:  # the same schedule, n times as long
         train = train.model_copy(update={"max_epochs": train.max_epochs * n, "warmup_steps": train.warmup_steps * n,
                                          "max_steps": train.max_steps * n if train.max_steps else None})  # fmt: skip
+    # train.batch_targets 'longest': the control's batches are cut by the generation's teacher-made targets too
+    made = [t for t in spec.losses if Criterion([t]).plugins[0].view != "gold"]  # terms on teacher-made data
+    plan = made if train.batch_targets == "longest" else None
     return replace(spec, losses=control_losses(spec, teacher_losses), teacher_signal="online", teacher_cache_k=None,
-                   search=None, control_of=spec.index, train=train)  # fmt: skip
+                   search=None, control_of=spec.index, train=train, plan_losses=plan or None)  # fmt: skip
 
 
 def check_controls(cfg: ExperimentConfig, specs: list[GenerationSpec]) -> None:
@@ -101,14 +104,23 @@ def epoch_seed(seed: int, epoch: int) -> int:
     return seed * 100_003 + epoch
 
 
-def data_order_sha256(data: Any, spec: GenerationSpec, epochs: int | None = None) -> str:
-    """sha256 of the training batches, in order, of every epoch the budget allows (or of the first `epochs`):
-    equal digests mean equal data order. Data-parallel workers take interleaved slices of this one order."""
+def data_order_digests(data: Any, spec: GenerationSpec, epochs: int | None = None, split: Any = None) -> list[str]:
+    """sha256 of the training batches, in order, after each epoch the budget allows (or of the first `epochs`):
+    equal digests mean equal data order. `split`: what the batches are cut by (default the gold training split;
+    the trainer passes the one train.batch_targets makes). Data-parallel workers take interleaved slices of this
+    one order."""
     batches = task_of(data).batch_indices
-    train = data.splits["train"]
+    train = split if split is not None else data.splits["train"]
     h = hashlib.sha256()
+    digests = []
     for epoch in range(1, (epochs or spec.train.max_epochs) + 1):
         for batch in batches(train, spec.train.max_tokens, shuffle=True, seed=epoch_seed(spec.seed, epoch)):
             h.update(",".join(map(str, batch)).encode() + b";")
         h.update(b"|")
-    return h.hexdigest()
+        digests.append(h.hexdigest())
+    return digests
+
+
+def data_order_sha256(data: Any, spec: GenerationSpec, epochs: int | None = None, split: Any = None) -> str:
+    """The last of `data_order_digests`: the whole budget's (or the first `epochs`') batch order."""
+    return data_order_digests(data, spec, epochs, split)[-1]

@@ -96,6 +96,9 @@ class GenerationResult:
     # sha256 of the student's weights right after it was built (before any step): a generation and its matched
     # control must show the same.
     init_sha256: str | None = None
+    # sha256 of the training batches in order after each epoch of the budget, as this trainer cut them
+    # (generations/controls.py: data_order_digests); the last is the run's `mgkd.data_order_sha256`.
+    data_order: list[str] = field(default_factory=list)
 
 
 def resolve_device(name: str) -> torch.device:

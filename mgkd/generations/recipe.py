@@ -28,7 +28,7 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +36,7 @@ import torch
 
 from mgkd.errors import MgkdError
 from mgkd.generations.checkpoint import parameter_hash, save_checkpoint
-from mgkd.generations.controls import epoch_seed
+from mgkd.generations.controls import data_order_digests, epoch_seed
 from mgkd.generations.external import evaluate_external
 from mgkd.generations.loop import (
     Events,
@@ -90,6 +90,20 @@ def cycle_batches(
             if position % world == rank:
                 yield task.collate(view.split, idx)
             position += 1
+
+
+def batch_plan_split(task: Any, train: Any, spec: GenerationSpec, views: dict[str, Any],
+                     build_views: Callable[[list[Any]], dict[str, Any]]) -> Any:  # fmt: skip
+    """What the training batches are cut by: the gold split, or under train.batch_targets 'longest' (a task with
+    `longest_targets`) each example's longest target among the gold and the aligned teacher-made views a step reads.
+    A matched control reads no such view: it builds its generation's (`spec.plan_losses`, from the store) for
+    their lengths only, so its batches are the generation's."""
+    if spec.train.batch_targets != "longest" or not hasattr(task, "longest_targets"):
+        return train
+    if spec.plan_losses:
+        views = build_views(spec.plan_losses)
+    aligned = [v.split for v in views.values() if v.aligned]
+    return task.longest_targets(train, aligned) if aligned else train
 
 
 def train_generation(
@@ -151,8 +165,11 @@ def train_generation(
     extra_params = [q for plugin in criterion.plugins for q in plugin.setup(student, teacher)]
 
     train = data.splits["train"]
+    plan = batch_plan_split(task, train, spec, views, lambda losses: teacher_views(
+        Criterion(losses), teacher, teacher_digest, spec, data, device, events, world)[0])  # fmt: skip
+    data_order = data_order_digests(data, spec, split=plan) if rank == 0 else []  # worker 0 reports it
     accum = spec.train.accumulate_batches
-    steps_per_epoch = len(task.batch_indices(train, spec.train.max_tokens, shuffle=False)) // (world * accum)
+    steps_per_epoch = len(task.batch_indices(plan, spec.train.max_tokens, shuffle=False)) // (world * accum)
     if steps_per_epoch == 0:
         raise MgkdError(f"generation {spec.index}: fewer training batches than one step takes ({world} data-parallel "
                         f"worker(s) x train.accumulate_batches {accum}); lower ray.workers, accumulate_batches "
@@ -280,7 +297,7 @@ def train_generation(
         while step < total_steps:
             epoch += 1
             done_position = skip
-            order = task.batch_indices(train, spec.train.max_tokens, shuffle=True, seed=epoch_seed(spec.seed, epoch))
+            order = task.batch_indices(plan, spec.train.max_tokens, shuffle=True, seed=epoch_seed(spec.seed, epoch))
             if world > 1:  # worker r takes batches r, r + world, ...: one global step = world x accum batches
                 order = order[rank::world]
             # one step = `accum` consecutive batches of this worker's share (so 1 worker accumulating 2 batches
@@ -387,4 +404,4 @@ def train_generation(
     if cache is not None:
         artifacts.append(str(cache.manifest_path))
     return GenerationResult(spec.index, str(ckpt), sha, n_params, metrics, teacher_hash, str(tested.path),
-                            tested.samples, artifacts, init_sha256=init_sha256)  # fmt: skip
+                            tested.samples, artifacts, init_sha256=init_sha256, data_order=data_order)  # fmt: skip

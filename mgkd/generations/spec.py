@@ -49,6 +49,10 @@ class GenerationSpec:
     search: SearchConfig | None = None
     # A matched control (see generations/controls.py): the index of the generation it is the twin of.
     control_of: int | None = None
+    # A matched control under train.batch_targets 'longest': its generation's teacher-made terms, whose targets
+    # (read from the teacher-output store, never learned from) cut the control's batches as they cut the
+    # generation's. Not a param: the generation's run records these losses.
+    plan_losses: list[LossTerm] | None = None
 
     @property
     def has_teacher(self) -> bool:
@@ -100,10 +104,12 @@ class GenerationSpec:
         d["search"] = self.search.model_dump() if self.search is not None else None
         if d["search"] is None:
             del d["search"]
-        for key in ("external", "teacher_external", "control_of"):  # only where set: other specs read as before
+        for key in ("external", "teacher_external", "control_of", "plan_losses"):  # only where set
             value = getattr(self, key)
             if value is None:
                 del d[key]
+            elif key == "plan_losses":
+                d[key] = [t.model_dump() for t in value]
             elif key != "control_of":
                 d[key] = value.model_dump(mode="json")
         return d

@@ -205,8 +205,9 @@ def resume_lineage(target: str, tracking_uri: str | None = None, console: Consol
                 got = Path(client.download_artifacts(g["run_id"], "checkpoint/checkpoint.pt", str(ckpt.parent)))
                 if got != ckpt:
                     got.replace(ckpt)
+            order = [g["data_order_sha256"]] if g["data_order_sha256"] else []  # the whole budget's, as recorded
             result = GenerationResult(k, str(ckpt), g["checkpoint_sha256"], int(g["metrics"].get("parameters", 0)),
-                                      dict(g["metrics"]), init_sha256=g["init_sha256"])  # fmt: skip
+                                      dict(g["metrics"]), init_sha256=g["init_sha256"], data_order=order)  # fmt: skip
             done[k] = (g["run_id"], result)
         elif k not in done:
             open_runs[k] = g["run_id"]

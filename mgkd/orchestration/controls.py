@@ -43,10 +43,23 @@ def fairness_tags(result: GenerationResult, data: Any, spec: GenerationSpec) -> 
     """What a comparison checks: the sha256 of the initial weights and of the training batch order."""
     if spec.external is not None:
         return {}
-    tags = {TAG_DATA_ORDER_SHA: data_order_sha256(data, spec)}
+    # As the trainer cut the batches (train.batch_targets may cut them by teacher-made targets the driver does not
+    # have); a result from before trainers reported it: as the gold split cuts them.
+    tags = {TAG_DATA_ORDER_SHA: result.data_order[-1] if result.data_order else data_order_sha256(data, spec)}
     if result.init_sha256:
         tags[TAG_INIT_SHA] = result.init_sha256
     return tags
+
+
+def same_data_order(control: GenerationResult, kd: GenerationResult, data: Any, twin: GenerationSpec,
+                    kd_spec: GenerationSpec) -> bool:  # fmt: skip
+    """Whether the control's batches over the generation's epochs were the generation's, by the digests their
+    trainers reported (the generation's, when reused on resume: its recorded tag alone, the last of them);
+    recomputed from the gold split for results that carry none."""
+    epochs = kd_spec.train.max_epochs
+    if control.data_order and kd.data_order:
+        return len(control.data_order) >= epochs and control.data_order[epochs - 1] == kd.data_order[-1]
+    return data_order_sha256(data, twin, epochs) == data_order_sha256(data, kd_spec)
 
 
 def recorded_controls(info: dict[str, Any]) -> tuple[dict[int, tuple[str, GenerationResult]], dict[int, str]]:
@@ -129,7 +142,7 @@ def run_control(
     tags = fairness_tags(result, data, twin)
     kd_spec = apply_search(spec, best_point) if best_point else spec  # the selected trial's budget and batches
     # With control_budget 'batches' the control's first epochs are the generation's: that prefix must match.
-    same_batches = data_order_sha256(data, twin, kd_spec.train.max_epochs) == data_order_sha256(data, kd_spec)
+    same_batches = same_data_order(result, kd, data, twin, kd_spec)
     matched = tags.get(TAG_INIT_SHA) == kd.init_sha256 is not None and same_batches
     recorder.set_tags(run_id, {TAG_CHECKPOINT_SHA: result.checkpoint_sha256,
                                "mgkd.control_matched": str(matched).lower(), **tags})  # fmt: skip

@@ -200,3 +200,43 @@ def test_verdicts_are_gated_on_the_spread_over_seeds():
     assert behind.measurable and behind.text.endswith("control is ahead")
     one = verdict([14.0], [11.0], "KD", "control", "BLEU")
     assert not one.measurable and one.spread is None and "no verdict" in one.text
+
+
+def _seq_kd_longest(tmp_path, *more):
+    return tiny_config(tmp_path, "generations.count=1", "generations.student.init=scratch",
+                       "generations.student.losses=[{name: seq_kd, params: {beam_size: 1}}]",
+                       "generations.student.train={max_steps: 6, batch_targets: longest}", *more)  # fmt: skip
+
+
+def test_under_batch_targets_longest_a_control_carries_its_generations_teacher_made_terms(tmp_path):
+    teacher, student = build_schedule(_seq_kd_longest(tmp_path))
+    twin = control_spec(student, teacher.losses)
+    assert [t.name for t in twin.plan_losses] == ["seq_kd"] and [t.name for t in twin.losses] == ["label_smoothing"]
+    assert _diff(student, twin) == []  # not a param: the comparison still differs in the losses alone
+    assert twin.to_dict()["plan_losses"] == [t.model_dump() for t in student.losses]
+    gold_cut = build_schedule(tiny_config(tmp_path, "generations.count=1", "generations.student.init=scratch",
+                                          "generations.student.losses=[{name: seq_kd}]"))[1]  # fmt: skip
+    assert control_spec(gold_cut, teacher.losses).plan_losses is None and "plan_losses" not in gold_cut.to_dict()
+
+
+def test_a_seq_kd_student_cut_by_its_longest_targets_and_its_control_take_the_same_batches(tmp_path, tiny_data):
+    """train.batch_targets longest: the student's batches are cut by the longer of reference and teacher output,
+    its control (which never reads the outputs) is cut the same way, the recorded orders say so, and they are
+    not the gold-cut order (the barely trained teacher's outputs run past the references)."""
+    from mgkd.orchestration.controls import fairness_tags, same_data_order
+
+    teacher_spec, student = build_schedule(_seq_kd_longest(tmp_path, "train.max_steps=2"))
+    teacher = train_generation(teacher_spec, tiny_data, tmp_path / "g0")
+    kd = train_generation(student, tiny_data, tmp_path / "g1", teacher.checkpoint, teacher.checkpoint_sha256)
+    twin = control_spec(student, teacher_spec.losses)
+    control = train_generation(twin, tiny_data, tmp_path / "c1", teacher.checkpoint, teacher.checkpoint_sha256)
+    assert len(kd.data_order) == student.train.max_epochs and control.data_order == kd.data_order
+    assert control.init_sha256 == kd.init_sha256 and same_data_order(control, kd, tiny_data, twin, student)
+    assert kd.data_order[-1] != data_order_sha256(tiny_data, student)  # cut by the teacher's outputs, not gold
+    assert fairness_tags(kd, tiny_data, student)["mgkd.data_order_sha256"] == kd.data_order[-1]
+    # gold-cut (the default): what the driver computes from the gold split is what the trainer reports
+    gold = train_generation(teacher_spec, tiny_data, tmp_path / "g0-again")
+    assert gold.data_order[-1] == data_order_sha256(tiny_data, teacher_spec) == teacher.data_order[-1]
+    # a control whose batches were another order is not matched
+    other = GenerationResult(1, "", "", 0, {}, data_order=[*kd.data_order[:-1], "0" * 64])
+    assert not same_data_order(other, kd, tiny_data, twin, student)

@@ -141,3 +141,34 @@ def test_both_tasks_train_through_the_one_recipe_and_validate_every_select_by(ta
     assert m["steps"] == 3.0
     assert all(name in m for name in get_task(task).plot)
     assert Path(result.translations).is_file() and result.samples
+
+
+def test_batches_cut_by_the_longest_targets_keep_the_budget_for_every_target_a_step_reads():
+    """train.batch_targets longest: with_longest_targets gives batch_indices each example's longest target, so a
+    batch holds no more padded target positions than max_tokens for the gold targets and the teacher's alike."""
+    import numpy as np
+
+    from mgkd.tasks.translation import SplitData, batch_indices, with_longest_targets
+
+    rng = np.random.default_rng(0)
+    n = 300
+    src = [np.ones(int(k), np.int32) for k in rng.integers(3, 20, n)]
+    gold = [np.ones(int(k), np.int32) for k in rng.integers(3, 20, n)]
+    made = [np.ones(int(k), np.int32) for k in rng.integers(1, 40, n)]  # the teacher's: unlike the references
+    ids = [str(i) for i in range(n)]
+    train = SplitData(ids, ids, ids, src, gold)
+    view = SplitData(ids, ids, ids, src, made)
+    plan = with_longest_targets(train, [view])
+    assert [len(t) for t in plan.tgt] == [max(len(g), len(m)) for g, m in zip(gold, made)]
+    assert plan.src is train.src and train.tgt is gold  # the gold split is left as it was
+
+    def widest(batches, targets):
+        return max((max(len(targets[i]) for i in b) + 1) * len(b) for b in batches)
+
+    cut_by_gold = batch_indices(train, 256, shuffle=True, seed=1)
+    assert widest(cut_by_gold, gold) <= 256 < widest(cut_by_gold, made)  # the teacher's targets overflow
+    cut_by_longest = batch_indices(plan, 256, shuffle=True, seed=1)
+    assert widest(cut_by_longest, gold) <= 256 and widest(cut_by_longest, made) <= 256
+    assert sorted(i for b in cut_by_longest for i in b) == list(range(n))  # every example, once
+    with pytest.raises(ValueError, match="row for row"):
+        with_longest_targets(train, [SplitData(ids[:5], ids[:5], ids[:5], src[:5], made[:5])])

@@ -12,7 +12,7 @@ import io
 import json
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -251,6 +251,16 @@ def batch_indices(split: SplitData, max_tokens: int, shuffle: bool, seed: int = 
     )
 
 
+def with_longest_targets(split: SplitData, aligned: list[SplitData]) -> SplitData:
+    """`split` with each example's target the longest of its own and those of `aligned` (splits of the same
+    examples, row for row, e.g. the teacher's translations): what `batch_indices` cuts batches by when a step
+    reads them all (train.batch_targets 'longest')."""
+    if any(len(a) != len(split) for a in aligned):
+        raise ValueError("with_longest_targets needs splits of the same examples, row for row")
+    tgt = [max([t, *(a.tgt[i] for a in aligned)], key=len) for i, t in enumerate(split.tgt)]
+    return replace(split, tgt=tgt)
+
+
 def iterate_batches(split: SplitData, max_tokens: int, shuffle: bool, seed: int = 0) -> Iterator[Batch]:
     for idx in batch_indices(split, max_tokens, shuffle, seed):
         yield collate(split, idx)
@@ -291,6 +301,7 @@ class TranslationTask:
 
     prepare = staticmethod(prepare)
     batch_indices = staticmethod(batch_indices)
+    longest_targets = staticmethod(with_longest_targets)
     collate = staticmethod(collate)
 
     def batch_tokens(self, batch: Batch) -> int:
