@@ -41,6 +41,9 @@ def test_each_distilled_generation_has_a_matched_control_run(lineage):
         # The same seed, init path and budget: the same initial weights and batch order, recorded by the trainer.
         assert c["init_sha256"] == g["init_sha256"] and len(g["init_sha256"]) == 64
         assert c["data_order_sha256"] == g["data_order_sha256"]
+        # the order the trainer cut, carried back from the Ray Train worker, is what the tag says
+        assert outcome.results[g["generation"]].data_order[-1] == g["data_order_sha256"]
+        assert len(outcome.results[g["generation"]].data_order) == int(g["params"]["train.max_epochs"])
         assert params_diff(g["params"], c["params"], CONTROL_MAY_DIFFER) == []
         assert "loss.soft_label.weight" in g["params"] and "loss.soft_label.weight" not in c["params"]
         assert c["params"]["loss.label_smoothing.weight"] == "1.0" and c["params"]["seed"] == g["params"]["seed"]
