@@ -29,9 +29,11 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -66,16 +68,15 @@ def padding_ratio(plan: list[list[int]], lengths: list[int]) -> float:
     return padded / real
 
 
-def target_padding(src: list[int], gold: list[int], pseudo: list[int], max_tokens: int, seed: int) -> Padding:
-    """`Padding` of the trainer's plan (made on source and gold lengths) and of one made on the longer targets."""
-    from mgkd.tasks.text import length_batches
+def target_padding(train: Any, made: Any, max_tokens: int, seed: int) -> Padding:
+    """`Padding` of the trainer's own plans for the gold split `train` and the seq-KD split `made` (the same
+    examples, row for row): `batch_indices` on the gold lengths (train.batch_targets gold) and on the longer
+    targets (`with_longest_targets`, train.batch_targets longest)."""
+    from mgkd.tasks.translation import batch_indices, with_longest_targets
 
-    n = len(src)
-    plan = length_batches([(gold[i], src[i]) for i in range(n)], [max(gold[i], src[i]) + 1 for i in range(n)],
-                          max_tokens, True, seed)  # fmt: skip
-    longer = [max(g, p) for g, p in zip(gold, pseudo)]
-    alt = length_batches([(longer[i], src[i]) for i in range(n)], [max(longer[i], src[i]) + 1 for i in range(n)],
-                         max_tokens, True, seed)  # fmt: skip
+    plan = batch_indices(train, max_tokens, True, seed)
+    alt = batch_indices(with_longest_targets(train, [made]), max_tokens, True, seed)
+    gold, pseudo = [len(t) for t in train.tgt], [len(t) for t in made.tgt]
     return Padding(padding_ratio(plan, gold), padding_ratio(plan, pseudo), padding_ratio(alt, pseudo), len(plan),
                    len(alt))  # fmt: skip
 
@@ -98,10 +99,8 @@ def _seq_kd_padding(client: Any, run_id: str, params: dict[str, str], data: Any)
     train = data.splits["train"]
     if set(best) != set(train.ids):
         return None  # a capped subset (max_sentences) is its own stream of batches: not this plan
-    pseudo = [len(t) for t in data.tokenizer.encode([best[i] for i in train.ids])]
-    seed = epoch_seed(int(params["seed"]), 1)
-    return target_padding([len(s) for s in train.src], [len(t) for t in train.tgt], pseudo,
-                          int(params["train.max_tokens"]), seed)  # fmt: skip
+    made = replace(train, tgt=[np.asarray(t, np.int32) for t in data.tokenizer.encode([best[i] for i in train.ids])])
+    return target_padding(train, made, int(params["train.max_tokens"]), epoch_seed(int(params["seed"]), 1))
 
 
 def read_times(output_dir: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
@@ -144,7 +143,8 @@ def report(output_dir: Path, wall_s: float | None, machine: str, load: str | Non
         raw["output_dir"] = str(output_dir)
         data = prepare(validate(raw))
     summed = sum(r["total_s"] for r in rows) / 60
-    started = client.get_run(lin["lineage_id"]).info.start_time / 1000
+    parent = client.get_run(lin["lineage_id"])
+    started = parent.info.start_time / 1000
     when = dt.datetime.fromtimestamp(started, dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     quiet = f", nothing else running (load average before: {load})" if load else ""
     md = [f"Measured by `python bench/demo_time.py`: `mgkd run --generations 4` (configs/demo.yaml, Ray on, no "
@@ -169,7 +169,7 @@ def report(output_dir: Path, wall_s: float | None, machine: str, load: str | Non
                f"on (their teachers' translations) pad to {lo:.2f}–{hi:.2f} times their real tokens; planned on the "
                f"longer of the two, the same epochs would pad {lo2:.2f}–{hi2:.2f} times, in about as many batches "
                "(so about as many examples a step)."]  # fmt: skip
-    lineage_min = client.get_run(lin["lineage_id"]).data.metrics.get("wall_time_s", 0.0) / 60
+    lineage_min = parent.data.metrics.get("wall_time_s", 0.0) / 60
     judged = wall_s / 60 if wall_s else lineage_min or summed
     met = "met" if judged <= TARGET_MIN else "not met"
     command = f"{wall_s / 60:.2f} min for the whole command (Python, data, Ray's start included), " if wall_s else ""

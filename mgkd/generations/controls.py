@@ -79,10 +79,11 @@ def control_spec(spec: GenerationSpec, teacher_losses: list[LossTerm], best_poin
         train = train.model_copy(update={"max_epochs": train.max_epochs * n, "warmup_steps": train.warmup_steps * n,
                                          "max_steps": train.max_steps * n if train.max_steps else None})  # fmt: skip
     # train.batch_targets 'longest': the control's batches are cut by the generation's teacher-made targets too
-    made = [t for t in spec.losses if Criterion([t]).plugins[0].view != "gold"]  # terms on teacher-made data
-    plan = made if train.batch_targets == "longest" else None
+    plan = None
+    if train.batch_targets == "longest":
+        plan = [t for t in spec.losses if Criterion([t]).plugins[0].view != "gold"] or None  # on teacher-made data
     return replace(spec, losses=control_losses(spec, teacher_losses), teacher_signal="online", teacher_cache_k=None,
-                   search=None, control_of=spec.index, train=train, plan_losses=plan or None)  # fmt: skip
+                   search=None, control_of=spec.index, train=train, plan_losses=plan)  # fmt: skip
 
 
 def check_controls(cfg: ExperimentConfig, specs: list[GenerationSpec]) -> None:

@@ -3,7 +3,10 @@ the longer of the gold and seq-KD targets saves when the two disagree."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
+
+from mgkd.tasks.translation import SplitData
 
 from ..helpers.bench import load_bench
 
@@ -23,7 +26,12 @@ def test_a_plan_on_the_gold_lengths_pads_targets_it_does_not_see_and_one_on_the_
     n = 200
     src, gold = [6] * n, [6] * n
     pseudo = [2 if i % 2 else 12 for i in range(n)]  # the teacher's outputs: short and long, alike in gold length
-    pad = demo_time.target_padding(src, gold, pseudo, max_tokens=130, seed=3)
+    ids = [str(i) for i in range(n)]
+
+    def split(tgt):
+        return SplitData(ids, ids, ids, [np.ones(k, np.int32) for k in src], [np.ones(k, np.int32) for k in tgt])
+
+    pad = demo_time.target_padding(split(gold), split(pseudo), max_tokens=130, seed=3)
     assert pad.gold == 1.0  # the plan was made for these
     # every gold batch mixes 2s and 12s: width 13 for a mean of 8 real positions
     assert pad.seq_kd == pytest.approx(13 / 8, rel=0.05)
