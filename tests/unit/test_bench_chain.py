@@ -35,6 +35,29 @@ def test_generation_5_is_generation_4s_model_and_seed_taught_by_generation_0(cha
     assert chain.lineages("demo", [1], tmp_path, ray=True)[0].raw["train"].get("threads") is None
 
 
+def test_a_variant_runs_in_folders_of_its_own_and_says_so(chain, tmp_path, monkeypatch):
+    sets = ["generations.student.train.batch_targets=longest"]
+    (plain,) = chain.lineages("demo", [1], tmp_path, ray=False, threads=1)
+    (var,) = chain.lineages("demo", [1], tmp_path, ray=False, threads=1, sets=sets)
+    assert var.raw["generations"]["student"]["train"]["batch_targets"] == "longest"
+    assert "batch_targets" not in plain.raw["generations"]["student"]["train"]
+    # never the preset's lineage reused or resumed for the variant, and one folder per distinct variant
+    assert var.raw["output_dir"] != plain.raw["output_dir"]
+    (other,) = chain.lineages("demo", [1], tmp_path, ray=False, sets=["generations.student.train.lr=0.005"])
+    assert other.raw["output_dir"] != var.raw["output_dir"]
+    monkeypatch.setattr(chain.R, "_budget_of", lambda rec, k: "budget")
+    monkeypatch.setattr(chain.R, "_data_line", lambda rec: "data")
+    monkeypatch.setattr(chain.R, "_run_line", lambda rec: "run")
+    monkeypatch.setattr(chain.R, "_model_name", lambda g: f"d{g['params']['model.d_model']}")
+    bleu = {0: 10, 1: 9, 2: 8, 3: 7, 4: 6, 5: 5}
+    recs = [_record(chain, 1, bleu, {1: 3, 2: 3, 3: 2, 4: 1, 5: 1})]
+    recs[0].parent = SimpleNamespace(data=SimpleNamespace(tags={"bench.hardware": "hw"}))
+    block, _ = chain.report(recs, _args(set=sets), missing=[])
+    assert "`python bench/chain.py --budget demo --set generations.student.train.batch_targets=longest --seeds" in block
+    assert ("`configs/demo.yaml` with `generations.student.train.batch_targets=longest` (a variant: not what "
+            "`mgkd run --generations 4` runs)") in block  # fmt: skip
+
+
 SIZES = {0: 1.44e6, 1: 0.91e6, 2: 0.68e6, 3: 0.49e6, 4: 0.37e6, 5: 0.37e6}
 MODELS = {0: 128, 1: 96, 2: 80, 3: 64, 4: 64, 5: 64}
 
