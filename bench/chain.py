@@ -78,7 +78,12 @@ class Task:
 
 
 LOSS_WORDS = {  # a student's loss terms, as the report says them
-    "seq_kd": lambda p: f"sequence-level KD on its beam-{p.get('beam_size', 4)} translations",
+    "seq_kd": lambda p: (
+        f"sequence-level KD on its beam-{p.get('beam_size', 4)} translations"
+        if p.get("select", "top") == "top"
+        else f"sequence-level KD on the one of its {p.get('n_best', 4)} best beam-{p.get('beam_size', 4)} translations "
+        "closest to the reference by sentence BLEU (seq-inter)"
+    ),
     "internal": lambda p: (
         "its "
         + " and ".join(
@@ -100,7 +105,10 @@ def recipe_words(raw: dict[str, Any]) -> str:
     """The students' losses in words, from the config the chain ran."""
     terms = raw["generations"]["student"]["losses"]
     words = [LOSS_WORDS.get(t["name"], lambda p, n=t["name"]: n)(t.get("params") or {}) for t in terms]
-    return " + ".join(words) + ("" if any(t["name"] == "label_smoothing" for t in terms) else ", no gold labels")
+    if any(t["name"] == "label_smoothing" for t in terms):
+        return " + ".join(words)
+    picks = any((t.get("params") or {}).get("select") == "inter" for t in terms)  # references choose, not teach
+    return " + ".join(words) + (", no gold labels as targets" if picks else ", no gold labels")
 
 
 def budget_words(control_budget: str, views: int) -> str:

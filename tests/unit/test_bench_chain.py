@@ -38,6 +38,12 @@ def test_generation_5_is_generation_4s_model_and_seed_taught_by_generation_0(cha
 def test_a_variant_runs_in_folders_of_its_own_and_says_so(chain, tmp_path, monkeypatch):
     sets = ["generations.student.train.batch_targets=longest"]
     (plain,) = chain.lineages("demo", [1], tmp_path, ray=False, threads=1)
+    inter = "generations.student.losses=[{name: seq_kd, params: {beam_size: 4, select: inter, n_best: 4}}]"
+    # seq-inter: the references pick among the teacher's outputs, so the report does not say "no gold labels"
+    words = chain.recipe_words(chain.lineages("demo", [1], tmp_path, ray=False, sets=[inter])[0].raw)
+    assert words == ("sequence-level KD on the one of its 4 best beam-4 translations closest to the reference by "
+                     "sentence BLEU (seq-inter), no gold labels as targets")  # fmt: skip
+    assert chain.recipe_words(plain.raw) == "sequence-level KD on its beam-4 translations, no gold labels"
     (var,) = chain.lineages("demo", [1], tmp_path, ray=False, threads=1, sets=sets)
     assert var.raw["generations"]["student"]["train"]["batch_targets"] == "longest"
     assert "batch_targets" not in plain.raw["generations"]["student"]["train"]
