@@ -275,6 +275,9 @@ def _state(lin: Lineage) -> tuple[str, dict[str, Any] | None]:
         return "absent", None
     recorded = validate(lineage_config(last["tracking_uri"], last["lineage_id"])).model_dump(mode="json")
     wanted = validate(lin.raw).model_dump(mode="json")
+    # where the lineage was written is not its recipe: a folder linked under another name is the same lineage
+    for config in (recorded, wanted):
+        config.pop("output_dir", None)
     if recorded != wanted:
         raise MgkdError(
             f"{folder} holds lineage {last['lineage_id']} of another config than this matrix's {lin.key!r}; "

@@ -162,3 +162,19 @@ def test_f_gates_each_generation_on_its_control_and_checks_the_retrained_teacher
         R.section_f([_f(R, 1, {1: 9.6, 2: 9.7}, {1: 9.0, 2: 9.6}, order="x")], {}, tmp_path, rel)
     with pytest.raises(MgkdError, match="differ in size"):
         R.section_f([_f(R, 1, {1: 9.6, 2: 9.7}, {1: 9.0, 2: 9.6}, size=0.37e6)], {}, tmp_path, rel)
+
+
+def test_a_finished_lineage_is_found_by_its_recipe_not_by_the_folder_it_was_written_in(R, monkeypatch, tmp_path):
+    # a lineage trained in one folder and read through a link under another name is reused; another recipe is not
+    raw = load_raw(R.ROOT / "configs" / "demo.yaml")
+    recorded = {**raw, "output_dir": str(tmp_path / "chain-seed1-set0123abcd")}
+    monkeypatch.setattr(R, "read_last_lineage", lambda folder: {"tracking_uri": "sqlite:///x.db", "lineage_id": "L"})
+    monkeypatch.setattr(R, "lineage_config", lambda uri, lid: recorded)
+    run = SimpleNamespace(info=SimpleNamespace(status="FINISHED"))
+    monkeypatch.setattr(R, "mlflow_client", lambda uri: SimpleNamespace(get_run=lambda lid: run))
+    lin = R.Lineage("chain-seed1", {**raw, "output_dir": str(tmp_path / "chain-seed1")}, "x", "chain")
+    state, last = R._state(lin)
+    assert state == "finished" and last["lineage_id"] == "L"
+    recorded = {**recorded, "train": {**raw["train"], "lr": 0.003}}
+    with pytest.raises(MgkdError, match="of another config than this matrix's 'chain-seed1'"):
+        R._state(lin)
