@@ -38,12 +38,14 @@ def test_generation_5_is_generation_4s_model_and_seed_taught_by_generation_0(cha
 def test_a_variant_runs_in_folders_of_its_own_and_says_so(chain, tmp_path, monkeypatch):
     sets = ["generations.student.train.batch_targets=longest"]
     (plain,) = chain.lineages("demo", [1], tmp_path, ray=False, threads=1)
-    inter = "generations.student.losses=[{name: seq_kd, params: {beam_size: 4, select: inter, n_best: 4}}]"
-    # seq-inter: the references pick among the teacher's outputs, so the report does not say "no gold labels"
-    words = chain.recipe_words(chain.lineages("demo", [1], tmp_path, ray=False, sets=[inter])[0].raw)
-    assert words == ("sequence-level KD on the one of its 4 best beam-4 translations closest to the reference by "
-                     "sentence BLEU (seq-inter), no gold labels as targets")  # fmt: skip
-    assert chain.recipe_words(plain.raw) == "sequence-level KD on its beam-4 translations, no gold labels"
+    # the demo's seq-inter: the references pick among the teacher's outputs, so the report does not say "no gold
+    # labels"; with select top they pick nothing
+    assert chain.recipe_words(plain.raw) == ("sequence-level KD on the one of its 4 best beam-4 translations closest "
+                                             "to the reference by sentence BLEU (seq-inter), no gold labels as "
+                                             "targets")  # fmt: skip
+    top = "generations.student.losses=[{name: seq_kd, params: {beam_size: 4, select: top}}]"
+    words = chain.recipe_words(chain.lineages("demo", [1], tmp_path, ray=False, sets=[top])[0].raw)
+    assert words == "sequence-level KD on its beam-4 translations, no gold labels"
     (var,) = chain.lineages("demo", [1], tmp_path, ray=False, threads=1, sets=sets)
     assert var.raw["generations"]["student"]["train"]["batch_targets"] == "longest"
     assert "batch_targets" not in plain.raw["generations"]["student"]["train"]
@@ -113,7 +115,7 @@ def test_report_reads_targets_and_gated_verdicts_off_the_numbers(chain, monkeypa
     assert ("taught directly by generation 0 (generation 5): 5.00 (4.90–5.10) BLEU, against 9.60 (9.50–9.70) "
             "through the chain: chain is ahead.") in headline  # fmt: skip
     # what the chain trained, said from its config: the demo's students read one batch a step, as their controls
-    assert "taught by generation k − 1 (sequence-level KD on its beam-4 translations, no gold labels)" in block
+    assert "taught by generation k − 1 (sequence-level KD on the one of its 4 best beam-4 translations closest" in block
     assert "the same optimizer steps and batches: a student's step, like its control's, reads one batch" in block
     assert "checkpoint selected on validation BLEU (greedy, 300 valid verses)" in block
     # generations 4 and 5 share every param: the sentence names the teacher, not "only nothing differs"
