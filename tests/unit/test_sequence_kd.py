@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import sacrebleu
 import sentencepiece as spm
 import torch
 import torch.nn.functional as F
@@ -18,7 +19,7 @@ from mgkd.generations.recipe import cycle_batches
 from mgkd.generations.views import GenerationViewContext
 from mgkd.losses import create
 from mgkd.losses.pseudo_label import PseudoLabel, SourceNoise
-from mgkd.losses.sequence import SequenceKD, select_hypotheses, token_cross_entropy
+from mgkd.losses.sequence import SentenceBleu, SequenceKD, select_hypotheses, token_cross_entropy
 from mgkd.models import build_model
 from mgkd.models.decoding import beam_decode, beam_search, greedy_decode
 from mgkd.models.transformer import Seq2SeqOutput
@@ -207,6 +208,30 @@ def test_seq_inter_picks_the_hypothesis_closest_to_the_reference():
     refs = ["and he went into the city of david", "let there be light", "same"]
     assert select_hypotheses(nbest, refs, "top") == ["the man went to the city", "light was made", "same"]
     assert select_hypotheses(nbest, refs, "inter") == ["he went into the city of david", "let there be light", "same"]
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_sentence_bleu_gives_sacrebleus_sentence_scores(fast):
+    # Selection's scorer must give exactly sacrebleu.sentence_bleu's numbers (else seq-inter picks other targets):
+    # a broken reference cache, smoothing or effective order changes some of these.
+    ref = "Au commencement, Dieu créa les cieux et la terre."
+    hyps = [
+        "Au commencement, Dieu créa les cieux et la terre.",
+        "Au commencement Dieu créa le ciel et la terre.",
+        "Dieu créa",
+        "",
+        "la terre la terre la terre la terre",
+        "Et Dieu dit: Que la lumière soit! Et la lumière fut.",
+        "commencement",
+    ]
+    scorer = SentenceBleu()
+    scorer.fast = fast
+    want = [sacrebleu.sentence_bleu(h, [ref]).score for h in hyps]
+    assert scorer.scores(hyps, ref) == want
+    assert len(set(want)) == len(want)  # all distinct: each hypothesis is really scored
+    # each reference is its own: scoring against another one after this one must not reuse it
+    other = "Et Dieu dit: Que la lumière soit! Et la lumière fut."
+    assert scorer.scores(hyps, other) == [sacrebleu.sentence_bleu(h, [other]).score for h in hyps]
 
 
 def test_seq_kd_term_is_the_cross_entropy_on_pseudo_targets():
