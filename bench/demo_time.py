@@ -1,7 +1,7 @@
 """How long the demo takes, and where the time goes: README command 1's `mgkd run --generations 4`, timed on a
 quiet machine, per generation from its MLflow runs (issue 18's time target: the `mgkd run` part <= 12 min).
 
-    python bench/demo_time.py --readme README.md                        # run the demo (about 25 min on 2 cores)
+    python bench/demo_time.py --readme README.md                        # run the demo (25-32 min on 2 cores)
     python bench/demo_time.py --report-only --output-dir DIR            # report a finished demo run, train nothing
 
 The run is the README's command with an output folder of its own (`--output-dir`, default bench-runs/demo-time);
