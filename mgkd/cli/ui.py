@@ -21,11 +21,20 @@ from mgkd.lineage.note import run_url
 
 def _port_is_free(host: str, port: int) -> bool:
     with contextlib.closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as sock:
+        # as the server binds: a closed connection's TIME_WAIT on the port (a UI stopped a moment ago) is no user
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
         except OSError:
             return False
     return True
+
+
+def _signal_group(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except ProcessLookupError:  # the group has no process left
+        pass
 
 
 def ui_server_command(store_uri: str, artifact_root: Path, host: str, port: int) -> list[str]:
@@ -68,7 +77,9 @@ def ui(
         # MLflow 3.x servers start a job runner with 7 huey consumers by default; a lineage UI needs none, and
         # they hold up Ctrl-C (the server waited >30 s for them on 2 busy cores).
         env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-        proc = subprocess.Popen(cmd, env=env)
+        # `mlflow server` serves from a child (uvicorn) that holds the port: the server gets a process group of its
+        # own, and stopping signals the whole group, so no child is left listening when the parent has gone.
+        proc = subprocess.Popen(cmd, env=env, start_new_session=True)
 
         def stop_on_sigterm(signum: int, frame: object) -> None:
             raise KeyboardInterrupt  # SIGTERM stops the server as Ctrl-C does (not leave it on the port)
@@ -77,9 +88,12 @@ def ui(
         try:
             proc.wait()
         except KeyboardInterrupt:
-            proc.send_signal(signal.SIGINT)
+            _signal_group(proc.pid, signal.SIGINT)
             try:
                 proc.wait(timeout=30)
             except subprocess.TimeoutExpired:
-                proc.kill()
+                pass
+        finally:
+            _signal_group(proc.pid, signal.SIGKILL)  # whatever of the group outlived its parent or the 30 s
+            proc.wait()
         console.print("MLflow UI stopped.")

@@ -5,6 +5,8 @@ from __future__ import annotations
 import signal
 import socket
 
+import pytest
+
 from ..helpers import free_port, mgkd_cli, wait_for_health
 
 
@@ -23,5 +25,12 @@ def test_sigterm_stops_the_server_and_frees_the_port(tmp_path):
         proc.kill()
         raise
     assert "MLflow UI stopped." in out
+    # nothing listens on the port: neither the server nor its uvicorn child (a process of its own)
+    with socket.socket() as s, pytest.raises(ConnectionRefusedError):
+        s.connect(("127.0.0.1", port))
     with socket.socket() as s:
-        s.bind(("127.0.0.1", port))  # raises if the server child were still listening
+        # a new server can take the port, binding as servers do (SO_REUSEADDR: the health checks' closed
+        # connections may wait in TIME_WAIT on it, which blocks a plain bind but is no listener)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(("127.0.0.1", port))
+        s.listen()
