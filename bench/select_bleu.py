@@ -17,7 +17,6 @@ choice; the table gives their times, measured in one run, alternating rounds.
 from __future__ import annotations
 
 import argparse
-import sqlite3
 import sys
 import time
 from pathlib import Path
@@ -30,27 +29,18 @@ import sacrebleu  # noqa: E402
 
 import results as R  # noqa: E402  (bench/results.py: the hardware line)
 from mgkd.losses.sequence import SentenceBleu, select_hypotheses  # noqa: E402
-from mgkd.tasks.translation.corpus import bible_db_path, clean_verse  # noqa: E402
+from mgkd.tasks.translation.corpus import read_bible  # noqa: E402
 
 
 def nbest_of_the_corpus(verses: int) -> tuple[list[list[tuple[float, str]]], list[str]]:
-    con = sqlite3.connect(f"file:{bible_db_path()}?mode=ro", uri=True)
-    try:
-        text = {}
-        for name, b, c, v, t in con.execute(
-            "SELECT bbName, bNumber, cNumber, vNumber, vText FROM bible WHERE bbName IN ('l', '5', 'o')"
-        ):
-            text[(name, b, c, v)] = clean_verse(t)
-    finally:
-        con.close()
-    keys = sorted(k[1:] for k in text if k[0] == "l")
+    """Segond's verses of at most 20 words as references, each with 4 hypotheses (see the module docstring)."""
+    five, o = read_bible("l", "5"), read_bible("l", "o")  # the same verses in the same order, Segond as source
     refs, nbest = [], []
-    for j in range(1, len(keys) - 1):
-        ref = text[("l", *keys[j])]
+    for j in range(1, len(five) - 1):
+        ref = five[j].source
         if len(ref.split()) > 20:
             continue
-        hyps = [text.get(("5", *keys[j]), ""), text.get(("o", *keys[j]), ""),
-                text[("l", *keys[j - 1])], text[("l", *keys[j + 1])]]  # fmt: skip
+        hyps = [five[j].target, o[j].target, five[j - 1].source, five[j + 1].source]
         refs.append(ref)
         nbest.append([(-float(i), h) for i, h in enumerate(hyps)])
         if len(refs) == verses:

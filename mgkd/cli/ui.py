@@ -31,10 +31,8 @@ def _port_is_free(host: str, port: int) -> bool:
 
 
 def _signal_group(pgid: int, sig: int) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError):  # the group has no process left
         os.killpg(pgid, sig)
-    except ProcessLookupError:  # the group has no process left
-        pass
 
 
 def ui_server_command(store_uri: str, artifact_root: Path, host: str, port: int) -> list[str]:
@@ -89,10 +87,8 @@ def ui(
             proc.wait()
         except KeyboardInterrupt:
             _signal_group(proc.pid, signal.SIGINT)
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                pass
         finally:
             _signal_group(proc.pid, signal.SIGKILL)  # whatever of the group outlived its parent or the 30 s
             proc.wait()
